@@ -1,0 +1,5 @@
+import sys
+
+from egoray.cli import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""Job configs: pydantic models loaded from YAML, with ``key.sub=value`` overrides.
+
+Every job's config derives from :class:`JobConfig`, so every job has top-level ``input`` and
+``output`` URLs. Models forbid unknown keys; any problem is raised as :class:`ConfigError`
+naming the offending key, before a job does any work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from egoray import storage
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message names the file and key."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RayOptions(StrictModel):
+    """How to reach Ray. ``RAY_ADDRESS`` in the environment wins over everything here."""
+
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray; default: all cores")
+    object_store_mb: int | None = Field(None, ge=64, description="object store size of a local Ray")
+
+
+class JobConfig(StrictModel):
+    """Fields every job has."""
+
+    job: str = Field(description="which job this config runs")
+    input: str = Field(description="URL (path, file://, s3://) the job reads")
+    output: str = Field(description="URL of the directory the job writes")
+    ray: RayOptions = RayOptions()
+
+    def fingerprint(self) -> str:
+        """A hash of everything that determines the output (Ray sizing excluded)."""
+        payload = json.dumps(self.model_dump(mode="json", exclude={"ray"}), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=3`` → (["a", "b"], 3); the value is read as YAML so types come out right."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``key.sub=value`` into a nested dict, creating sections as needed."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"override {text!r}: {where!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(url: str) -> dict[str, Any]:
+    try:
+        text = storage.read_bytes(url).decode("utf-8")
+    except storage.StorageError as e:
+        raise ConfigError(f"cannot read config: {e}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{url}: not valid YAML: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{url}: the top level must be a mapping of keys to values")
+    return data
+
+
+def load_config(url: str, overrides: list[str] | None = None) -> JobConfig:
+    """Read a YAML job config, apply overrides and validate it against its job's model."""
+    data = apply_overrides(read_yaml(url), list(overrides or []))
+    return validate_config(data, source=url)
+
+
+def validate_config(data: dict[str, Any], source: str = "<config>") -> JobConfig:
+    from egoray.pipelines import config_class, job_names
+
+    job = data.get("job")
+    if not job:
+        raise ConfigError(f"{source}: key 'job' is missing (one of: {', '.join(job_names())})")
+    try:
+        model = config_class(job)
+    except KeyError:
+        raise ConfigError(
+            f"{source}: key 'job': unknown job {job!r} (one of: {', '.join(job_names())})"
+        ) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: " + describe_errors(e)) from None
+
+
+def describe_errors(e: ValidationError) -> str:
+    """One line per problem, each naming the dotted key."""
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<top>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"key {key!r}: {msg}")
+    return "; ".join(lines)

@@ -1,0 +1,69 @@
+"""Video splits files: which videos are train, val or test.
+
+Two layouts are read: JSON ``{"train": [video_uid, ...], "val": [...], "test": [...]}`` and CSV
+with a header holding ``video_uid`` (or ``video_id``) and ``split`` columns.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow.csv as pacsv
+
+from egoray import storage
+from egoray.data.raw import InputError
+from egoray.data.schema import SPLITS
+
+ALIASES = {"validation": "val", "valid": "val", "training": "train", "testing": "test"}
+
+
+def read_splits(url: str) -> dict[str, str]:
+    """video_uid → split (``train`` | ``val`` | ``test``)."""
+    try:
+        data = storage.read_bytes(url)
+    except storage.StorageError as e:
+        raise InputError(f"cannot read splits file: {e}") from None
+    if url.endswith(".csv"):
+        return _from_csv(data, url)
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{url}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{url}: expected an object of split name → list of video uids")
+    mapping: dict[str, str] = {}
+    for name, uids in obj.items():
+        split = _split_name(name, url)
+        if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
+            raise InputError(f"{url}: split {name!r} must be a list of video uid strings")
+        for uid in uids:
+            _assign(mapping, uid, split, url)
+    return mapping
+
+
+def _from_csv(data: bytes, url: str) -> dict[str, str]:
+    try:
+        table = pacsv.read_csv(io.BytesIO(data))
+    except Exception as e:
+        raise InputError(f"{url}: not a readable CSV ({e})") from None
+    uid_col = next((c for c in ("video_uid", "video_id") if c in table.column_names), None)
+    if uid_col is None or "split" not in table.column_names:
+        raise InputError(f"{url}: needs columns video_uid (or video_id) and split; found {table.column_names}")
+    mapping: dict[str, str] = {}
+    for uid, name in zip(table[uid_col].to_pylist(), table["split"].to_pylist(), strict=True):
+        _assign(mapping, str(uid), _split_name(str(name), url), url)
+    return mapping
+
+
+def _split_name(name: str, url: str) -> str:
+    split = ALIASES.get(name.lower(), name.lower())
+    if split not in SPLITS:
+        raise InputError(f"{url}: unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+    return split
+
+
+def _assign(mapping: dict[str, str], uid: str, split: str, url: str) -> None:
+    if mapping.get(uid, split) != split:
+        raise InputError(f"{url}: video {uid!r} is in both {mapping[uid]!r} and {split!r}")
+    mapping[uid] = split

@@ -1,0 +1,25 @@
+"""Jobs: one module per job, each with a ``Config`` model and a ``run(config, overwrite)``.
+
+Modules are imported on demand so that ``egoray run`` loads only the job it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+JOBS: dict[str, str] = {
+    "ingest": "egoray.pipelines.ingest",
+}
+
+
+def job_names() -> list[str]:
+    return sorted(JOBS)
+
+
+def job_module(name: str) -> ModuleType:
+    return importlib.import_module(JOBS[name])
+
+
+def config_class(name: str) -> type:
+    return job_module(name).Config

@@ -1,0 +1,180 @@
+"""``ingest`` job: Ego4D narration.json, em_train_narrations.pkl, EK-100 CSVs → narrations Parquet.
+
+One Ray task per input file reads and parses it and splits its rows into ``num_shards`` buckets by
+video (CRC-32 of the video uid); one Ray task per bucket runs the clean-up stages and commits the
+shard. Output layout::
+
+    OUTPUT/narrations/part-<input>-<bucket>.parquet
+    OUTPUT/rejects/part-<input>-<bucket>.parquet
+    OUTPUT/summaries/part-<input>-<bucket>.parquet   (Ego4D inputs)
+    OUTPUT/_shards/<input>-<bucket>.json            (completion markers)
+    OUTPUT/run.json
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, field_validator
+
+from egoray import storage
+from egoray.config import JobConfig
+from egoray.data.ego4d import read_narration_json
+from egoray.data.ek100 import read_ek100_csv
+from egoray.data.em_pkl import read_em_pickle
+from egoray.data.narrations import CleanOptions, build_narrations, clean_summaries
+from egoray.data.raw import InputError
+from egoray.data.splits import read_splits
+from egoray.runtime import RunManifest, ShardLedger, StageTimer, bucket_of, ensure_ray, wait_all
+
+Format = Literal["auto", "ego4d_json", "em_pkl", "ek100_csv"]
+
+
+class Config(JobConfig):
+    """Config of the ``ingest`` job."""
+
+    job: Literal["ingest"] = "ingest"
+    input: str | list[str] = Field(description="one input file URL or a list of them")
+    format: Format = Field("auto", description="input format; auto = from the file name")
+    splits: str | None = Field(None, description="splits file (JSON or CSV) mapping videos to train/val/test")
+    num_shards: int = Field(8, ge=1, le=4096, description="output shards per input file")
+    clean: CleanOptions = CleanOptions()
+
+    @field_validator("input")
+    @classmethod
+    def _non_empty(cls, v: str | list[str]) -> str | list[str]:
+        if (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
+            raise ValueError("needs at least one input URL")
+        return v
+
+    def inputs(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+def detect_format(url: str, forced: Format = "auto") -> str:
+    if forced != "auto":
+        return forced
+    name = storage.basename(url).lower()
+    if name.endswith(".json"):
+        return "ego4d_json"
+    if name.endswith((".pkl", ".pickle")):
+        return "em_pkl"
+    if name.endswith(".csv"):
+        return "ek100_csv"
+    raise InputError(f"{url}: cannot tell the format from the name; set format= (ego4d_json, em_pkl, ek100_csv)")
+
+
+def read_input(url: str, fmt: str) -> tuple[pa.Table, pa.Table | None]:
+    """RAW narrations (and summaries, for Ego4D) of one input file."""
+    try:
+        data = storage.read_bytes(url)
+    except storage.StorageError as e:
+        raise InputError(f"cannot read input: {e}") from None
+    name = storage.basename(url)
+    if fmt == "ego4d_json":
+        return read_narration_json(data, name)
+    if fmt == "em_pkl":
+        return read_em_pickle(data, name), None
+    return read_ek100_csv(data, name), None
+
+
+def split_into_buckets(table: pa.Table, key: str, num_buckets: int) -> list[pa.Table]:
+    """Rows grouped by bucket of ``key``; bucket ``b`` keeps the rows' original order."""
+    if table.num_rows == 0:
+        return [table] * num_buckets
+    encoded = pc.dictionary_encode(pc.fill_null(table[key], "")).combine_chunks()
+    per_value = np.asarray(bucket_of(encoded.dictionary.to_pylist(), num_buckets), dtype=np.int32)
+    buckets = per_value[encoded.indices.to_numpy(zero_copy_only=False)]
+    order = np.argsort(buckets, kind="stable")
+    bounds = np.searchsorted(buckets[order], np.arange(num_buckets + 1))
+    sorted_table = table.take(pa.array(order))
+    return [sorted_table.slice(bounds[b], bounds[b + 1] - bounds[b]) for b in range(num_buckets)]
+
+
+def shard_id(input_index: int, bucket: int) -> str:
+    return f"{input_index:02d}-{bucket:04d}"
+
+
+def _read_and_split(url: str, fmt: str, num_shards: int, wanted: list[int]) -> list[tuple[Any, ...]]:
+    t0 = time.perf_counter()
+    raw, summaries = read_input(url, fmt)
+    seconds = time.perf_counter() - t0
+    raw_parts = split_into_buckets(raw, "video_uid", num_shards)
+    sum_parts = split_into_buckets(summaries, "video_uid", num_shards) if summaries is not None else None
+    share = seconds / num_shards
+    return [(raw_parts[b], sum_parts[b] if sum_parts else None, share) for b in wanted]
+
+
+def _finish_shard(
+    output: str, sid: str, part: tuple[Any, ...], clean: CleanOptions, splits: dict[str, str] | None
+) -> dict[str, Any]:
+    raw, summaries, read_seconds = part
+    timer = StageTimer()
+    narrations, rejects = build_narrations(raw, clean, splits, timer)
+    tables = {"narrations": narrations, "rejects": rejects}
+    if summaries is not None:
+        tables["summaries"] = clean_summaries(summaries, clean)
+    stages = timer.to_dict()
+    marker = ShardLedger(output).commit(sid, tables, stages, {"read_seconds": read_seconds})
+    return marker
+
+
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the ingest job; returns the run manifest as a dict."""
+    import ray
+
+    wall0 = time.perf_counter()
+    inputs = config.inputs()
+    formats = [detect_format(u, config.format) for u in inputs]
+    for url in inputs:
+        if not storage.exists(url):
+            raise InputError(f"input not found: {url}")
+    splits = read_splits(config.splits) if config.splits else None
+
+    all_ids = [shard_id(i, b) for i in range(len(inputs)) for b in range(config.num_shards)]
+    ledger = ShardLedger(config.output)
+    ledger.prepare(config, all_ids, overwrite=overwrite)
+    done_before = ledger.completed()
+
+    ensure_ray(config.ray)
+    read_task = ray.remote(_read_and_split)
+    finish_task = ray.remote(_finish_shard)
+    splits_ref = ray.put(splits)
+    refs = []
+    for i, (url, fmt) in enumerate(zip(inputs, formats, strict=True)):
+        wanted = [b for b in range(config.num_shards) if shard_id(i, b) not in done_before]
+        if not wanted:
+            continue
+        parts = read_task.options(num_returns=len(wanted)).remote(url, fmt, config.num_shards, wanted)
+        parts = parts if isinstance(parts, list) else [parts]
+        for b, part in zip(wanted, parts, strict=True):
+            refs.append(finish_task.remote(config.output, shard_id(i, b), part, config.clean, splits_ref))
+    wait_all(refs, desc="ingest")
+
+    markers = ledger.completed()
+    missing = sorted(set(all_ids) - set(markers))
+    manifest = RunManifest.start(config)
+    manifest.add_stages(markers[s] for s in all_ids if s in markers)
+    manifest.shards = {
+        "total": len(all_ids),
+        "completed": len(markers),
+        "resumed": len(done_before),
+        "written_now": len(refs),
+        "missing": missing,
+    }
+    read_seconds = sum(m.get("read_seconds", 0.0) for m in markers.values())
+    manifest.timings = {"read": read_seconds, "wall_this_run": time.perf_counter() - wall0}
+    manifest.extra["tables"] = {
+        name: sum(m["rows"].get(name, 0) for m in markers.values()) for name in ("narrations", "rejects", "summaries")
+    }
+    manifest.extra["inputs"] = [{"url": u, "format": f} for u, f in zip(inputs, formats, strict=True)]
+    manifest.status = "complete" if not missing else "incomplete"
+    manifest.write()
+    return manifest.to_dict()
+
+
+__all__ = ["Config", "run"]

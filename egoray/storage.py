@@ -1,0 +1,244 @@
+"""URL-aware storage: local paths, ``file://`` and ``s3://`` behind one set of functions.
+
+Every write is atomic: a reader sees either the whole object or nothing. Locally that is a
+write to a hidden temporary name in the same directory followed by ``os.replace``; on S3 an
+object becomes visible only when its (single or multipart) upload completes, so we upload the
+finished bytes in one call and never stream a half-written object to its final key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TMP_MARK = ".tmp-"
+
+
+class StorageError(RuntimeError):
+    """An I/O problem with a URL, with the URL in the message."""
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def _s3_options() -> dict[str, Any]:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``url`` and the path inside it."""
+    if url.startswith("s3://"):
+        fs = fsspec.filesystem("s3", **_s3_options())
+        return fs, url[len("s3://") :].rstrip("/")
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    elif "://" in url:
+        protocol = url.split("://", 1)[0]
+        raise StorageError(f"{url}: unsupported URL scheme {protocol!r} (use a path, file:// or s3://)")
+    return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(url))
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a URL with '/' whatever the backend."""
+    out = url.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def basename(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return _call(url, fs.exists, path)
+
+
+def makedirs(url: str) -> None:
+    fs, path = filesystem(url)
+    if not is_remote(url):  # S3 has no directories
+        _call(url, fs.makedirs, path, exist_ok=True)
+
+
+def listdir(url: str, suffix: str = "") -> list[str]:
+    """Sorted URLs of the files directly under ``url`` ending in ``suffix`` (hidden files skipped)."""
+    fs, path = filesystem(url)
+    if not _call(url, fs.exists, path):
+        return []
+    entries = _call(url, fs.ls, path, detail=True)
+    names = sorted(
+        basename(e["name"]) for e in entries if e.get("type") == "file" and e["name"].endswith(suffix)
+    )
+    return [join(url, n) for n in names if not n.startswith((".", "_"))]
+
+
+def remove(url: str, recursive: bool = False) -> None:
+    fs, path = filesystem(url)
+    if _call(url, fs.exists, path):
+        _call(url, fs.rm, path, recursive=recursive)
+
+
+def remove_temporaries(url: str) -> int:
+    """Delete leftover temporary files below ``url`` (from a killed writer); returns how many."""
+    fs, path = filesystem(url)
+    if is_remote(url) or not os.path.isdir(path):
+        return 0  # S3 writes never leave temporaries behind
+    removed = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            if TMP_MARK in name and name.startswith("."):
+                os.remove(os.path.join(root, name))
+                removed += 1
+    return removed
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    return _call(url, fs.cat_file, path)
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` atomically."""
+    fs, path = filesystem(url)
+    if is_remote(url):
+        _call(url, fs.pipe_file, path, data)
+        return
+    with _local_atomic(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def read_json(url: str) -> Any:
+    return json.loads(read_bytes(url))
+
+
+def write_json(url: str, obj: Any) -> None:
+    write_bytes(url, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def write_parquet(url: str, table: pa.Table) -> None:
+    """Write one Parquet file atomically."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    write_bytes(url, buf.getvalue())
+
+
+def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file, or every visible ``*.parquet`` file of a directory, as one table."""
+    fs, path = filesystem(url)
+    if _call(url, fs.isdir, path):
+        files = listdir(url, ".parquet")
+        if not files:
+            raise StorageError(f"{url}: no .parquet files")
+        tables = [read_parquet(f, columns) for f in files]
+        return pa.concat_tables(tables, promote_options="default")
+    with _call(url, fs.open, path, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def write_hdf5_shard(
+    url: str,
+    arrays: Mapping[str, np.ndarray],
+    attrs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Write one HDF5 file holding one dataset per key, atomically.
+
+    ``attrs`` maps a key to the attributes of its dataset (e.g. ``fps``, ``model``).
+    """
+    import h5py
+
+    fs, path = filesystem(url)
+    attrs = attrs or {}
+
+    def fill(target: str) -> None:
+        with h5py.File(target, "w") as h5:
+            for key, array in arrays.items():
+                ds = h5.create_dataset(key, data=np.asarray(array))
+                for name, value in attrs.get(key, {}).items():
+                    ds.attrs[name] = value
+
+    if is_remote(url):
+        with tempfile.TemporaryDirectory() as tmpdir:
+            local = os.path.join(tmpdir, basename(url))
+            fill(local)
+            _call(url, fs.put_file, local, path)
+        return
+    with _local_atomic(path) as tmp:
+        fill(tmp)
+
+
+def read_hdf5_shard(url: str, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Read datasets (all, or ``keys``) of one HDF5 file into memory."""
+    import h5py
+
+    with local_copy(url) as local, h5py.File(local, "r") as h5:
+        names = list(h5.keys()) if keys is None else keys
+        missing = [k for k in names if k not in h5]
+        if missing:
+            raise StorageError(f"{url}: no dataset(s) {missing[:5]}")
+        return {k: h5[k][()] for k in names}
+
+
+@contextlib.contextmanager
+def local_copy(url: str) -> Iterator[str]:
+    """A local path with the contents of ``url`` (the file itself when it is already local)."""
+    fs, path = filesystem(url)
+    if not is_remote(url):
+        if not os.path.exists(path):
+            raise StorageError(f"{url}: no such file")
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as tmpdir:
+        local = os.path.join(tmpdir, basename(url))
+        _call(url, fs.get_file, path, local)
+        yield local
+
+
+@contextlib.contextmanager
+def _local_atomic(path: str) -> Iterator[str]:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _call(url: str, fn, *args, **kwargs):
+    """Run a filesystem call, turning backend exceptions into one StorageError naming the URL."""
+    try:
+        return fn(*args, **kwargs)
+    except StorageError:
+        raise
+    except FileNotFoundError as e:
+        raise StorageError(f"{url}: not found ({_short(e)})") from e
+    except PermissionError as e:
+        raise StorageError(f"{url}: permission denied ({_short(e)})") from e
+    except OSError as e:
+        raise StorageError(f"{url}: {_short(e)}") from e
+    except Exception as e:  # botocore / aiohttp errors surface with many types
+        if type(e).__module__.split(".")[0] in {"botocore", "aiobotocore", "aiohttp", "s3fs"}:
+            raise StorageError(f"{url}: {_short(e)}") from e
+        raise
+
+
+def _short(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text if len(text) < 300 else text[:300] + "..."

@@ -1,0 +1,1 @@
+"""Video: decoding, frame sampling and synthetic rendering."""
