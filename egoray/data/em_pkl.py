@@ -38,10 +38,14 @@ class ForeignObject:
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if module == "builtins" and name in _SAFE_BUILTINS:
+        if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
             import builtins
 
             return getattr(builtins, name)
+        if (module, name) == ("_codecs", "encode"):  # how protocol 2 spells bytes
+            import codecs
+
+            return codecs.encode
         return type("Foreign", (ForeignObject,), {"qualname": f"{module}.{name}"})
 
     def persistent_load(self, pid: Any) -> Any:

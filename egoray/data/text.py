@@ -64,7 +64,9 @@ def normalise_one(text: str, words: TagWords | None = None) -> str:
 
 def word_counts(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Whitespace-separated word count per text (0 for null)."""
-    counts = pc.list_value_length(pc.utf8_split_whitespace(texts))
+    trimmed = pc.utf8_trim_whitespace(texts)
+    counts = pc.list_value_length(pc.utf8_split_whitespace(trimmed))
+    counts = pc.if_else(pc.equal(pc.utf8_length(trimmed), 0), 0, counts)
     return pc.fill_null(counts, 0)
 
 

@@ -1,0 +1,94 @@
+"""Shared fixtures: one local Ray per test run (2 CPUs) and small synthetic datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+EK100_CSV = FIXTURES / "ek100" / "EPIC_100_validation.csv"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``gpu`` where no CUDA device is present."""
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:
+        has_gpu = False
+    if has_gpu:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray shared by every test that needs one; shut down at the end of the run."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory) -> Path:
+    """Six synthetic videos with annotations (no mp4s), seed 7."""
+    from egoray.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth_small")
+    synthesize(str(out), videos=6, seed=7, with_videos=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_videos(tmp_path_factory) -> Path:
+    """Three synthetic videos with mp4 files, seed 3."""
+    from egoray.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth_videos")
+    synthesize(str(out), videos=3, seed=3, actions_per_video=6)
+    return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 with a bucket ``egoray-test``; yields its endpoint URL.
+
+    Credentials and the endpoint go into the environment the way a user would set them.
+    """
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+                                            "AWS_DEFAULT_REGION")}
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"})
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="egoray-test")
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

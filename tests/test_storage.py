@@ -1,0 +1,107 @@
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from egoray import storage
+
+
+def _table(n=5):
+    return pa.table({"id": [f"r{i}" for i in range(n)], "x": np.arange(n, dtype=np.float32)})
+
+
+@pytest.fixture(params=["path", "file"])
+def local_root(request, tmp_path):
+    return str(tmp_path) if request.param == "path" else f"file://{tmp_path}"
+
+
+def test_parquet_roundtrip_and_directory_read(local_root):
+    storage.write_parquet(storage.join(local_root, "t", "part-0.parquet"), _table(3))
+    storage.write_parquet(storage.join(local_root, "t", "part-1.parquet"), _table(2))
+    assert storage.read_parquet(storage.join(local_root, "t", "part-0.parquet")).equals(_table(3))
+    both = storage.read_parquet(storage.join(local_root, "t"))
+    assert both.num_rows == 5
+    assert [storage.basename(u) for u in storage.listdir(storage.join(local_root, "t"), ".parquet")] == [
+        "part-0.parquet", "part-1.parquet"]
+
+
+def test_hdf5_shard_roundtrip(local_root):
+    arrays = {"vid-a": np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32),
+              "vid-b": np.zeros((2, 4), np.float16)}
+    url = storage.join(local_root, "f", "shard-0.h5")
+    storage.write_hdf5_shard(url, arrays, {"vid-a": {"fps": 1.875, "model": "m"}})
+    back = storage.read_hdf5_shard(url)
+    assert set(back) == set(arrays)
+    np.testing.assert_array_equal(back["vid-a"], arrays["vid-a"])
+    assert back["vid-b"].dtype == np.float16
+    import h5py
+
+    with storage.local_copy(url) as p, h5py.File(p) as h5:
+        assert h5["vid-a"].attrs["fps"] == 1.875 and h5["vid-a"].attrs["model"] == "m"
+    with pytest.raises(storage.StorageError, match="no dataset"):
+        storage.read_hdf5_shard(url, ["vid-zzz"])
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    url = str(tmp_path / "d" / "x.h5")
+
+    class Boom(RuntimeError):
+        pass
+
+    def bad_array():
+        raise Boom
+
+    class Exploding(dict):
+        def items(self):
+            yield "a", np.zeros(3)
+            bad_array()
+
+    with pytest.raises(Boom):
+        storage.write_hdf5_shard(url, Exploding())
+    assert os.listdir(tmp_path / "d") == []  # neither the final name nor a temporary
+
+
+def test_write_replaces_atomically(tmp_path):
+    url = str(tmp_path / "a.json")
+    storage.write_json(url, {"v": 1})
+    storage.write_json(url, {"v": 2})
+    assert storage.read_json(url) == {"v": 2}
+    assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_remove_temporaries_and_hidden_files(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / ".part-0.parquet.tmp-abcd1234").write_bytes(b"half")
+    (tmp_path / "t" / "part-0.parquet").write_bytes(b"")
+    assert storage.remove_temporaries(str(tmp_path)) == 1
+    assert os.listdir(tmp_path / "t") == ["part-0.parquet"]
+
+
+def test_errors_name_the_url(tmp_path):
+    with pytest.raises(storage.StorageError, match="nope.parquet"):
+        storage.read_parquet(str(tmp_path / "nope.parquet"))
+    with pytest.raises(storage.StorageError, match="unsupported URL scheme 'gs'"):
+        storage.read_bytes("gs://bucket/x")
+    with pytest.raises(storage.StorageError, match="no .parquet files"):
+        storage.read_parquet(str(tmp_path))
+
+
+def test_s3_roundtrip(s3_server):
+    root = "s3://egoray-test/storage-test"
+    storage.write_parquet(storage.join(root, "t", "part-0.parquet"), _table(4))
+    storage.write_parquet(storage.join(root, "t", "part-1.parquet"), _table(1))
+    assert storage.read_parquet(storage.join(root, "t")).num_rows == 5
+    arrays = {"v": np.arange(12, dtype=np.float32).reshape(3, 4)}
+    storage.write_hdf5_shard(storage.join(root, "f", "s.h5"), arrays, {"v": {"fps": 2.0}})
+    np.testing.assert_array_equal(storage.read_hdf5_shard(storage.join(root, "f", "s.h5"))["v"], arrays["v"])
+    storage.write_json(storage.join(root, "run.json"), {"ok": True})
+    assert storage.read_json(storage.join(root, "run.json")) == {"ok": True}
+    assert storage.exists(storage.join(root, "run.json"))
+    storage.remove(root, recursive=True)
+    assert not storage.exists(storage.join(root, "run.json"))
+
+
+def test_s3_missing_bucket_is_a_clear_error(s3_server):
+    with pytest.raises(storage.StorageError, match="s3://no-such-bucket/x.json"):
+        storage.read_json("s3://no-such-bucket/x.json")
