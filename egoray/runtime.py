@@ -245,6 +245,14 @@ def wait_all(refs: list, desc: str, unit: str = "shard") -> list:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
-                results[index[ref]] = ray.get(ref)
+                try:
+                    results[index[ref]] = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    # Our own errors (bad input, storage) reach the user as themselves, one line,
+                    # not wrapped in a remote traceback.
+                    cause = getattr(e, "cause", None)
+                    if cause is not None and type(cause).__module__.startswith("egoray."):
+                        raise cause from None
+                    raise
                 bar.update(1)
     return [results[i] for i in range(len(refs))]

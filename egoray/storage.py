@@ -34,8 +34,12 @@ def is_remote(url: str) -> bool:
 
 
 def _s3_options() -> dict[str, Any]:
+    # Other processes (Ray workers) write shards and markers: never answer from a stale listing.
+    options: dict[str, Any] = {"use_listings_cache": False}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    return options
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:

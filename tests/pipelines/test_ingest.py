@@ -1,0 +1,132 @@
+"""The ingest job end to end on a local Ray: synthetic Ego4D data, the pickle, real EK-100 rows."""
+
+import json
+import pickle
+
+import pyarrow.compute as pc
+import pytest
+
+from egoray import storage
+from egoray.config import validate_config
+from egoray.data.raw import InputError
+from egoray.pipelines import ingest
+from tests.conftest import EK100_CSV
+
+
+def _config(**kw):
+    return validate_config({"job": "ingest", **kw})
+
+
+def _reconciles(manifest):
+    stages = manifest["stages"]
+    names = list(stages)
+    for a, b in zip(names, names[1:], strict=False):
+        assert stages[a]["out"] == stages[b]["in"]
+    for c in stages.values():
+        assert c["in"] == c["out"] + c["rejected"]
+    total_rejected = sum(c["rejected"] for c in stages.values())
+    assert stages[names[0]]["in"] == stages[names[-1]]["out"] + total_rejected
+    assert manifest["tables"]["narrations"] == stages[names[-1]]["out"]
+    assert manifest["tables"]["rejects"] == total_rejected
+
+
+def test_synthetic_narration_json(ray_session, synth_small, tmp_path):
+    out = str(tmp_path / "out")
+    config = _config(input=str(synth_small / "narration.json"), output=out,
+                     splits=str(synth_small / "splits.json"), num_shards=3)
+    manifest = ingest.run(config)
+    assert manifest["status"] == "complete"
+    _reconciles(manifest)
+    synth = json.loads((synth_small / "manifest.json").read_text())
+    assert manifest["stages"]["validate"]["in"] == synth["narrations"]
+
+    narrations = storage.read_parquet(storage.join(out, "narrations"))
+    rejects = storage.read_parquet(storage.join(out, "rejects"))
+    reasons = rejects["reason"].value_counts().to_pylist()
+    assert {r["values"]: r["counts"] for r in reasons} == {k: v for k, v in synth["defects"].items() if v}
+    ids = narrations["narration_id"].to_pylist()
+    assert len(ids) == len(set(ids))
+    assert not any("#" in t for t in narrations["text"].to_pylist())
+    assert set(narrations["source"].to_pylist()) == {"ego4d"}
+    splits = json.loads((synth_small / "splits.json").read_text())
+    expected = {uid: name for name, uids in splits.items() for uid in uids}
+    for row in narrations.select(["video_uid", "split"]).to_pylist():
+        assert row["split"] == expected[row["video_uid"]]
+    # Within a video and pass, the output is in time order although the input was not.
+    for part in storage.listdir(storage.join(out, "narrations"), ".parquet"):
+        t = storage.read_parquet(part)
+        keys = list(zip(t["video_uid"].to_pylist(), t["pass"].to_pylist(), t["t_start"].to_pylist(), strict=True))
+        assert keys == sorted(keys)
+    summaries = storage.read_parquet(storage.join(out, "summaries"))
+    assert summaries.num_rows == 2 * synth["videos"]
+    run = storage.read_json(storage.join(out, "run.json"))
+    assert run["shards"] == {"total": 3, "completed": 3, "resumed": 0, "written_now": 3, "missing": []}
+
+
+def test_drop_held_out_videos_and_min_words(ray_session, synth_small, tmp_path):
+    config = _config(input=str(synth_small / "narration.json"), output=str(tmp_path / "o"),
+                     splits=str(synth_small / "splits.json"), num_shards=2,
+                     clean={"drop_splits": ["val", "test"], "min_words": 6})
+    manifest = ingest.run(config)
+    _reconciles(manifest)
+    narrations = storage.read_parquet(str(tmp_path / "o" / "narrations"))
+    assert set(narrations["split"].to_pylist()) == {"train"}
+    assert pc.min(pc.list_value_length(pc.utf8_split_whitespace(narrations["text"]))).as_py() >= 6
+    assert manifest["stages"]["splits"]["rejected"] > 0
+    assert manifest["stages"]["normalise"]["rejected"] > 0
+
+
+def test_real_ek100_csv_and_pickle_together(ray_session, synth_small, tmp_path):
+    config = _config(input=[str(EK100_CSV), str(synth_small / "em_train_narrations.pkl")],
+                     output=str(tmp_path / "o"), num_shards=4)
+    manifest = ingest.run(config)
+    _reconciles(manifest)
+    narrations = storage.read_parquet(str(tmp_path / "o" / "narrations"))
+    ek = narrations.filter(pc.equal(narrations["source"], "ek100"))
+    assert ek.num_rows == 9668
+    assert set(ek["split"].to_pylist()) == {"val"}
+    row = ek.filter(pc.equal(ek["narration_id"], "P01_11_0")).to_pylist()[0]
+    assert (row["text"], row["verb"], row["noun"], row["t_end"]) == ("take plate", "take", "plate", 1.89)
+    em = narrations.filter(pc.equal(narrations["source"], "em_pkl"))
+    n_pkl = sum(len(c["narrations"]) for c in pickle.loads((synth_small / "em_train_narrations.pkl").read_bytes()))
+    assert em.num_rows == n_pkl
+    assert manifest["shards"]["total"] == 8
+
+
+def test_resume_rewrites_only_missing_shards(ray_session, synth_small, tmp_path):
+    out = tmp_path / "o"
+    config = _config(input=str(synth_small / "narration.json"), output=str(out), num_shards=4)
+    ingest.run(config)
+    before = storage.read_parquet(str(out / "narrations")).sort_by("narration_id")
+    # Simulate a crash after shard 2's table was written but before its marker.
+    (out / "_shards" / "00-0002.json").unlink()
+    (out / "narrations" / "part-00-0001.parquet").unlink()
+    (out / "_shards" / "00-0001.json").unlink()
+    manifest = ingest.run(config)
+    assert manifest["shards"]["resumed"] == 2 and manifest["shards"]["written_now"] == 2
+    after = storage.read_parquet(str(out / "narrations")).sort_by("narration_id")
+    assert after.equals(before)
+    _reconciles(manifest)
+
+
+def test_input_errors(ray_session, tmp_path):
+    with pytest.raises(InputError, match="input not found"):
+        ingest.run(_config(input=str(tmp_path / "missing.json"), output=str(tmp_path / "o")))
+    truncated = tmp_path / "narration.json"
+    truncated.write_text('{"v": {"narration_pass_1": {"narrations": [{"timestamp_sec": 1.0, "narr')
+    with pytest.raises(InputError, match="not valid JSON"):
+        ingest.run(_config(input=str(truncated), output=str(tmp_path / "o2")))
+    odd = tmp_path / "narrations.txt"
+    odd.write_text("x")
+    with pytest.raises(InputError, match="set format="):
+        ingest.run(_config(input=str(odd), output=str(tmp_path / "o3")))
+
+
+def test_s3_input_and_output(ray_session, synth_small, s3_server):
+    src = "s3://egoray-test/ingest-in/narration.json"
+    storage.write_bytes(src, (synth_small / "narration.json").read_bytes())
+    out = "s3://egoray-test/ingest-out"
+    manifest = ingest.run(_config(input=src, output=out, num_shards=2))
+    _reconciles(manifest)
+    assert storage.read_parquet(storage.join(out, "narrations")).num_rows == manifest["tables"]["narrations"]
+    assert storage.read_json(storage.join(out, "run.json"))["status"] == "complete"
