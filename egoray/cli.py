@@ -109,7 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from egoray.storage import StorageError
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come after options (`run cfg.yaml --overwrite a=1`): argparse leaves them over.
+    if extra and getattr(args, "overrides", None) is not None and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (ConfigError, UsageError) as e:

@@ -1,0 +1,141 @@
+"""The ``egoray`` command as a user runs it, including a real SIGKILL of a running job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from egoray import storage
+from egoray.cli import main
+from egoray.config import validate_config
+from egoray.pipelines import ingest
+from tests.conftest import ROOT
+
+DEMO_INGEST = str(ROOT / "configs" / "demo" / "ingest.yaml")
+EGORAY = [sys.executable, "-m", "egoray"]
+
+
+def test_bad_key_fails_before_any_work(tmp_path, capsys):
+    out = tmp_path / "never"
+    code = main(["run", DEMO_INGEST, f"output={out}", "clean.min_wrds=3"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "clean.min_wrds" in err and "unknown key" in err
+    assert not out.exists()
+    assert main(["run", DEMO_INGEST, f"output={out}", "num_shards=zero"]) == 2
+    assert "num_shards" in capsys.readouterr().err
+
+
+def test_missing_input_is_one_clear_line(tmp_path, capsys, ray_session):
+    code = main(["run", DEMO_INGEST, f"input={tmp_path}/nope.json", f"output={tmp_path}/o", "splits=null"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"egoray: error: input not found: {tmp_path}/nope.json"]
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert main(["run", DEMO_INGEST, "--dry-run", "num_shards=5", "input=s3://b/n.json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["num_shards"] == 5 and printed["input"] == "s3://b/n.json" and printed["job"] == "ingest"
+
+
+def test_synth_command(tmp_path):
+    result = subprocess.run([*EGORAY, "synth", str(tmp_path / "s"), "--videos", "2", "--seed", "5", "--no-videos"],
+                            capture_output=True, text=True, check=True)
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["videos"] == 2 and manifest["seed"] == 5
+    assert "synthetic dataset written to" in result.stdout
+    assert not (tmp_path / "s" / "videos").exists()
+
+
+def _markers(out: Path) -> int:
+    return len(list((out / "_shards").glob("00-*.json"))) if (out / "_shards").exists() else 0
+
+
+def _start(out: Path, data: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*EGORAY, "run", DEMO_INGEST, f"input={data}/narration.json", f"splits={data}/splits.json",
+         f"output={out}", "num_shards=48", "ray.num_cpus=2"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver first (the crash under test), then whatever it started."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _tables(out: str) -> dict:
+    return {name: storage.read_parquet(storage.join(out, name)).sort_by("record_id" if name == "rejects" else
+                                                                      ("summary_id" if name == "summaries"
+                                                                       else "narration_id"))
+            for name in ("narrations", "rejects", "summaries")}
+
+
+def test_sigkilled_job_resumes_to_the_uninterrupted_output(tmp_path, ray_session):
+    from egoray.data.synth import synthesize
+
+    data = tmp_path / "data"
+    synthesize(str(data), videos=300, seed=21, actions_per_video=30, with_videos=False)
+    reference = tmp_path / "reference"
+    config = validate_config({"job": "ingest", "input": f"{data}/narration.json", "splits": f"{data}/splits.json",
+                              "output": str(reference), "num_shards": 48, "clean": {"min_words": 2}})
+    expected_manifest = ingest.run(config)
+
+    out = tmp_path / "killed"
+    # Kill 1: while Ray is still starting, before any shard is written.
+    proc = _start(out, data)
+    time.sleep(2.0)
+    assert proc.poll() is None
+    _kill_group(proc)
+    assert _markers(out) == 0
+
+    # Kill 2: with some but not all shards committed.
+    killed_midway = False
+    for _attempt in range(3):
+        proc = _start(out, data)
+        deadline = time.time() + 120
+        while _markers(out) == 0 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        _kill_group(proc)
+        if 0 < _markers(out) < 48:
+            killed_midway = True
+            break
+        storage.remove(str(out), recursive=True)  # it finished before the kill: try again
+    assert killed_midway
+
+    result = subprocess.run([*EGORAY, "run", DEMO_INGEST, f"input={data}/narration.json",
+                             f"splits={data}/splits.json", f"output={out}", "num_shards=48"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = json.loads((out / "run.json").read_text())
+    assert resumed["shards"]["resumed"] > 0
+    assert resumed["stages"] == {**resumed["stages"], **{k: {**v, "seconds": resumed["stages"][k]["seconds"]}
+                                                         for k, v in expected_manifest["stages"].items()}}
+    got, want = _tables(str(out)), _tables(str(reference))
+    for name in want:
+        assert got[name].equals(want[name]), name
+    list_files = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*")  # noqa: E731
+                                     if p.is_file() and p.name not in ("run.json", "_plan.json"))
+    assert list_files(out) == list_files(reference)
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # no temporaries left behind
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["run", "--help"]])
+def test_help_and_version(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    assert "egoray" in capsys.readouterr().out
