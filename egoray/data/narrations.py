@@ -11,6 +11,7 @@ import json
 import math
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
@@ -81,7 +82,7 @@ def build_narrations(
 
     with timer.stage("normalise") as c:
         c.n_in = raw.num_rows
-        cleaned = text_ops.normalise(raw["raw_text"], options.tags)
+        cleaned = text_ops.normalise_distinct(raw["raw_text"], options.tags)
         raw = raw.append_column("text", cleaned)
         r = Reasons(raw.num_rows)
         words = text_ops.word_counts(cleaned)
@@ -136,9 +137,15 @@ def clean_summaries(summaries: pa.Table, options: CleanOptions) -> pa.Table:
 
 def _repeated(table: pa.Table, keys: list[str]) -> pa.Array:
     """True for every row whose key was already seen in an earlier row."""
-    indexed = table.select(keys).append_column("_row", pa.array(range(table.num_rows), pa.int64()))
-    first = indexed.group_by(keys, use_threads=False).aggregate([("_row", "min")])["_row_min"]
-    return pc.invert(pc.is_in(indexed["_row"], value_set=first))
+    if table.num_rows == 0:
+        return pa.array([], pa.bool_())
+    parts = [pc.fill_null(pc.cast(table[k], pa.string()), "\x00") for k in keys]
+    key = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\x1f")
+    codes = pc.dictionary_encode(key).combine_chunks().indices.to_numpy()
+    _, first = np.unique(codes, return_index=True)
+    seen_before = np.ones(table.num_rows, dtype=bool)
+    seen_before[first] = False
+    return pa.array(seen_before)
 
 
 def _split_off(table: pa.Table, reasons: Reasons, stage: str, rejects: list[pa.Table]) -> pa.Table:

@@ -57,6 +57,18 @@ def normalise(texts: pa.Array | pa.ChunkedArray | list[str | None], words: TagWo
     return pc.utf8_trim_whitespace(arr)
 
 
+def normalise_distinct(texts: pa.Array | pa.ChunkedArray, words: TagWords | None = None) -> pa.Array:
+    """:func:`normalise` applied once per distinct text: narrations repeat a lot
+    ("#C C walks around"), and a hash lookup is far cheaper than a dozen regex passes."""
+    encoded = pc.dictionary_encode(texts)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    if len(encoded.dictionary) >= 0.8 * len(encoded):
+        return normalise(texts, words)
+    cleaned = normalise(encoded.dictionary, words)
+    return pc.take(cleaned, encoded.indices)
+
+
 def normalise_one(text: str, words: TagWords | None = None) -> str:
     """Scalar convenience over :func:`normalise` (same code path)."""
     return normalise([text], words)[0].as_py()

@@ -66,3 +66,18 @@ def test_python_nan_literals_are_read():
 def test_unreadable_files_raise_clear_errors(data, message):
     with pytest.raises(InputError, match=message):
         read_narration_json(data, "narration.json")
+
+
+def test_fast_and_exact_paths_agree():
+    from egoray.data.ego4d import _narrations_columnar, _narrations_rowwise, decode
+
+    data = (b'{"a": {"narration_pass_1": {"narrations": [{"timestamp_sec": 1.5, "narration_text": "#C C x"},'
+            b' {"timestamp_sec": null, "narration_text": "y"}, {"timestamp_sec": Infinity, "narration_text": "z"},'
+            b' {"timestamp_sec": 2, "narration_text": null}, {"narration_text": "w"}]},'
+            b' "narration_pass_2": {"narrations": [{"timestamp_sec": 0.0, "narration_text": ""}]}},'
+            b' "b": {"narration_pass_2": {"narrations": []}}, "c": {}}')
+    videos = decode(data)
+    fast = _narrations_columnar(videos)
+    assert fast is not None
+    assert fast.equals(_narrations_rowwise(videos))
+    assert fast["issue"].to_pylist() == [None, "bad_timestamp", "bad_timestamp", "missing_field", "bad_timestamp", None]

@@ -58,3 +58,12 @@ def test_replacement_with_backslash_is_literal():
 def test_word_counts():
     counts = word_counts(pa.array(["a b  c", "", None, " one "]))
     assert counts.to_pylist() == [3, 0, 0, 1]
+
+
+def test_distinct_path_matches_plain_path():
+    from egoray.data.text import normalise_distinct
+
+    texts = pa.array(["#C C walks", "#C C walks", None, "#O man X waves at C", "#C C walks", "take plate"] * 5)
+    assert normalise_distinct(texts).to_pylist() == normalise(texts).to_pylist()
+    chunked = pa.chunked_array([texts.slice(0, 7), texts.slice(7)])
+    assert normalise_distinct(chunked).to_pylist() == normalise(texts).to_pylist()
