@@ -122,9 +122,20 @@ class ShardLedger:
     def table_url(self, name: str, shard_id: str) -> str:
         return storage.join(self.output, name, f"part-{shard_id}.parquet")
 
-    def prepare(self, config: JobConfig, shard_ids: list[str], overwrite: bool = False) -> None:
-        """Record the plan, refusing to mix the output of two different configs."""
+    def prepare(
+        self,
+        config: JobConfig,
+        shard_ids: list[str],
+        overwrite: bool = False,
+        inputs: list[str] | None = None,
+    ) -> None:
+        """Record the plan, refusing to mix outputs of different configs or changed inputs.
+
+        ``inputs`` are input file URLs whose size/modification stamp must not change between a
+        run and its resumption (shards already written came from the old file).
+        """
         plan_url = storage.join(self.shards_url, PLAN_FILE)
+        signatures = {u: storage.signature(u) for u in inputs or []}
         if overwrite:
             storage.remove(self.output, recursive=True)
         elif storage.exists(plan_url):
@@ -135,11 +146,17 @@ class ShardLedger:
                     f"(fingerprint {plan.get('fingerprint')} vs {config.fingerprint()}); "
                     "pick another output or re-run with --overwrite"
                 )
+            changed = [u for u, sig in signatures.items() if plan.get("inputs", {}).get(u) != sig]
+            if changed:
+                raise OutputConflict(
+                    f"{self.output} was written from an earlier version of {', '.join(changed)}; "
+                    "pick another output or re-run with --overwrite"
+                )
         storage.makedirs(self.output)
         storage.remove_temporaries(self.output)
         storage.write_json(
             plan_url,
-            {"job": config.job, "fingerprint": config.fingerprint(), "shards": shard_ids},
+            {"job": config.job, "fingerprint": config.fingerprint(), "inputs": signatures, "shards": shard_ids},
         )
 
     def completed(self) -> dict[str, dict[str, Any]]:

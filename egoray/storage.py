@@ -72,6 +72,16 @@ def exists(url: str) -> bool:
     return _call(url, fs.exists, path)
 
 
+def signature(url: str) -> str:
+    """Size and modification stamp (ETag on S3) of a file: changes when the file changes."""
+    fs, path = filesystem(url)
+    if not is_remote(url):
+        st = _call(url, os.stat, path)
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    info = _call(url, fs.info, path)
+    return f"{info.get('size')}:{info.get('ETag') or info.get('LastModified')}"
+
+
 def makedirs(url: str) -> None:
     fs, path = filesystem(url)
     if not is_remote(url):  # S3 has no directories

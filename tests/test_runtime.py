@@ -68,3 +68,14 @@ def test_buckets_are_stable_and_spread():
     assert a[0] == zlib.crc32(b"video-0") % 8  # CRC-32: the same in every process, unlike hash()
     counts = [a.count(b) for b in range(8)]
     assert min(counts) > 80
+
+
+def test_changed_input_is_refused(tmp_path):
+    src = tmp_path / "narration.json"
+    src.write_text("{}")
+    config = _config(tmp_path / "out")
+    ShardLedger(config.output).prepare(config, ["00-0000"], inputs=[str(src)])
+    ShardLedger(config.output).prepare(config, ["00-0000"], inputs=[str(src)])  # unchanged: fine
+    src.write_text('{"v": {}}')
+    with pytest.raises(OutputConflict, match="earlier version"):
+        ShardLedger(config.output).prepare(config, ["00-0000"], inputs=[str(src)])

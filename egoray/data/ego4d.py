@@ -65,6 +65,35 @@ def decode(data: bytes, name: str = "narration.json") -> dict[str, _Video]:
         raise InputError(f"{name}: not in the Ego4D narration.json layout: {e}") from None
 
 
+def split_by_video(data: bytes, bucket_of_video, name: str = "narration.json") -> dict[int, bytes]:
+    """Cut a narration.json into smaller narration.json documents, one per bucket of videos.
+
+    Only the top level is parsed (each video's value is kept as raw bytes), so this is a fast
+    scan, and the expensive decoding happens later, in parallel, one bucket per task.
+    ``bucket_of_video(list_of_uids) -> list_of_buckets``.
+    """
+    try:
+        videos = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
+        encoded = {uid: bytes(raw) for uid, raw in videos.items()}
+    except msgspec.ValidationError as e:
+        raise InputError(f"{name}: not in the Ego4D narration.json layout: {e}") from None
+    except msgspec.DecodeError as e:
+        if b"NaN" not in data and b"Infinity" not in data:
+            raise InputError(f"{name}: not valid JSON ({e})") from None
+        try:
+            obj = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e2:
+            raise InputError(f"{name}: not valid JSON ({e2})") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{name}: not in the Ego4D narration.json layout: expected an object") from None
+        encoded = {uid: json.dumps(value).encode() for uid, value in obj.items()}
+    uids = list(encoded)
+    pieces: dict[int, list[bytes]] = {}
+    for uid, bucket in zip(uids, bucket_of_video(uids), strict=True):
+        pieces.setdefault(bucket, []).append(msgspec.json.encode(uid) + b":" + encoded[uid])
+    return {b: b"{" + b",".join(parts) + b"}" for b, parts in pieces.items()}
+
+
 def read_narration_json(data: bytes, name: str = "narration.json") -> tuple[pa.Table, pa.Table]:
     """Narrations (RAW schema, one row per narration, file order) and summaries of a narration.json.
 

@@ -82,10 +82,9 @@ def build_narrations(
 
     with timer.stage("normalise") as c:
         c.n_in = raw.num_rows
-        cleaned = text_ops.normalise_distinct(raw["raw_text"], options.tags)
+        cleaned, words = text_ops.normalise_distinct(raw["raw_text"], options.tags)
         raw = raw.append_column("text", cleaned)
         r = Reasons(raw.num_rows)
-        words = text_ops.word_counts(cleaned)
         r.mark(pc.equal(words, 0), "empty_text", "nothing left after tag clean-up")
         if options.min_words:
             r.mark(pc.less(words, options.min_words), "too_few_words", f"fewer than {options.min_words} words")
@@ -137,14 +136,21 @@ def clean_summaries(summaries: pa.Table, options: CleanOptions) -> pa.Table:
 
 def _repeated(table: pa.Table, keys: list[str]) -> pa.Array:
     """True for every row whose key was already seen in an earlier row."""
-    if table.num_rows == 0:
+    n = table.num_rows
+    if n == 0:
         return pa.array([], pa.bool_())
-    parts = [pc.fill_null(pc.cast(table[k], pa.string()), "\x00") for k in keys]
-    key = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\x1f")
-    codes = pc.dictionary_encode(key).combine_chunks().indices.to_numpy()
-    _, first = np.unique(codes, return_index=True)
-    seen_before = np.ones(table.num_rows, dtype=bool)
-    seen_before[first] = False
+    if len(keys) == 1 and pc.count_distinct(table[keys[0]], mode="all").as_py() == n:
+        return pa.array(np.zeros(n, dtype=bool))  # the common case: nothing repeats
+    columns = {}
+    for k in keys:  # strings → integer codes: hashing small ints is much cheaper than strings
+        col = table[k]
+        if pa.types.is_string(col.type):
+            col = pc.dictionary_encode(col).combine_chunks().indices
+        columns[k] = col
+    columns["_row"] = pa.array(np.arange(n, dtype=np.int64))
+    first = pa.table(columns).group_by(keys, use_threads=False).aggregate([("_row", "min")])["_row_min"]
+    seen_before = np.ones(n, dtype=bool)
+    seen_before[first.to_numpy()] = False
     return pa.array(seen_before)
 
 

@@ -57,16 +57,21 @@ def normalise(texts: pa.Array | pa.ChunkedArray | list[str | None], words: TagWo
     return pc.utf8_trim_whitespace(arr)
 
 
-def normalise_distinct(texts: pa.Array | pa.ChunkedArray, words: TagWords | None = None) -> pa.Array:
-    """:func:`normalise` applied once per distinct text: narrations repeat a lot
-    ("#C C walks around"), and a hash lookup is far cheaper than a dozen regex passes."""
+def normalise_distinct(
+    texts: pa.Array | pa.ChunkedArray, words: TagWords | None = None
+) -> tuple[pa.Array, pa.Array]:
+    """(:func:`normalise`, :func:`word_counts` of the result), computed once per distinct text:
+    narrations repeat a lot ("#C C walks around"), and a hash lookup is far cheaper than a
+    dozen regex passes."""
     encoded = pc.dictionary_encode(texts)
     if isinstance(encoded, pa.ChunkedArray):
         encoded = encoded.combine_chunks()
     if len(encoded.dictionary) >= 0.8 * len(encoded):
-        return normalise(texts, words)
+        cleaned = normalise(texts, words)
+        return cleaned, word_counts(cleaned)
     cleaned = normalise(encoded.dictionary, words)
-    return pc.take(cleaned, encoded.indices)
+    counts = word_counts(cleaned)
+    return pc.take(cleaned, encoded.indices), pc.fill_null(pc.take(counts, encoded.indices), 0)
 
 
 def normalise_one(text: str, words: TagWords | None = None) -> str:

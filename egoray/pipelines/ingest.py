@@ -23,7 +23,7 @@ from pydantic import Field, field_validator
 
 from egoray import storage
 from egoray.config import JobConfig
-from egoray.data.ego4d import read_narration_json
+from egoray.data.ego4d import read_narration_json, split_by_video
 from egoray.data.ek100 import read_ek100_csv
 from egoray.data.em_pkl import read_em_pickle
 from egoray.data.narrations import CleanOptions, build_narrations, clean_summaries
@@ -100,19 +100,39 @@ def shard_id(input_index: int, bucket: int) -> str:
 
 
 def _read_and_split(url: str, fmt: str, num_shards: int, wanted: list[int]) -> list[tuple[Any, ...]]:
+    """One input file → one part per wanted bucket.
+
+    A narration.json is only cut into per-bucket JSON documents here (a fast top-level scan);
+    the shard tasks decode them in parallel. The other formats are parsed here and split as tables.
+    """
     t0 = time.perf_counter()
+    if fmt == "ego4d_json":
+        try:
+            data = storage.read_bytes(url)
+        except storage.StorageError as e:
+            raise InputError(f"cannot read input: {e}") from None
+        blobs = split_by_video(data, lambda uids: bucket_of(uids, num_shards), storage.basename(url))
+        del data
+        share = (time.perf_counter() - t0) / num_shards
+        empty = b"{}"
+        return [("json", blobs.get(b, empty), storage.basename(url), share) for b in wanted]
     raw, summaries = read_input(url, fmt)
-    seconds = time.perf_counter() - t0
     raw_parts = split_into_buckets(raw, "video_uid", num_shards)
     sum_parts = split_into_buckets(summaries, "video_uid", num_shards) if summaries is not None else None
-    share = seconds / num_shards
-    return [(raw_parts[b], sum_parts[b] if sum_parts else None, share) for b in wanted]
+    share = (time.perf_counter() - t0) / num_shards
+    return [("table", raw_parts[b], sum_parts[b] if sum_parts else None, share) for b in wanted]
 
 
 def _finish_shard(
     output: str, sid: str, part: tuple[Any, ...], clean: CleanOptions, splits: dict[str, str] | None
 ) -> dict[str, Any]:
-    raw, summaries, read_seconds = part
+    if part[0] == "json":
+        _, blob, name, read_seconds = part
+        t0 = time.perf_counter()
+        raw, summaries = read_narration_json(blob, name)
+        read_seconds += time.perf_counter() - t0
+    else:
+        _, raw, summaries, read_seconds = part
     timer = StageTimer()
     narrations, rejects = build_narrations(raw, clean, splits, timer)
     tables = {"narrations": narrations, "rejects": rejects}
@@ -137,7 +157,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     all_ids = [shard_id(i, b) for i in range(len(inputs)) for b in range(config.num_shards)]
     ledger = ShardLedger(config.output)
-    ledger.prepare(config, all_ids, overwrite=overwrite)
+    ledger.prepare(config, all_ids, overwrite=overwrite, inputs=inputs)
     done_before = ledger.completed()
 
     ensure_ray(config.ray)

@@ -64,6 +64,10 @@ def test_distinct_path_matches_plain_path():
     from egoray.data.text import normalise_distinct
 
     texts = pa.array(["#C C walks", "#C C walks", None, "#O man X waves at C", "#C C walks", "take plate"] * 5)
-    assert normalise_distinct(texts).to_pylist() == normalise(texts).to_pylist()
+    cleaned, counts = normalise_distinct(texts)
+    assert cleaned.to_pylist() == normalise(texts).to_pylist()
+    assert counts.to_pylist() == word_counts(normalise(texts)).to_pylist()
     chunked = pa.chunked_array([texts.slice(0, 7), texts.slice(7)])
-    assert normalise_distinct(chunked).to_pylist() == normalise(texts).to_pylist()
+    assert normalise_distinct(chunked)[0].to_pylist() == normalise(texts).to_pylist()
+    unique = pa.array([f"#C C takes cup {i}" for i in range(10)])  # mostly distinct: the plain path
+    assert normalise_distinct(unique)[0].to_pylist() == normalise(unique).to_pylist()
