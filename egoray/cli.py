@@ -109,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from egoray.storage import StorageError
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # before anything imports ray
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may come after options (`run cfg.yaml --overwrite a=1`): argparse leaves them over.

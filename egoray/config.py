@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from egoray import storage
 
 
 class ConfigError(ValueError):
     """A config that cannot be run; the message names the file and key."""
+
+
+def _url(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return storage.absolute(value.strip())
+
+
+Url = Annotated[str, AfterValidator(_url)]
+"""A storage URL field: local paths become absolute when the config is loaded (in the driver),
+so that Ray workers running in another directory read and write the same place."""
 
 
 class StrictModel(BaseModel):
@@ -38,8 +49,8 @@ class JobConfig(StrictModel):
     """Fields every job has."""
 
     job: str = Field(description="which job this config runs")
-    input: str = Field(description="URL (path, file://, s3://) the job reads")
-    output: str = Field(description="URL of the directory the job writes")
+    input: Url = Field(description="URL (path, file://, s3://) the job reads")
+    output: Url = Field(description="URL of the directory the job writes")
     ray: RayOptions = RayOptions()
 
     def fingerprint(self) -> str:

@@ -40,11 +40,11 @@ def ensure_ray(options: RayOptions | None = None) -> bool:
 
     Returns True when this call started (and so should later shut down) Ray.
     """
+    _quiet_ray_defaults()
     import ray
 
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     options = options or RayOptions()
     address = os.environ.get("RAY_ADDRESS")
     if address:
@@ -57,6 +57,16 @@ def ensure_ray(options: RayOptions | None = None) -> bool:
             log_to_driver=True,
         )
     return True
+
+
+def _quiet_ray_defaults() -> None:
+    """Environment defaults for a local Ray (a user's own setting wins).
+
+    Ray's ``uv run`` hook would copy the working directory into a fresh environment for every
+    worker: slow, and relative paths would point elsewhere. Our workers use the driver's Python.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
 @dataclass

@@ -55,6 +55,15 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(url))
 
 
+def absolute(url: str) -> str:
+    """A local path made absolute (workers may run in another directory); URLs unchanged."""
+    if "://" in url and not url.startswith("file://"):
+        return url
+    if url.startswith("file://"):
+        return "file://" + os.path.abspath(os.path.expanduser(url[len("file://") :]))
+    return os.path.abspath(os.path.expanduser(url))
+
+
 def join(url: str, *parts: str) -> str:
     """Join path parts onto a URL with '/' whatever the backend."""
     out = url.rstrip("/")

@@ -89,3 +89,14 @@ def test_fingerprint_ignores_ray_sizing(tmp_path):
     a = load_config(path)
     assert a.fingerprint() == load_config(path, ["ray.num_cpus=1"]).fingerprint()
     assert a.fingerprint() != load_config(path, ["num_shards=2"]).fingerprint()
+
+
+def test_local_paths_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(_write(tmp_path, BASE), ["splits=data/s.json", "input=[a.json, s3://b/c.pkl]"])
+    assert config.output == str(tmp_path / "out")
+    assert config.splits == str(tmp_path / "data" / "s.json")
+    assert config.input == [str(tmp_path / "a.json"), "s3://b/c.pkl"]
+    assert load_config(_write(tmp_path, BASE), ["output=file://rel"]).output == f"file://{tmp_path}/rel"
+    with pytest.raises(ConfigError, match="key 'output'"):
+        load_config(_write(tmp_path, BASE), ["output= "])

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from egoray import storage
-from egoray.config import JobConfig
+from egoray.config import JobConfig, Url
 from egoray.data.ego4d import read_narration_json, split_by_video
 from egoray.data.ek100 import read_ek100_csv
 from egoray.data.em_pkl import read_em_pickle
@@ -38,16 +38,16 @@ class Config(JobConfig):
     """Config of the ``ingest`` job."""
 
     job: Literal["ingest"] = "ingest"
-    input: str | list[str] = Field(description="one input file URL or a list of them")
+    input: Url | list[Url] = Field(description="one input file URL or a list of them")
     format: Format = Field("auto", description="input format; auto = from the file name")
-    splits: str | None = Field(None, description="splits file (JSON or CSV) mapping videos to train/val/test")
+    splits: Url | None = Field(None, description="splits file (JSON or CSV) mapping videos to train/val/test")
     num_shards: int = Field(8, ge=1, le=4096, description="output shards per input file")
     clean: CleanOptions = CleanOptions()
 
     @field_validator("input")
     @classmethod
     def _non_empty(cls, v: str | list[str]) -> str | list[str]:
-        if (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
+        if isinstance(v, list) and not v:
             raise ValueError("needs at least one input URL")
         return v
 
