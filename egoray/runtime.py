@@ -283,3 +283,10 @@ def wait_all(refs: list, desc: str, unit: str = "shard") -> list:
                     raise
                 bar.update(1)
     return [results[i] for i in range(len(refs))]
+
+
+def waves(shard_ids: list[str], done: Iterable[str], per_wave: int) -> list[list[str]]:
+    """The shards still to do, in order, cut into waves of ``per_wave`` (processed together)."""
+    finished = set(done)
+    todo = [s for s in shard_ids if s not in finished]
+    return [todo[i:i + per_wave] for i in range(0, len(todo), per_wave)]

@@ -181,3 +181,35 @@ def _input_json(row: dict) -> str:
             keep[k] = str(v)
     text = json.dumps(keep, ensure_ascii=False)
     return text if len(text) <= 4000 else text[:4000] + "..."
+
+
+def load_narrations(url: str, splits: list[str] | None = None) -> pa.Table:
+    """The narrations table from an ingest output directory (its ``narrations/``) or any Parquet
+    file/directory in the narrations schema; optionally only rows of the given splits."""
+    from egoray import storage
+    from egoray.data.raw import InputError
+
+    source = storage.join(url, "narrations")
+    if not storage.exists(source):
+        source = url
+    try:
+        table = storage.read_parquet(source)
+    except storage.StorageError as e:
+        raise InputError(f"cannot read narrations: {e}") from None
+    missing = [c for c in ("narration_id", "video_uid", "text", "t_start", "t_end") if c not in table.column_names]
+    if missing:
+        raise InputError(f"{source}: not a narrations table (missing {missing})")
+    if splits and "split" in table.column_names:
+        table = table.filter(pc.is_in(table["split"], value_set=pa.array(splits, pa.string())))
+    return table
+
+
+def input_files(url: str) -> list[str]:
+    """The Parquet files :func:`load_narrations` reads (for the resume check on changed inputs)."""
+    from egoray import storage
+
+    source = storage.join(url, "narrations")
+    if not storage.exists(source):
+        source = url
+    files = storage.listdir(source, ".parquet")
+    return files or [source]

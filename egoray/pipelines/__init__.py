@@ -10,6 +10,8 @@ from types import ModuleType
 
 JOBS: dict[str, str] = {
     "ingest": "egoray.pipelines.ingest",
+    "qa": "egoray.pipelines.qa",
+    "rephrase": "egoray.pipelines.rephrase",
 }
 
 

@@ -1,0 +1,1 @@
+"""LLM engines, prompts, structured outputs and the generation steps built on them."""

@@ -1,0 +1,141 @@
+"""Tiny language models built offline: same classes as the real ones, random weights.
+
+Tests and the demo must run without a network, so model names of the form ``tiny:<preset>``
+resolve to a directory this module builds (deterministically, in seconds) and caches:
+
+- a byte-level BPE tokenizer trained on a small built-in English + narration corpus
+  (every byte is in the vocabulary, so any text round-trips and grammar-constrained decoding
+  can spell anything);
+- ``tiny:llama`` — a 2-layer ``LlamaForCausalLM``; ``tiny:t5`` — a 2-layer
+  ``T5ForConditionalGeneration``; ``tiny:gpt2`` — a 2-layer ``GPT2LMHeadModel``.
+
+The directory is a normal Hugging Face model directory: transformers and vLLM load it by path.
+Any other name (a Hub id, a local directory, an ``s3://`` URL fetched by the caller) is returned
+unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+PRESET_VERSION = "1"
+PRESETS = ("llama", "t5", "gpt2")
+SPECIAL = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
+
+_CORPUS_WORDS = """
+the a an and or of to in on with from into onto at by for his her their its is was were be been
+camera wearer person another someone something what where when which who how why did does do
+I you he she it they we my your our this that these those there here then after before while
+open opens opened close closes closed cut cuts wash washes washed pick picks picked up put puts
+down stir stirs stirred pour pours poured take takes took hold holds held place places placed
+walk walks walked look looks looked move moves moved turn turns turned lift lifts lifted drop
+door knife onion cup bowl pan tap bottle plate spoon table kitchen water hand hands right left
+bag box phone book chair floor wall window sink fridge food bread tomato carrot paper towel
+question answer wrong answers summary caption captions video narration narrations paraphrase
+generate one pair json format past tense within words concise plausible incorrect three list
+""".split()
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EGORAY_CACHE", Path.home() / ".cache" / "egoray"))
+
+
+def is_tiny(name: str) -> bool:
+    return name.startswith("tiny:")
+
+
+def resolve_model(name: str, seed: int = 0) -> str:
+    """A loadable model path or id; ``tiny:*`` presets are built on first use and cached."""
+    if not is_tiny(name):
+        return name
+    preset = name.split(":", 1)[1]
+    if preset not in PRESETS:
+        raise ValueError(f"unknown tiny model {name!r} (presets: {', '.join('tiny:' + p for p in PRESETS)})")
+    key = hashlib.sha256(f"{preset}-{seed}-{PRESET_VERSION}".encode()).hexdigest()[:10]
+    target = cache_root() / "models" / f"tiny-{preset}-{key}"
+    if (target / "config.json").exists():
+        return str(target)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        build_tiny_model(preset, str(tmp), seed)
+        try:
+            tmp.rename(target)  # atomic: concurrent builders race harmlessly
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def build_tokenizer(vocab_size: int = 800):
+    """A byte-level BPE tokenizer trained on the built-in corpus (deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[SPECIAL["pad"], SPECIAL["bos"], SPECIAL["eos"], SPECIAL["unk"]],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    lines = [" ".join(_CORPUS_WORDS[i:i + 12]) for i in range(0, len(_CORPUS_WORDS), 12)]
+    lines += ['{"question": "What did I cut?", "answer": "an onion"}', '{"wrong_answers": ["a", "b", "c"]}',
+              "The camera wearer picks up the cup. Summary: The camera wearer cooked."]
+    tok.train_from_iterator(lines * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=SPECIAL["bos"],
+        eos_token=SPECIAL["eos"],
+        pad_token=SPECIAL["pad"],
+        unk_token=SPECIAL["unk"],
+        padding_side="left",
+        model_max_length=1024,
+    )
+    return fast
+
+
+def build_tiny_model(preset: str, out_dir: str, seed: int = 0) -> None:
+    """Write a tiny random-weight model and its tokenizer to ``out_dir``."""
+    import torch
+    import transformers
+
+    tokenizer = build_tokenizer()
+    ids = {k: tokenizer.convert_tokens_to_ids(v) for k, v in SPECIAL.items()}
+    vocab = len(tokenizer)
+    torch.manual_seed(seed)
+    if preset == "llama":
+        config = transformers.LlamaConfig(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+            tie_word_embeddings=False,
+        )
+        model = transformers.LlamaForCausalLM(config)
+    elif preset == "gpt2":
+        config = transformers.GPT2Config(
+            vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=1024,
+            bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+        )
+        model = transformers.GPT2LMHeadModel(config)
+    elif preset == "t5":
+        tokenizer.padding_side = "right"
+        config = transformers.T5Config(
+            vocab_size=vocab, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+            num_heads=4, eos_token_id=ids["eos"], pad_token_id=ids["pad"], decoder_start_token_id=ids["pad"],
+        )
+        model = transformers.T5ForConditionalGeneration(config)
+    else:
+        raise ValueError(f"unknown preset {preset!r}")
+    model.generation_config.pad_token_id = ids["pad"]
+    model.generation_config.eos_token_id = ids["eos"]
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
