@@ -100,7 +100,7 @@ def makedirs(url: str) -> None:
 def listdir(url: str, suffix: str = "") -> list[str]:
     """Sorted URLs of the files directly under ``url`` ending in ``suffix`` (hidden files skipped)."""
     fs, path = filesystem(url)
-    if not _call(url, fs.exists, path):
+    if not _call(url, fs.isdir, path):
         return []
     entries = _call(url, fs.ls, path, detail=True)
     names = sorted(

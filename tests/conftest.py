@@ -95,3 +95,16 @@ def s3_server():
         yield endpoint
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def ingested_small(ray_session, synth_small, tmp_path_factory) -> Path:
+    """The ingest output of ``synth_small`` (narrations of six videos)."""
+    from egoray.config import validate_config
+    from egoray.pipelines import ingest
+
+    out = tmp_path_factory.mktemp("ingested_small")
+    config = validate_config({"job": "ingest", "input": str(synth_small / "narration.json"),
+                              "splits": str(synth_small / "splits.json"), "output": str(out), "num_shards": 2})
+    ingest.run(config)
+    return out

@@ -105,3 +105,10 @@ def test_s3_roundtrip(s3_server):
 def test_s3_missing_bucket_is_a_clear_error(s3_server):
     with pytest.raises(storage.StorageError, match="s3://no-such-bucket/x.json"):
         storage.read_json("s3://no-such-bucket/x.json")
+
+
+def test_listdir_of_a_file_or_nothing(tmp_path):
+    f = tmp_path / "a.parquet"
+    storage.write_parquet(str(f), _table(1))
+    assert storage.listdir(str(f), ".parquet") == []
+    assert storage.listdir(str(tmp_path / "missing")) == []

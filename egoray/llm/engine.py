@@ -95,7 +95,7 @@ class HFEngine:
             return []
         torch.manual_seed(params.seed if seed is None else seed)
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.max_prompt_tokens).to(self.device)
+                             max_length=self.max_prompt_tokens, return_token_type_ids=False).to(self.device)
         kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_new_tokens,
             "do_sample": params.do_sample,

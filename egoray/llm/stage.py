@@ -127,9 +127,7 @@ def _vllm(ds: Any, engine: EngineConfig, params: GenerationParams, prompt_col: s
           schema: dict[str, Any] | None, n: int) -> Any:
     if not vllm_available():
         raise RuntimeError("engine.kind=vllm needs the vllm extra (pip install 'egoray[vllm]') and a GPU")
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
-
-    from egoray.models.tiny import resolve_model
+    from ray.data.llm import build_processor
 
     if n > 1:
         ds = ds.flat_map(lambda row: [{**row, "sample": s} for s in range(n)])
@@ -155,17 +153,27 @@ def _vllm(ds: Any, engine: EngineConfig, params: GenerationParams, prompt_col: s
         keep = {k: v for k, v in row.items() if k not in _VLLM_COLUMNS}
         return {**keep, out_col: text if row[prompt_col] else "", "_attempts": 1 if row[prompt_col] else 0}
 
-    config = vLLMEngineProcessorConfig(
+    return build_processor(vllm_processor_config(engine, params), preprocess=preprocess,
+                           postprocess=postprocess)(ds)
+
+
+def vllm_processor_config(engine: EngineConfig, params: GenerationParams) -> Any:
+    """The ``ray.data.llm`` processor config for an engine config (raw prompts, no chat template)."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    from egoray.models.tiny import resolve_model
+
+    return vLLMEngineProcessorConfig(
         model_source=resolve_model(engine.model),
         batch_size=engine.batch_size,
         concurrency=engine.num_actors,
         engine_kwargs={"dtype": engine.dtype, "max_model_len": engine.max_prompt_tokens + params.max_new_tokens,
+                       **({"tensor_parallel_size": int(engine.gpus_per_actor)} if engine.gpus_per_actor > 1 else {}),
                        **engine.engine_kwargs},
         chat_template_stage=False,
         tokenize_stage=True,
         detokenize_stage=True,
     )
-    return build_processor(config, preprocess=preprocess, postprocess=postprocess)(ds)
 
 
 _VLLM_COLUMNS = {"prompt", "sampling_params", "generated_text", "generated_tokens", "num_generated_tokens",

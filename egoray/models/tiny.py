@@ -55,7 +55,10 @@ def resolve_model(name: str, seed: int = 0) -> str:
     preset = name.split(":", 1)[1]
     if preset not in PRESETS:
         raise ValueError(f"unknown tiny model {name!r} (presets: {', '.join('tiny:' + p for p in PRESETS)})")
-    key = hashlib.sha256(f"{preset}-{seed}-{PRESET_VERSION}".encode()).hexdigest()[:10]
+    import transformers
+
+    # Saved files depend on the transformers version that wrote them: one cache entry per version.
+    key = hashlib.sha256(f"{preset}-{seed}-{PRESET_VERSION}-{transformers.__version__}".encode()).hexdigest()[:10]
     target = cache_root() / "models" / f"tiny-{preset}-{key}"
     if (target / "config.json").exists():
         return str(target)

@@ -40,6 +40,8 @@ STEPS: list[Step] = [
          ["input={data}/narration.json", "splits={data}/splits.json", "output={out}/narrations"]),
     Step("ingest (episodic-memory pickle)", "demo/ingest.yaml",
          ["input={data}/em_train_narrations.pkl", "splits={data}/splits.json", "output={out}/em_narrations"]),
+    Step("qa (EgoTimeQA)", "demo/qa.yaml", ["input={out}/narrations", "output={out}/qa"]),
+    Step("rephrase", "demo/rephrase.yaml", ["input={out}/narrations", "output={out}/rephrase"]),
 ]
 
 

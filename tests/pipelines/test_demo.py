@@ -18,3 +18,8 @@ def test_demo_runs_every_step(tmp_path, capsys, ray_session):
     assert narrations.num_rows == run["tables"]["narrations"] > 0
     em = json.loads((out / "em_narrations" / "run.json").read_text())
     assert em["tables"]["narrations"] == synth["em_narrations"]
+    qa = json.loads((out / "qa" / "run.json").read_text())
+    assert qa["status"] == "complete" and qa["stages"]["question"]["in"] > 0
+    assert len(json.loads((out / "qa" / "annotations.EgoTimeQA.json").read_text())) == qa["tables"]["qa"]
+    rephrase = json.loads((out / "rephrase" / "run.json").read_text())
+    assert rephrase["stages"]["paraphrase"]["in"] > 0

@@ -1,0 +1,98 @@
+"""The qa job end to end with the tiny random-weight model on CPU."""
+
+import json
+
+import pyarrow.compute as pc
+import pytest
+
+from egoray import storage
+from egoray.config import validate_config
+from egoray.data.grouping import group_narrations
+from egoray.data.narrations import load_narrations
+from egoray.pipelines import qa
+from egoray.pipelines.qa import EXPORT_FILE
+
+
+def _config(ingested, out, **kw):
+    base = {"job": "qa", "input": str(ingested), "output": str(out), "num_shards": 3, "shards_per_wave": 3,
+            "grouping": {"limit": 12}, "engine": {"model": "tiny:llama", "batch_size": 8},
+            "question_params": {"max_new_tokens": 160, "temperature": 1.0},
+            "wrong_answer_params": {"max_new_tokens": 160, "temperature": 1.0}}
+    base.update(kw)
+    return validate_config(base)
+
+
+def _ids(out):
+    q = storage.read_parquet(str(out / "qa"))["group_id"].to_pylist()
+    r = storage.read_parquet(str(out / "rejects"))["record_id"].to_pylist()
+    return q, r
+
+
+def test_grouping_rules(ingested_small):
+    narrations = load_narrations(str(ingested_small))
+    groups = group_narrations(narrations, max_group=5, max_span=30.0)
+    assert sum(len(g) for g in groups["narration_ids"].to_pylist()) == narrations.num_rows
+    for g in groups.to_pylist():
+        assert 1 <= len(g["narration_ids"]) <= 5
+        assert g["t_end"] - g["t_start"] < 30.0 + 1e-9 or len(g["narration_ids"]) == 1
+    assert len(set(groups["group_id"].to_pylist())) == groups.num_rows
+
+
+def test_qa_job(ingested_small, tmp_path):
+    out = tmp_path / "qa"
+    manifest = qa.run(_config(ingested_small, out))
+    assert manifest["status"] == "complete"
+    stages = manifest["stages"]
+    assert stages["question"]["in"] == 12 == manifest["groups"]
+    assert stages["question"]["out"] == stages["wrong_answers"]["in"]
+    for c in stages.values():
+        assert c["in"] == c["out"] + c["rejected"]
+    q, r = _ids(out)
+    assert sorted(q + r) == sorted(set(q + r)) and len(q + r) == 12  # every group once: output or rejects
+    table = storage.read_parquet(str(out / "qa"))
+    for row in table.to_pylist():
+        assert row["question"].endswith("?") and len(row["question"].split()) <= 10
+        assert 1 <= len(row["answer"].split()) <= 5
+        assert len(row["wrong_answers"]) == 3 and len(set(row["wrong_answers"])) == 3
+        assert row["prompt_version"] == "egotimeqa-v1" and row["model"] == "tiny:llama"
+    export = json.loads((out / EXPORT_FILE).read_text())
+    assert len(export) == table.num_rows > 0
+    first = export[0]
+    assert set(first) == {"video_id", "sample_id", "question", "answer", "moment_start_frame",
+                          "moment_end_frame", "wrong_answers"}
+    row = table.filter(pc.equal(table["group_id"], first["sample_id"])).to_pylist()[0]
+    assert first["moment_start_frame"] == pytest.approx(row["t_start"] * 30)
+    assert first["moment_end_frame"] == pytest.approx(row["t_end"] * 30)
+
+    # Resume after a crash that lost one shard: nothing duplicated, nothing lost.
+    (out / "_shards" / "0001.json").unlink()
+    again = qa.run(_config(ingested_small, out))
+    assert again["shards"]["resumed"] == 2 and again["shards"]["written_now"] == 1
+    q, r = _ids(out)
+    assert len(q + r) == len(set(q + r)) == 12
+
+
+def test_failures_are_retried_then_rejected_with_raw_output(ingested_small, tmp_path):
+    out = tmp_path / "qa"
+    manifest = qa.run(_config(ingested_small, out, grouping={"limit": 4},
+                              question_params={"max_new_tokens": 4}, limits={"max_attempts": 2}))
+    assert manifest["stages"]["question"] == {**manifest["stages"]["question"], "in": 4, "out": 0, "rejected": 4}
+    rejects = storage.read_parquet(str(out / "rejects")).to_pylist()
+    assert {r["reason"] for r in rejects} == {"invalid_json"}
+    for r in rejects:
+        kept = json.loads(r["input"])
+        assert kept["attempts"] == 2 and kept["raw_output"].startswith("{")
+        assert kept["narrations"]
+    assert json.loads((out / EXPORT_FILE).read_text()) == []
+
+
+@pytest.mark.gpu
+def test_vllm_engine_same_tables(ingested_small, tmp_path):
+    pytest.importorskip("vllm")
+    out = tmp_path / "qa"
+    manifest = qa.run(_config(ingested_small, out, engine={"kind": "vllm", "model": "tiny:llama",
+                                                          "gpus_per_actor": 1, "dtype": "float32"}))
+    assert manifest["status"] == "complete"
+    q, r = _ids(out)
+    assert len(q + r) == len(set(q + r)) == 12
+    assert storage.read_parquet(str(out / "qa")).schema.equals(qa.QA)
