@@ -290,3 +290,29 @@ def waves(shard_ids: list[str], done: Iterable[str], per_wave: int) -> list[list
     finished = set(done)
     todo = [s for s in shard_ids if s not in finished]
     return [todo[i:i + per_wave] for i in range(0, len(todo), per_wave)]
+
+
+def assign_shards(items: list[dict[str, Any]], key: str, num_shards: int) -> tuple[list[str], dict[str, list]]:
+    """Shard ids ``0000..`` and the items of each, by CRC-32 of ``item[key]`` (deterministic)."""
+    shard_ids = [f"{b:04d}" for b in range(num_shards)]
+    by_shard: dict[str, list] = {s: [] for s in shard_ids}
+    for item, b in zip(items, bucket_of([str(i[key]) for i in items], num_shards), strict=True):
+        by_shard[shard_ids[b]].append(item)
+    return shard_ids, by_shard
+
+
+def finish(config: JobConfig, ledger: ShardLedger, shard_ids: list[str], done_before: Mapping[str, Any],
+           wall0: float, tables: Iterable[str], extra: Mapping[str, Any] | None = None) -> RunManifest:
+    """Build the manifest of a sharded job from all markers (status, counts, shards, timings)."""
+    markers = ledger.completed()
+    missing = sorted(set(shard_ids) - set(markers))
+    manifest = RunManifest.start(config)
+    manifest.add_stages(markers[s] for s in shard_ids if s in markers)
+    manifest.shards = {"total": len(shard_ids), "completed": len(markers), "resumed": len(done_before),
+                       "written_now": len(shard_ids) - len(done_before) - len(missing), "missing": missing}
+    manifest.timings = {"work": sum(m.get("seconds", 0.0) for m in markers.values()),
+                        "wall_this_run": time.perf_counter() - wall0}
+    manifest.extra["tables"] = {name: sum(m["rows"].get(name, 0) for m in markers.values()) for name in tables}
+    manifest.extra.update(extra or {})
+    manifest.status = "complete" if not missing else "incomplete"
+    return manifest

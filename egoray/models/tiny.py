@@ -7,7 +7,9 @@ resolve to a directory this module builds (deterministically, in seconds) and ca
   (every byte is in the vocabulary, so any text round-trips and grammar-constrained decoding
   can spell anything);
 - ``tiny:llama`` — a 2-layer ``LlamaForCausalLM``; ``tiny:t5`` — a 2-layer
-  ``T5ForConditionalGeneration``; ``tiny:gpt2`` — a 2-layer ``GPT2LMHeadModel``.
+  ``T5ForConditionalGeneration``; ``tiny:gpt2`` — a 2-layer ``GPT2LMHeadModel``;
+- ``tiny:sentence`` — a sentence-transformers model (2-layer BERT, mean pooling), and
+  ``tiny:sentence-base`` with BERT-base dimensions for benchmarks.
 
 The directory is a normal Hugging Face model directory: transformers and vLLM load it by path.
 Any other name (a Hub id, a local directory, an ``s3://`` URL fetched by the caller) is returned
@@ -23,7 +25,7 @@ import uuid
 from pathlib import Path
 
 PRESET_VERSION = "1"
-PRESETS = ("llama", "t5", "gpt2")
+PRESETS = ("llama", "t5", "gpt2", "sentence", "sentence-base")
 SPECIAL = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
 
 _CORPUS_WORDS = """
@@ -129,6 +131,11 @@ def build_tiny_model(preset: str, out_dir: str, seed: int = 0) -> None:
             bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
         )
         model = transformers.GPT2LMHeadModel(config)
+    elif preset in ("sentence", "sentence-base"):
+        # "sentence-base" has BERT-base dimensions: realistic work per text for benchmarks.
+        dims = (768, 12, 12, 3072) if preset == "sentence-base" else (64, 2, 2, 128)
+        _build_tiny_sentence_transformer(tokenizer, ids, out_dir, dims)
+        return
     elif preset == "t5":
         tokenizer.padding_side = "right"
         config = transformers.T5Config(
@@ -142,3 +149,24 @@ def build_tiny_model(preset: str, out_dir: str, seed: int = 0) -> None:
     model.generation_config.eos_token_id = ids["eos"]
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def _build_tiny_sentence_transformer(tokenizer, ids: dict[str, int], out_dir: str,
+                                    dims: tuple[int, int, int, int] = (64, 2, 2, 128)) -> None:
+    """A sentence-transformers model: a BERT (hidden, layers, heads, ffn) with mean pooling, random weights."""
+    import tempfile
+
+    import transformers
+    from sentence_transformers import SentenceTransformer, models
+
+    hidden, layers, heads, ffn = dims
+    config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=256,
+                                     pad_token_id=ids["pad"])
+    with tempfile.TemporaryDirectory() as bert_dir:
+        transformers.BertModel(config).save_pretrained(bert_dir)
+        tokenizer.padding_side = "right"
+        tokenizer.save_pretrained(bert_dir)
+        word = models.Transformer(bert_dir, max_seq_length=128)
+        pooling = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+        SentenceTransformer(modules=[word, pooling], device="cpu").save(out_dir)

@@ -12,6 +12,9 @@ JOBS: dict[str, str] = {
     "ingest": "egoray.pipelines.ingest",
     "qa": "egoray.pipelines.qa",
     "rephrase": "egoray.pipelines.rephrase",
+    "text_features": "egoray.pipelines.text_features",
+    "video_features": "egoray.pipelines.video_features",
+    "captions": "egoray.pipelines.captions",
 }
 
 

@@ -42,6 +42,12 @@ STEPS: list[Step] = [
          ["input={data}/em_train_narrations.pkl", "splits={data}/splits.json", "output={out}/em_narrations"]),
     Step("qa (EgoTimeQA)", "demo/qa.yaml", ["input={out}/narrations", "output={out}/qa"]),
     Step("rephrase", "demo/rephrase.yaml", ["input={out}/narrations", "output={out}/rephrase"]),
+    Step("text_features (narrations)", "demo/text_features.yaml",
+         ["input={out}/narrations", "output={out}/text_features"]),
+    Step("text_features (class prompts)", "demo/class_prompts.yaml",
+         ["input={data}/labels.txt", "output={out}/class_prompts"]),
+    Step("video_features", "demo/video_features.yaml", ["input={data}/videos", "output={out}/video_features"]),
+    Step("captions", "demo/captions.yaml", ["input={data}/videos", "output={out}/captions"]),
 ]
 
 

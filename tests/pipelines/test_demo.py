@@ -23,3 +23,7 @@ def test_demo_runs_every_step(tmp_path, capsys, ray_session):
     assert len(json.loads((out / "qa" / "annotations.EgoTimeQA.json").read_text())) == qa["tables"]["qa"]
     rephrase = json.loads((out / "rephrase" / "run.json").read_text())
     assert rephrase["stages"]["paraphrase"]["in"] > 0
+    for name in ("text_features", "class_prompts", "video_features", "captions"):
+        assert json.loads((out / name / "run.json").read_text())["status"] == "complete", name
+    vf = json.loads((out / "video_features" / "run.json").read_text())
+    assert vf["stages"]["decode_encode"]["out"] == 3

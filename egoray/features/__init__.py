@@ -1,0 +1,1 @@
+"""Feature extraction: text and image encoders, CoCa captioning, caption de-duplication."""

@@ -1,0 +1,59 @@
+"""Text encoders behind one interface: sentence-transformers models and open_clip text towers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from egoray.config import StrictModel
+from egoray.models.clip import ClipModel
+
+
+class TextEncoderConfig(StrictModel):
+    """``sentence_transformers`` (e.g. ``all-mpnet-base-v2``, or ``tiny:sentence`` offline) or an
+    ``open_clip`` text tower (``clip`` section)."""
+
+    kind: Literal["sentence_transformers", "open_clip"] = "sentence_transformers"
+    model: str = Field("tiny:sentence", description="sentence-transformers model id/path (kind sentence_transformers)")
+    clip: ClipModel = ClipModel()
+    normalize: bool = Field(False, description="L2-normalise embeddings")
+    dtype: Literal["float32", "float16"] = "float32"
+
+
+class TextEncoder:
+    """Loads the model once; ``encode(texts)`` → float array [N, D]."""
+
+    def __init__(self, config: TextEncoderConfig, device: str | None = None) -> None:
+        import torch
+
+        self.config = config
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if config.kind == "sentence_transformers":
+            from sentence_transformers import SentenceTransformer
+
+            from egoray.models.tiny import resolve_model
+
+            self.model = SentenceTransformer(resolve_model(config.model), device=self.device)
+            self.name = config.model
+        else:
+            from egoray.models.clip import load_open_clip
+
+            self.model, self.tokenizer, _ = load_open_clip(config.clip, self.device)
+            self.name = f"{config.clip.name}:{config.clip.pretrained or 'random'}"
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        import torch
+
+        if self.config.kind == "sentence_transformers":
+            out = self.model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                                    normalize_embeddings=self.config.normalize, show_progress_bar=False)
+        else:
+            chunks = []
+            with torch.no_grad():
+                for i in range(0, len(texts), batch_size):
+                    tokens = self.tokenizer(list(texts[i:i + batch_size])).to(self.device)
+                    chunks.append(self.model.encode_text(tokens, normalize=self.config.normalize).float().cpu().numpy())
+            out = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+        return out.astype(self.config.dtype, copy=False)
