@@ -1,6 +1,7 @@
 """Benchmarks of the feature-extraction stages, ours vs the reference way, on the same input.
 
     uv run --extra bench python benchmarks/features.py frames   # (a) 1 fps frame sampling
+    uv run --extra bench python benchmarks/features.py frames --gop 30   # camera-like 1 s keyframes
     uv run --extra bench python benchmarks/features.py store    # (b) storing 50,000 768-d embeddings
     uv run --extra bench python benchmarks/features.py text     # (c) text embeddings: Ray Data vs plain encode
 
@@ -40,14 +41,14 @@ def _save(name: str, results: dict) -> None:
     print(json.dumps(results, indent=2))
 
 
-def bench_frames(work: Path, videos: int, size: int, fps: int) -> None:
+def bench_frames(work: Path, videos: int, size: int, fps: int, gop: int | None) -> None:
     from egoray.data.synth import synthesize
     from egoray.video.decode import iter_frames, probe, sample_times
 
-    data = work / f"videos-{videos}-{size}-{fps}"
+    data = work / (f"videos-{videos}-{size}-{fps}" + (f"-gop{gop}" if gop else ""))
     if not (data / "videos.parquet").exists():
-        print(f"rendering {videos} videos at {size}x{size}, {fps} fps ...", flush=True)
-        synthesize(str(data), videos=videos, seed=0, actions_per_video=12, fps=fps, size=size)
+        print(f"rendering {videos} videos at {size}x{size}, {fps} fps, keyframe interval {gop or 250} ...", flush=True)
+        synthesize(str(data), videos=videos, seed=0, actions_per_video=12, fps=fps, size=size, gop=gop)
     paths = sorted((data / "videos").glob("*.mp4"))
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
@@ -75,7 +76,8 @@ def bench_frames(work: Path, videos: int, size: int, fps: int) -> None:
         for _, frame in iter_frames(str(p), sample_times(0.0, info.duration, rate=1.0)):
             our_frames += 1
     ours_s = time.perf_counter() - t0
-    _save("frames", {"videos": len(paths), "size": size, "fps": fps, "reference_frames": ref_frames,
+    _save(f"frames-gop{gop or 250}", {"videos": len(paths), "size": size, "fps": fps, "gop": gop or 250,
+                     "reference_frames": ref_frames,
                      "our_frames": our_frames, "reference_seconds": round(ref_s, 2), "our_seconds": round(ours_s, 2),
                      "reference_frames_per_s": round(ref_frames / ref_s, 1),
                      "our_frames_per_s": round(our_frames / ours_s, 1), "ratio": round(ref_s / ours_s, 2)})
@@ -183,13 +185,14 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=3)
     parser.add_argument("--size", type=int, default=480)
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--gop", type=int, default=None, help="keyframe interval in frames (default x264's 250)")
     parser.add_argument("--embeddings", type=int, default=50_000)
     parser.add_argument("--texts", type=int, default=4000)
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.which == "frames":
-        bench_frames(work, args.videos, args.size, args.fps)
+        bench_frames(work, args.videos, args.size, args.fps, args.gop)
     elif args.which == "store":
         bench_store(work, args.embeddings, 768)
     else:

@@ -316,3 +316,19 @@ def finish(config: JobConfig, ledger: ShardLedger, shard_ids: list[str], done_be
     manifest.extra.update(extra or {})
     manifest.status = "complete" if not missing else "incomplete"
     return manifest
+
+
+def dataset_from_table(table: Any, batch_size: int, workers: int) -> Any:
+    """A Ray Dataset over an Arrow table, cut into enough blocks for ``workers`` actors to share.
+
+    ``ray.data.from_arrow(table)`` makes one block, and one block is processed by one actor:
+    the rest of the pool would sit idle.
+    """
+    import math
+
+    import ray
+
+    n = table.num_rows
+    blocks = max(1, min(math.ceil(n / max(1, batch_size)), workers * 4))
+    step = math.ceil(n / blocks) if n else 1
+    return ray.data.from_arrow([table.slice(i, step) for i in range(0, max(n, 1), step)])

@@ -130,6 +130,7 @@ def synthesize(
     defects: bool = True,
     fps: int = 10,
     size: int = 96,
+    gop: int | None = None,
 ) -> dict[str, Any]:
     """Write the dataset under ``out`` (any storage URL); returns the manifest."""
     if videos < 1 or actions_per_video < 1:
@@ -194,7 +195,7 @@ def synthesize(
 
     video_rows: dict[str, list] = {k: [] for k in ("video_uid", "path", "duration", "fps", "width", "height", "frames")}
     if with_videos:
-        _write_videos(out, plans, fps, size, video_rows)
+        _write_videos(out, plans, fps, size, video_rows, gop)
         storage.write_parquet(storage.join(out, "videos.parquet"), pa.table(video_rows))
 
     n_narrations = sum(len(v[p]["narrations"]) for v in narration_json.values() for p in v)
@@ -216,7 +217,7 @@ def synthesize(
 
 
 def _write_videos(out: str, plans: list[tuple[str, list[Action], float, int]], fps: int, size: int,
-                  rows: dict[str, list]) -> None:
+                  rows: dict[str, list], gop: int | None = None) -> None:
     from tqdm import tqdm
 
     from egoray.video.render import FrameRenderer, encode_mp4
@@ -227,7 +228,8 @@ def _write_videos(out: str, plans: list[tuple[str, list[Action], float, int]], f
         n_frames = int(round(duration * fps))
         starts = np.array([a.t_start for a in actions])
 
-        def frames(actions: list[Action] = actions, starts: np.ndarray = starts):
+        def frames(actions: list[Action] = actions, starts: np.ndarray = starts, n_frames: int = n_frames,
+                   vrng: np.random.Generator = vrng):
             for k in range(n_frames):
                 t = (k + 0.5) / fps
                 i = int(np.searchsorted(starts, t, side="right")) - 1
@@ -235,7 +237,7 @@ def _write_videos(out: str, plans: list[tuple[str, list[Action], float, int]], f
                 yield renderer.frame(t, a.verb if a else None, a.noun if a else None, vrng)
 
         path = f"videos/{uid}.mp4"
-        storage.write_bytes(storage.join(out, path), encode_mp4(frames(), fps, size))
+        storage.write_bytes(storage.join(out, path), encode_mp4(frames(), fps, size, gop))
         for key, value in (("video_uid", uid), ("path", path), ("duration", n_frames / fps), ("fps", float(fps)),
                            ("width", size), ("height", size), ("frames", n_frames)):
             rows[key].append(value)

@@ -17,6 +17,7 @@ import pyarrow as pa
 from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.schemas import Parsed
 from egoray.llm.stage import generate
+from egoray.runtime import dataset_from_table
 
 Validator = Callable[[dict[str, Any], list[str]], Parsed]
 
@@ -62,7 +63,6 @@ def generate_validated(
 
     ``columns`` are the extra row fields ``validate`` reads (sent along with id and prompt).
     """
-    import ray
 
     outcomes: dict[str, Outcome] = {}
     used: dict[str, int] = {r[id_col]: 0 for r in rows}
@@ -73,7 +73,8 @@ def generate_validated(
             break
         table = pa.Table.from_pylist([{k: r[k] for k in keep} for r in pending])
         left = max_attempts - min(used[r[id_col]] for r in pending)
-        ds = generate(ray.data.from_arrow(table), engine, params, prompt_col, "_out", schema, n, round_no,
+        ds = generate(dataset_from_table(table, engine.batch_size, engine.num_actors), engine, params,
+                      prompt_col, "_out", schema, n, round_no,
                       validate=validate, max_attempts=left)
         result = collect(ds)
         outputs: dict[str, list[tuple[int, str]]] = {}

@@ -13,6 +13,7 @@ cluster, time order kept); the kept captions go through the summary step (few-sh
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from typing import Any, Literal
@@ -30,7 +31,7 @@ from egoray.llm.retry import collect
 from egoray.llm.summary import summarise
 from egoray.models.clip import ClipModel
 from egoray.pipelines.video_features import Sampling, list_videos
-from egoray.runtime import ShardLedger, assign_shards, ensure_ray, finish, waves
+from egoray.runtime import ShardLedger, assign_shards, dataset_from_table, ensure_ray, finish, waves
 
 CAPTIONS = pa.schema(
     [
@@ -93,11 +94,21 @@ class CaptionActor:
                     if end <= start:
                         raise VideoError("empty", "zero-length video or window")
                     times = sample_times(start, end, rate=self.sampling.fps, num_frames=self.sampling.num_frames)
-                    frames = np.stack([f for _, f in iter_frames(local, times, self.model.size)])
-                captions = self.model.caption(frames, seed=len(rows))
+                    # Stream: caption and embed a batch of frames at a time (bounded memory).
+                    captions, image_sum, pending = [], None, []
+                    frames = (f for _, f in iter_frames(local, times, self.model.size))
+                    for frame in itertools.chain(frames, [None]):
+                        if frame is not None:
+                            pending.append(frame)
+                        if pending and (frame is None or len(pending) == self.model.options.batch_size):
+                            stack = np.stack(pending)
+                            captions += self.model.caption(stack, seed=len(rows) * 100_003 + len(captions))
+                            emb = self.model.encode(stack, normalize=True).sum(0)
+                            image_sum = emb if image_sum is None else image_sum + emb
+                            pending = []
                 text_emb = self.model.encode_texts(captions)
                 kept = dedupe_captions(captions, text_emb, self.threshold)
-                image = self.model.encode(frames, normalize=True).mean(0)
+                image = image_sum / max(1, len(captions))
                 rows.append({"key": row["key"], "times": times.tolist(), "captions": captions,
                              "kept": [captions[i] for i in kept], "image": image.astype(np.float32).tolist(),
                              "reason": None, "detail": None})
@@ -126,7 +137,6 @@ class CocaTextActor:
 
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
-    import ray
 
     wall0 = time.perf_counter()
     videos = list_videos(config.input, config.format)
@@ -145,7 +155,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
         captioned: dict[str, dict] = {}
         if todo:
-            ds = ray.data.from_arrow(pa.Table.from_pylist(todo)).map_batches(
+            ds = dataset_from_table(pa.Table.from_pylist(todo), 1, config.num_actors).map_batches(
                 CaptionActor, fn_constructor_kwargs={"coca": config.coca.model_dump(),
                                                      "caption": config.caption.model_dump(),
                                                      "sampling": config.sampling.model_dump(),
@@ -159,7 +169,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         done = {k: o.value for k, o in summaries.items() if o.ok}
         embeddings: dict[str, list[float]] = {}
         if done:
-            ds = ray.data.from_arrow(pa.table({"key": list(done), "summary": list(done.values())})).map_batches(
+            ds = dataset_from_table(pa.table({"key": list(done), "summary": list(done.values())}), 32,
+                                    config.num_actors).map_batches(
                 CocaTextActor, fn_constructor_kwargs={"coca": config.coca.model_dump(),
                                                       "threads": int(config.cpus_per_actor)},
                 batch_size=32, **resources)

@@ -27,7 +27,7 @@ from egoray.config import JobConfig
 from egoray.data.raw import InputError
 from egoray.features.text import TextEncoder, TextEncoderConfig
 from egoray.llm.retry import collect
-from egoray.runtime import ShardLedger, assign_shards, ensure_ray, finish, waves
+from egoray.runtime import ShardLedger, assign_shards, dataset_from_table, ensure_ray, finish, waves
 
 
 class Config(JobConfig):
@@ -109,9 +109,8 @@ class TextEncodeActor:
 
 
 def embed(table: pa.Table, config: Config) -> pa.Table:
-    import ray
 
-    ds = ray.data.from_arrow(table).map_batches(
+    ds = dataset_from_table(table, config.batch_size, config.num_actors).map_batches(
         TextEncodeActor, fn_constructor_kwargs={"encoder": config.encoder.model_dump(), "batch_size": config.batch_size,
                                                 "threads": int(config.cpus_per_actor)},
         batch_size=config.batch_size, batch_format="pyarrow", concurrency=config.num_actors,

@@ -31,7 +31,7 @@ from egoray.data.raw import InputError
 from egoray.data.schema import REJECTS
 from egoray.llm.retry import collect
 from egoray.models.clip import ClipModel
-from egoray.runtime import ShardLedger, assign_shards, ensure_ray, finish, waves
+from egoray.runtime import ShardLedger, assign_shards, dataset_from_table, ensure_ray, finish, waves
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif", ".m4v")
 
@@ -172,7 +172,6 @@ class VideoEncodeActor:
 
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
-    import ray
 
     wall0 = time.perf_counter()
     videos = list_videos(config.input, config.format)
@@ -193,7 +192,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
         results = {}
         if todo:
-            ds = ray.data.from_arrow(pa.Table.from_pylist(todo)).map_batches(
+            ds = dataset_from_table(pa.Table.from_pylist(todo), config.batch_size, config.num_actors).map_batches(
                 VideoEncodeActor,
                 fn_constructor_kwargs={"encoder": config.encoder.model_dump(),
                                        "sampling": config.sampling.model_dump(),

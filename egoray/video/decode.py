@@ -73,15 +73,32 @@ def sample_times(t_start: float, t_end: float, rate: float | None = None, num_fr
     return t_start + (np.arange(num_frames) + 0.5) * duration / num_frames
 
 
+def keyframe_times(path: str) -> np.ndarray:
+    """Presentation times of the video stream's keyframes (a demux pass: no decoding)."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        tb = float(stream.time_base or 0)
+        times = [float(p.pts * tb) for p in container.demux(stream) if p.is_keyframe and p.pts is not None]
+    return np.array(sorted(times))
+
+
 def iter_frames(path: str, times: np.ndarray, size: int | None = None) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield (sample time, HxWx3 uint8 RGB frame) for each sample time, in order, streaming."""
+    """Yield (sample time, HxWx3 uint8 RGB frame) for each sample time, in order, streaming.
+
+    Decoding is sequential, except that when the keyframe before the next sample lies ahead of the
+    last decoded frame, the decoder seeks to it: sparse samples in videos with short keyframe
+    intervals skip most of the decoding, and the frames are the same as decoding from the start.
+    """
     import av
 
     if len(times) == 0:
         return
     try:
+        keys = keyframe_times(path)
         container = av.open(path)
-    except (av.error.FFmpegError, OSError) as e:
+    except (av.error.FFmpegError, OSError, IndexError) as e:
         raise VideoError("unreadable", str(e)[:300]) from None
     with container:
         if not container.streams.video:
@@ -89,17 +106,26 @@ def iter_frames(path: str, times: np.ndarray, size: int | None = None) -> Iterat
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         tb = float(stream.time_base) if stream.time_base else None
-        if times[0] > 1.0 and tb:
-            container.seek(int(max(0.0, times[0] - 1.0) / tb), stream=stream, backward=True)
-        i, last = 0, None
+        i, last, position = 0, None, -np.inf
+        decoded, sought = None, None
         try:
-            for frame in container.decode(stream):
+            while i < len(times):
+                j = int(np.searchsorted(keys, times[i] + 1e-6, side="right")) - 1
+                k = float(keys[j]) if j >= 0 else None  # the keyframe at or before the next sample
+                ahead = k is not None and tb and k > position + 1e-6 and k != sought
+                if decoded is None or ahead:
+                    if ahead and k > 0:
+                        container.seek(int(k / tb), stream=stream, backward=True)
+                        sought = k
+                    decoded = container.decode(stream)
+                frame = next(decoded, None)
+                if frame is None:
+                    break
                 t = float(frame.pts * tb) if frame.pts is not None and tb else (frame.time or 0.0)
+                position = t
                 while i < len(times) and t + 1e-6 >= times[i]:
                     yield float(times[i]), _rgb(frame, size)
                     i += 1
-                if i >= len(times):
-                    return
                 last = frame
         except av.error.FFmpegError as e:
             if last is None:

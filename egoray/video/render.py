@@ -63,8 +63,10 @@ class FrameRenderer:
         return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def encode_mp4(frames: Iterable[np.ndarray], fps: int, size: int) -> bytes:
-    """H.264 mp4 bytes of the frames (PyAV, in-process, single-threaded so output is reproducible)."""
+def encode_mp4(frames: Iterable[np.ndarray], fps: int, size: int, gop: int | None = None) -> bytes:
+    """H.264 mp4 bytes of the frames (PyAV, in-process, single-threaded so output is reproducible).
+
+    ``gop``: frames between keyframes (x264's default, 250, when None; cameras often use ~1 s)."""
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
@@ -72,6 +74,8 @@ def encode_mp4(frames: Iterable[np.ndarray], fps: int, size: int) -> bytes:
         stream.height = size
         stream.pix_fmt = "yuv420p"
         stream.codec_context.options = {"crf": "20", "preset": "veryfast", "threads": "1"}
+        if gop:
+            stream.codec_context.gop_size = gop
         for array in frames:
             frame = av.VideoFrame.from_ndarray(array, format="rgb24")
             for packet in stream.encode(frame):

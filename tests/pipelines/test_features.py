@@ -59,13 +59,17 @@ def test_video_features(synth_videos, tmp_path, ray_session):
     shutil.copytree(synth_videos / "videos", src)
     (src / "corrupt.mp4").write_bytes(b"\x00\x01garbage" * 100)
     (src / "empty.mkv").write_bytes(b"")
+    from tests.video.test_decode import _write
+
+    _write(src / "zero.mp4", "libx264", "mp4", n_frames=0)  # a valid container without frames
     out = tmp_path / "vf"
     manifest = video_features.run(_video_config(src, out))
     videos = pq.read_table(synth_videos / "videos.parquet").to_pylist()
     c = manifest["stages"]["decode_encode"]
-    assert (c["in"], c["out"], c["rejected"]) == (len(videos) + 2, len(videos), 2)
+    assert (c["in"], c["out"], c["rejected"]) == (len(videos) + 3, len(videos), 3)
     rejects = storage.read_parquet(str(out / "rejects"))
-    assert sorted(rejects["record_id"].to_pylist()) == ["corrupt", "empty"]
+    assert sorted(rejects["record_id"].to_pylist()) == ["corrupt", "empty", "zero"]
+    assert all(r for r in rejects["reason"].to_pylist())
     index = storage.read_parquet(str(out / "index")).to_pylist()
     for v in videos:
         row = next(r for r in index if r["key"] == v["video_uid"])

@@ -75,3 +75,56 @@ def test_broken_files(tmp_path, synth_videos):
     with pytest.raises(VideoError) as e:
         probe(str(audio_only))
     assert e.value.reason == "no_video_stream"
+
+
+def _write(path, codec, fmt, n_frames, size=32, rate=5):
+    with av.open(str(path), "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=rate)
+        s.width = s.height = size
+        s.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
+        for k in range(n_frames):
+            img = np.full((size, size, 3), 20 * k % 255, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+@pytest.mark.parametrize(("name", "codec", "fmt"), [("clip.webm", "libvpx-vp9", "webm"), ("clip.gif", "gif", "gif"),
+                                                     ("clip.mkv", "libx264", "matroska")])
+def test_other_containers(tmp_path, name, codec, fmt):
+    path = tmp_path / name
+    _write(path, codec, fmt, n_frames=10)
+    info = probe(str(path))
+    assert info.duration == pytest.approx(2.0, abs=0.25)
+    frames = list(iter_frames(str(path), sample_times(0, info.duration, rate=2.0), size=16))
+    assert len(frames) == math.floor(info.duration * 2.0) and frames[0][1].shape == (16, 16, 3)
+
+
+def test_zero_frame_video(tmp_path):
+    path = tmp_path / "zero.mp4"
+    _write(path, "libx264", "mp4", n_frames=0)
+    with pytest.raises(VideoError) as e:
+        info = probe(str(path))
+        list(iter_frames(str(path), sample_times(0, max(info.duration, 0.0), rate=1.0)))
+    assert e.value.reason in ("empty", "unreadable")
+
+
+def test_seeking_on_short_keyframe_intervals_gives_the_sequential_frames(tmp_path):
+    from egoray.video.decode import keyframe_times
+    from egoray.video.render import FrameRenderer, encode_mp4
+
+    renderer = FrameRenderer(32, 8, 10)
+    rng = np.random.default_rng(0)
+    frames = [renderer.frame(k / 10, k // 7 % 8, k // 11 % 10, rng) for k in range(120)]
+    path = tmp_path / "short_gop.mp4"
+    path.write_bytes(encode_mp4(frames, fps=10, size=32, gop=10))
+    assert len(keyframe_times(str(path))) >= 10
+    times = sample_times(0, 12.0, rate=0.5)  # sparse: one sample every 2 s, keyframes every 1 s
+    seeking = [f for _, f in iter_frames(str(path), times)]
+    with av.open(str(path)) as c:
+        tb = float(c.streams.video[0].time_base)
+        all_frames = [(float(f.pts * tb), f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    for t, f in zip(times, seeking, strict=True):
+        expected = next(img for ft, img in all_frames if ft + 1e-6 >= t)
+        np.testing.assert_array_equal(f, expected)
