@@ -29,7 +29,7 @@ from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import QAPrompts
 from egoray.llm.retry import Outcome, generate_validated
 from egoray.llm.schemas import qa_schema, validate_qa, validate_wrong_answers, wrong_answers_schema
-from egoray.runtime import RunManifest, ShardLedger, bucket_of, ensure_ray, waves
+from egoray.runtime import ShardLedger, assign_shards, ensure_ray, finish, waves
 
 EXPORT_FILE = "annotations.EgoTimeQA.json"
 
@@ -165,11 +165,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     groups = group_narrations(narrations, config.grouping.max_group, config.grouping.max_span_sec)
     if config.grouping.limit is not None:
         groups = groups.slice(0, config.grouping.limit)
-    shard_ids = [f"{b:04d}" for b in range(config.num_shards)]
-    bucket = bucket_of(groups["video_uid"].to_pylist(), config.num_shards)
-    by_shard: dict[str, list[dict]] = {s: [] for s in shard_ids}
-    for g, b in zip(groups.to_pylist(), bucket, strict=True):
-        by_shard[shard_ids[b]].append(g)
+    shard_ids, by_shard = assign_shards(groups.to_pylist(), "video_uid", config.num_shards)
 
     ledger = ShardLedger(config.output)
     ledger.prepare(config, shard_ids, overwrite=overwrite, inputs=input_files(config.input))
@@ -199,22 +195,11 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                                    "narrations": sum(len(g["narration_ids"]) for g in by_shard[s])})
 
     markers = ledger.completed()
-    missing = sorted(set(shard_ids) - set(markers))
-    manifest = RunManifest.start(config)
-    manifest.add_stages(markers[s] for s in shard_ids if s in markers)
-    manifest.shards = {"total": len(shard_ids), "completed": len(markers), "resumed": len(done_before),
-                       "written_now": len(shard_ids) - len(done_before) - len(missing), "missing": missing}
-    manifest.timings = {"generate": sum(m.get("seconds", 0.0) for m in markers.values()),
-                        "wall_this_run": time.perf_counter() - wall0}
-    manifest.extra["groups"] = groups.num_rows
-    manifest.extra["narrations"] = sum(m.get("narrations", 0) for m in markers.values())
-    if not missing:
+    manifest = finish(config, ledger, shard_ids, done_before, wall0, ["qa", "rejects"], {
+        "groups": groups.num_rows, "narrations": sum(m.get("narrations", 0) for m in markers.values())})
+    if manifest.status == "complete":
         qa = storage.read_parquet(storage.join(config.output, "qa"))
-        export = export_egotimeqa(qa, config.fps)
-        storage.write_json(storage.join(config.output, EXPORT_FILE), export)
-        manifest.extra["tables"] = {"qa": qa.num_rows,
-                                    "rejects": sum(m["rows"].get("rejects", 0) for m in markers.values())}
+        storage.write_json(storage.join(config.output, EXPORT_FILE), export_egotimeqa(qa, config.fps))
         manifest.extra["export"] = storage.join(config.output, EXPORT_FILE)
-    manifest.status = "complete" if not missing else "incomplete"
     manifest.write()
     return manifest.to_dict()

@@ -27,7 +27,7 @@ from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import RephrasePrompts
 from egoray.llm.retry import generate_validated
 from egoray.llm.schemas import Parsed
-from egoray.runtime import RunManifest, ShardLedger, bucket_of, ensure_ray, waves
+from egoray.runtime import ShardLedger, assign_shards, ensure_ray, finish, waves
 
 PARAPHRASES = pa.schema(
     [
@@ -92,10 +92,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     if config.limit is not None:
         narrations = narrations.slice(0, config.limit)
     rows = narrations.select(["narration_id", "video_uid", "t_start", "t_end", "text"]).to_pylist()
-    shard_ids = [f"{b:04d}" for b in range(config.num_shards)]
-    by_shard: dict[str, list[dict]] = {s: [] for s in shard_ids}
-    for r, b in zip(rows, bucket_of([r["video_uid"] for r in rows], config.num_shards), strict=True):
-        by_shard[shard_ids[b]].append(r)
+    shard_ids, by_shard = assign_shards(rows, "video_uid", config.num_shards)
 
     ledger = ShardLedger(config.output)
     ledger.prepare(config, shard_ids, overwrite=overwrite, inputs=input_files(config.input))
@@ -133,16 +130,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                            "paraphrases": sum(len(r["paraphrases"]) for r in out)})
 
     markers = ledger.completed()
-    missing = sorted(set(shard_ids) - set(markers))
-    manifest = RunManifest.start(config)
-    manifest.add_stages(markers[s] for s in shard_ids if s in markers)
-    manifest.shards = {"total": len(shard_ids), "completed": len(markers), "resumed": len(done_before),
-                       "written_now": len(shard_ids) - len(done_before) - len(missing), "missing": missing}
-    manifest.timings = {"generate": sum(m.get("seconds", 0.0) for m in markers.values()),
-                        "wall_this_run": time.perf_counter() - wall0}
-    manifest.extra["tables"] = {name: sum(m["rows"].get(name, 0) for m in markers.values())
-                                for name in ("paraphrases", "rejects")}
-    manifest.extra["paraphrases_total"] = sum(m.get("paraphrases", 0) for m in markers.values())
-    manifest.status = "complete" if not missing else "incomplete"
+    manifest = finish(config, ledger, shard_ids, done_before, wall0, ["paraphrases", "rejects"],
+                      {"paraphrases_total": sum(m.get("paraphrases", 0) for m in markers.values())})
     manifest.write()
     return manifest.to_dict()

@@ -58,6 +58,8 @@ def probe(path: str) -> VideoInfo:
                              height=stream.codec_context.height)
     except VideoError:
         raise
+    except av.error.EOFError:
+        raise VideoError("empty", "the file ends before any frame") from None
     except (av.error.FFmpegError, OSError, ValueError) as e:
         raise VideoError("unreadable", str(e)[:300]) from None
 
@@ -98,6 +100,8 @@ def iter_frames(path: str, times: np.ndarray, size: int | None = None) -> Iterat
     try:
         keys = keyframe_times(path)
         container = av.open(path)
+    except av.error.EOFError:
+        raise VideoError("empty", "the file ends before any frame") from None
     except (av.error.FFmpegError, OSError, IndexError) as e:
         raise VideoError("unreadable", str(e)[:300]) from None
     with container:

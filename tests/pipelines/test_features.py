@@ -61,7 +61,7 @@ def test_video_features(synth_videos, tmp_path, ray_session):
     (src / "empty.mkv").write_bytes(b"")
     from tests.video.test_decode import _write
 
-    _write(src / "zero.mp4", "libx264", "mp4", n_frames=0)  # a valid container without frames
+    _write(src / "zero.mkv", "libx264", "matroska", n_frames=0)  # a valid container without frames
     out = tmp_path / "vf"
     manifest = video_features.run(_video_config(src, out))
     videos = pq.read_table(synth_videos / "videos.parquet").to_pylist()
@@ -69,7 +69,8 @@ def test_video_features(synth_videos, tmp_path, ray_session):
     assert (c["in"], c["out"], c["rejected"]) == (len(videos) + 3, len(videos), 3)
     rejects = storage.read_parquet(str(out / "rejects"))
     assert sorted(rejects["record_id"].to_pylist()) == ["corrupt", "empty", "zero"]
-    assert all(r for r in rejects["reason"].to_pylist())
+    reasons = dict(zip(rejects["record_id"].to_pylist(), rejects["reason"].to_pylist(), strict=True))
+    assert reasons["zero"] == "empty" and reasons["corrupt"] == "unreadable"
     index = storage.read_parquet(str(out / "index")).to_pylist()
     for v in videos:
         row = next(r for r in index if r["key"] == v["video_uid"])
