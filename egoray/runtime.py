@@ -28,7 +28,8 @@ SHARDS_DIR = "_shards"
 PLAN_FILE = "_plan.json"
 MANIFEST_FILE = "run.json"
 
-PACKAGES = ("egoray", "ray", "pyarrow", "numpy", "pydantic", "h5py", "av", "fsspec", "s3fs", "msgspec")
+PACKAGES = ("egoray", "ray", "pyarrow", "numpy", "pydantic", "h5py", "av", "fsspec", "s3fs", "msgspec", "torch",
+            "transformers", "xgrammar", "sentence-transformers", "open_clip_torch", "vllm")
 
 
 class OutputConflict(RuntimeError):
