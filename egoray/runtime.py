@@ -139,14 +139,20 @@ class ShardLedger:
         shard_ids: list[str],
         overwrite: bool = False,
         inputs: list[str] | None = None,
+        items: Iterable[str] | None = None,
     ) -> None:
         """Record the plan, refusing to mix outputs of different configs or changed inputs.
 
         ``inputs`` are input file URLs whose size/modification stamp must not change between a
-        run and its resumption (shards already written came from the old file).
+        run and its resumption (shards already written came from the old file); ``items`` are the
+        ids of the work items (videos, texts, groups), whose set must not change either.
         """
         plan_url = storage.join(self.shards_url, PLAN_FILE)
         signatures = {u: storage.signature(u) for u in inputs or []}
+        if items is not None:
+            import hashlib
+
+            signatures["<items>"] = hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
         if overwrite:
             storage.remove(self.output, recursive=True)
         elif storage.exists(plan_url):
@@ -159,8 +165,9 @@ class ShardLedger:
                 )
             changed = [u for u, sig in signatures.items() if plan.get("inputs", {}).get(u) != sig]
             if changed:
+                what = ", ".join("the set of input items" if u == "<items>" else u for u in changed)
                 raise OutputConflict(
-                    f"{self.output} was written from an earlier version of {', '.join(changed)}; "
+                    f"{self.output} was written from an earlier version of {what}; "
                     "pick another output or re-run with --overwrite"
                 )
         storage.makedirs(self.output)

@@ -56,7 +56,7 @@ def test_synth_command(tmp_path):
 
 
 def _markers(out: Path) -> int:
-    return len(list((out / "_shards").glob("00-*.json"))) if (out / "_shards").exists() else 0
+    return len(list((out / "_shards").glob("0*.json"))) if (out / "_shards").exists() else 0
 
 
 def _start(out: Path, data: Path) -> subprocess.Popen:

@@ -79,3 +79,11 @@ def test_changed_input_is_refused(tmp_path):
     src.write_text('{"v": {}}')
     with pytest.raises(OutputConflict, match="earlier version"):
         ShardLedger(config.output).prepare(config, ["00-0000"], inputs=[str(src)])
+
+
+def test_changed_item_set_is_refused(tmp_path):
+    config = _config(tmp_path / "out")
+    ShardLedger(config.output).prepare(config, ["0000"], items=["b", "a"])
+    ShardLedger(config.output).prepare(config, ["0000"], items=["a", "b"])  # same set: fine
+    with pytest.raises(OutputConflict, match="set of input items"):
+        ShardLedger(config.output).prepare(config, ["0000"], items=["a", "b", "c"])

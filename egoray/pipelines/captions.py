@@ -142,7 +142,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     videos = list_videos(config.input, config.format)
     shard_ids, by_shard = assign_shards(videos, "key", config.num_shards)
     ledger = ShardLedger(config.output)
-    ledger.prepare(config, shard_ids, overwrite=overwrite)
+    ledger.prepare(config, shard_ids, overwrite=overwrite, items=[f"{v['key']}\t{v['path']}" for v in videos])
     done_before = ledger.completed()
     ensure_ray(config.ray)
     caption_model = f"{config.coca.name}:{config.coca.pretrained or 'random'}"

@@ -1,13 +1,13 @@
 """``ingest`` job: Ego4D narration.json, em_train_narrations.pkl, EK-100 CSVs → narrations Parquet.
 
-One Ray task per input file reads and parses it and splits its rows into ``num_shards`` buckets by
-video (CRC-32 of the video uid); one Ray task per bucket runs the clean-up stages and commits the
-shard. Output layout::
+One Ray task per input file reads it and splits it into ``num_shards`` buckets by video (CRC-32 of
+the video uid); one Ray task per bucket takes that bucket from every input, runs the clean-up
+stages (so duplicates across input files are found too) and commits the shard. Output layout::
 
-    OUTPUT/narrations/part-<input>-<bucket>.parquet
-    OUTPUT/rejects/part-<input>-<bucket>.parquet
-    OUTPUT/summaries/part-<input>-<bucket>.parquet   (Ego4D inputs)
-    OUTPUT/_shards/<input>-<bucket>.json            (completion markers)
+    OUTPUT/narrations/part-<bucket>.parquet
+    OUTPUT/rejects/part-<bucket>.parquet
+    OUTPUT/summaries/part-<bucket>.parquet   (Ego4D inputs)
+    OUTPUT/_shards/<bucket>.json            (completion markers)
     OUTPUT/run.json
 """
 
@@ -95,8 +95,8 @@ def split_into_buckets(table: pa.Table, key: str, num_buckets: int) -> list[pa.T
     return [sorted_table.slice(bounds[b], bounds[b + 1] - bounds[b]) for b in range(num_buckets)]
 
 
-def shard_id(input_index: int, bucket: int) -> str:
-    return f"{input_index:02d}-{bucket:04d}"
+def shard_id(bucket: int) -> str:
+    return f"{bucket:04d}"
 
 
 def _read_and_split(url: str, fmt: str, num_shards: int, wanted: list[int]) -> list[tuple[Any, ...]]:
@@ -124,15 +124,25 @@ def _read_and_split(url: str, fmt: str, num_shards: int, wanted: list[int]) -> l
 
 
 def _finish_shard(
-    output: str, sid: str, part: tuple[Any, ...], clean: CleanOptions, splits: dict[str, str] | None
+    output: str, sid: str, clean: CleanOptions, splits: dict[str, str] | None, *parts: tuple[Any, ...]
 ) -> dict[str, Any]:
-    if part[0] == "json":
-        _, blob, name, read_seconds = part
-        t0 = time.perf_counter()
-        raw, summaries = read_narration_json(blob, name)
-        read_seconds += time.perf_counter() - t0
-    else:
-        _, raw, summaries, read_seconds = part
+    """One bucket of videos, from every input file (in input order, so that duplicates across
+    files are found and the first occurrence wins)."""
+    raws, sums, read_seconds = [], [], 0.0
+    for part in parts:
+        if part[0] == "json":
+            _, blob, name, seconds = part
+            t0 = time.perf_counter()
+            raw, summaries = read_narration_json(blob, name)
+            seconds += time.perf_counter() - t0
+        else:
+            _, raw, summaries, seconds = part
+        raws.append(raw)
+        read_seconds += seconds
+        if summaries is not None:
+            sums.append(summaries)
+    raw = pa.concat_tables(raws)
+    summaries = pa.concat_tables(sums) if sums else None
     timer = StageTimer()
     narrations, rejects = build_narrations(raw, clean, splits, timer)
     tables = {"narrations": narrations, "rejects": rejects}
@@ -155,9 +165,9 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             raise InputError(f"input not found: {url}")
     splits = read_splits(config.splits) if config.splits else None
 
-    all_ids = [shard_id(i, b) for i in range(len(inputs)) for b in range(config.num_shards)]
+    all_ids = [shard_id(b) for b in range(config.num_shards)]
     ledger = ShardLedger(config.output)
-    ledger.prepare(config, all_ids, overwrite=overwrite, inputs=inputs)
+    ledger.prepare(config, all_ids, overwrite=overwrite, inputs=inputs + ([config.splits] if config.splits else []))
     done_before = ledger.completed()
 
     ensure_ray(config.ray)
@@ -165,14 +175,15 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     finish_task = ray.remote(_finish_shard)
     splits_ref = ray.put(splits)
     refs = []
-    for i, (url, fmt) in enumerate(zip(inputs, formats, strict=True)):
-        wanted = [b for b in range(config.num_shards) if shard_id(i, b) not in done_before]
-        if not wanted:
-            continue
-        parts = read_task.options(num_returns=len(wanted)).remote(url, fmt, config.num_shards, wanted)
-        parts = parts if isinstance(parts, list) else [parts]
-        for b, part in zip(wanted, parts, strict=True):
-            refs.append(finish_task.remote(config.output, shard_id(i, b), part, config.clean, splits_ref))
+    wanted = [b for b in range(config.num_shards) if shard_id(b) not in done_before]
+    if wanted:
+        per_input = []
+        for url, fmt in zip(inputs, formats, strict=True):
+            parts = read_task.options(num_returns=len(wanted)).remote(url, fmt, config.num_shards, wanted)
+            per_input.append(parts if isinstance(parts, list) else [parts])
+        for k, b in enumerate(wanted):
+            refs.append(finish_task.remote(config.output, shard_id(b), config.clean, splits_ref,
+                                           *[parts[k] for parts in per_input]))
     wait_all(refs, desc="ingest")
 
     markers = ledger.completed()

@@ -168,7 +168,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     shard_ids, by_shard = assign_shards(groups.to_pylist(), "video_uid", config.num_shards)
 
     ledger = ShardLedger(config.output)
-    ledger.prepare(config, shard_ids, overwrite=overwrite, inputs=input_files(config.input))
+    ledger.prepare(config, shard_ids, overwrite=overwrite, inputs=input_files(config.input),
+                   items=groups["group_id"].to_pylist())
     done_before = ledger.completed()
     ensure_ray(config.ray)
     plan = waves(shard_ids, done_before, config.shards_per_wave)

@@ -95,7 +95,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     shard_ids, by_shard = assign_shards(rows, "video_uid", config.num_shards)
 
     ledger = ShardLedger(config.output)
-    ledger.prepare(config, shard_ids, overwrite=overwrite, inputs=input_files(config.input))
+    ledger.prepare(config, shard_ids, overwrite=overwrite, inputs=input_files(config.input),
+                   items=[r["narration_id"] for r in rows])
     done_before = ledger.completed()
     ensure_ray(config.ray)
     plan = waves(shard_ids, done_before, config.shards_per_wave)

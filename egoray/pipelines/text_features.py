@@ -127,8 +127,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     rows = texts.to_pylist()
     shard_ids, by_shard = assign_shards(rows, "id", config.num_shards)
     ledger = ShardLedger(config.output)
-    ledger.prepare(config, shard_ids, overwrite=overwrite,
-                   inputs=[config.input] if not storage.exists(storage.join(config.input, "narrations")) else [])
+    ledger.prepare(config, shard_ids, overwrite=overwrite, items=ids)
     done_before = ledger.completed()
     ensure_ray(config.ray)
     model = config.encoder.model if config.encoder.kind == "sentence_transformers" else config.encoder.clip.name

@@ -180,7 +180,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         raise InputError(f"{config.input}: video keys are not unique (give clip_id for repeated windows)")
     shard_ids, by_shard = assign_shards(videos, "key", config.num_shards)
     ledger = ShardLedger(config.output)
-    ledger.prepare(config, shard_ids, overwrite=overwrite)
+    ledger.prepare(config, shard_ids, overwrite=overwrite, items=[f"{v['key']}\t{v['path']}" for v in videos])
     done_before = ledger.completed()
     ensure_ray(config.ray)
     model = f"{config.encoder.name}:{config.encoder.pretrained or 'random'}"

@@ -90,7 +90,30 @@ def test_real_ek100_csv_and_pickle_together(ray_session, synth_small, tmp_path):
     em = narrations.filter(pc.equal(narrations["source"], "em_pkl"))
     n_pkl = sum(len(c["narrations"]) for c in pickle.loads((synth_small / "em_train_narrations.pkl").read_bytes()))
     assert em.num_rows == n_pkl
-    assert manifest["shards"]["total"] == 8
+    assert manifest["shards"]["total"] == 4
+
+
+def test_duplicates_across_input_files_are_rejected(ray_session, synth_small, tmp_path):
+    pkl = str(synth_small / "em_train_narrations.pkl")
+    manifest = ingest.run(_config(input=[pkl, pkl], output=str(tmp_path / "o"), num_shards=3))
+    _reconciles(manifest)
+    n_pkl = sum(len(c["narrations"]) for c in pickle.loads((synth_small / "em_train_narrations.pkl").read_bytes()))
+    assert manifest["tables"]["narrations"] == n_pkl
+    rejects = storage.read_parquet(str(tmp_path / "o" / "rejects"))
+    assert rejects.num_rows == n_pkl and set(rejects["reason"].to_pylist()) == {"duplicate_id"}
+
+
+def test_changed_splits_file_is_not_resumed(ray_session, synth_small, tmp_path):
+    splits = tmp_path / "splits.json"
+    splits.write_text((synth_small / "splits.json").read_text())
+    config = _config(input=str(synth_small / "narration.json"), splits=str(splits), output=str(tmp_path / "o"),
+                     num_shards=2)
+    ingest.run(config)
+    splits.write_text('{"train": []}')
+    from egoray.runtime import OutputConflict
+
+    with pytest.raises(OutputConflict, match="earlier version"):
+        ingest.run(config)
 
 
 def test_resume_rewrites_only_missing_shards(ray_session, synth_small, tmp_path):
@@ -99,9 +122,9 @@ def test_resume_rewrites_only_missing_shards(ray_session, synth_small, tmp_path)
     ingest.run(config)
     before = storage.read_parquet(str(out / "narrations")).sort_by("narration_id")
     # Simulate a crash after shard 2's table was written but before its marker.
-    (out / "_shards" / "00-0002.json").unlink()
-    (out / "narrations" / "part-00-0001.parquet").unlink()
-    (out / "_shards" / "00-0001.json").unlink()
+    (out / "_shards" / "0002.json").unlink()
+    (out / "narrations" / "part-0001.parquet").unlink()
+    (out / "_shards" / "0001.json").unlink()
     manifest = ingest.run(config)
     assert manifest["shards"]["resumed"] == 2 and manifest["shards"]["written_now"] == 2
     after = storage.read_parquet(str(out / "narrations")).sort_by("narration_id")
