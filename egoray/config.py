@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -43,6 +43,8 @@ class RayOptions(StrictModel):
 
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray; default: all cores")
     object_store_mb: int | None = Field(None, ge=64, description="object store size of a local Ray")
+    dashboard: bool | None = Field(None, description="start the dashboard with a local Ray; default: for "
+                                   "training jobs (Ray Train queries its state API)")
 
 
 class JobConfig(StrictModel):
@@ -53,9 +55,12 @@ class JobConfig(StrictModel):
     output: Url = Field(description="URL of the directory the job writes")
     ray: RayOptions = RayOptions()
 
+    # Settings a resumed run may change: e.g. training jobs may be given more epochs.
+    resumable_changes: ClassVar[dict[str, Any]] = {}
+
     def fingerprint(self) -> str:
         """A hash of everything that determines the output (Ray sizing excluded)."""
-        payload = json.dumps(self.model_dump(mode="json", exclude={"ray"}), sort_keys=True)
+        payload = json.dumps(self.model_dump(mode="json", exclude={"ray": True, **self.resumable_changes}), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -36,7 +36,7 @@ class OutputConflict(RuntimeError):
     """The output directory holds a run of a different config."""
 
 
-def ensure_ray(options: RayOptions | None = None) -> bool:
+def ensure_ray(options: RayOptions | None = None, dashboard: bool = False) -> bool:
     """Connect to ``RAY_ADDRESS`` if set, else start a local Ray sized to this machine.
 
     Returns True when this call started (and so should later shut down) Ray.
@@ -54,7 +54,7 @@ def ensure_ray(options: RayOptions | None = None) -> bool:
         ray.init(
             num_cpus=options.num_cpus or os.cpu_count() or 1,
             object_store_memory=options.object_store_mb * 2**20 if options.object_store_mb else None,
-            include_dashboard=False,
+            include_dashboard=options.dashboard if options.dashboard is not None else dashboard,
             log_to_driver=True,
         )
     return True

@@ -15,6 +15,9 @@ JOBS: dict[str, str] = {
     "text_features": "egoray.pipelines.text_features",
     "video_features": "egoray.pipelines.video_features",
     "captions": "egoray.pipelines.captions",
+    "train_dual_encoder": "egoray.pipelines.train_dual_encoder",
+    "train_narrator": "egoray.pipelines.train_narrator",
+    "narrate": "egoray.pipelines.narrate",
 }
 
 

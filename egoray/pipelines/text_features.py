@@ -4,7 +4,8 @@ Input: a Parquet table (``id_col`` / ``text_col``; an ingest output directory re
 ``narrations/``), or a label list — ``.txt`` (one label per line; Charades ``cNNN Label`` lines
 keep their code as id) or ``.json`` (Kinetics ``{name: id}`` or a list) — turned into one text per
 label and template (``"The person in this video is doing {label}"``). Encoders: sentence-transformers
-or an open_clip text tower, on a Ray Data actor pool. Output, keyed by id::
+or an open_clip text tower, on a Ray Data actor pool. A list-of-strings ``text_col`` (rephrase's
+``paraphrases``) gives one text per element, id ``<id>#<k>``. Output, keyed by id::
 
     storage=parquet: OUTPUT/embeddings/part-<shard>.parquet   id, text, embedding
     storage=hdf5:    OUTPUT/embeddings/part-<shard>.h5        datasets ids [N], embeddings [N, D]
@@ -84,7 +85,19 @@ def load_texts(config: Config) -> pa.Table:
         table = storage.read_parquet(source, columns=[config.id_col, config.text_col])
     except (storage.StorageError, KeyError, pa.ArrowInvalid) as e:
         raise InputError(f"cannot read {config.id_col!r}/{config.text_col!r} from {source}: {e}") from None
-    return pa.table({"id": pc_str(table[config.id_col]), "text": pc_str(table[config.text_col])})
+    texts = table[config.text_col]
+    if pa.types.is_list(texts.type) or pa.types.is_large_list(texts.type):
+        # e.g. rephrase's ``paraphrases``: one row per list element, id ``<id>#<k>``
+        import pyarrow.compute as pc
+
+        texts = texts.combine_chunks()
+        parent = pc.list_parent_indices(texts).to_numpy()
+        offsets = texts.offsets.to_numpy()
+        k = np.arange(len(parent)) - offsets[parent]
+        base = np.asarray(pc_str(table[config.id_col]).to_pylist(), dtype=object)[parent]
+        ids = [f"{b}#{j}" for b, j in zip(base, k, strict=True)]
+        return pa.table({"id": pa.array(ids, pa.string()), "text": pc_str(texts.flatten())})
+    return pa.table({"id": pc_str(table[config.id_col]), "text": pc_str(texts)})
 
 
 def pc_str(col: Any) -> pa.Array:

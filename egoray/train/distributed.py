@@ -1,0 +1,308 @@
+"""Ray Train plumbing shared by the training jobs: options, the per-worker engine, checkpoints.
+
+The driver side (:func:`fit`) builds a ``TorchTrainer`` whose run lives under
+``<output>/train`` — Ray Train keeps its checkpoints and its own snapshot there, so running the
+same job again on the same output resumes from the latest checkpoint, and a worker that dies
+mid-run is replaced and resumed by ``FailureConfig``. The worker side (:class:`Engine`) hides
+whether the model runs under DeepSpeed ZeRO or plain DDP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from egoray import storage
+from egoray.config import StrictModel
+
+MODEL_FILE = "model.pt"
+STATE_TAG = "state"
+
+
+class TrainerOptions(StrictModel):
+    """How training is distributed (``train:`` in a training job's config)."""
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    strategy: Literal["deepspeed", "ddp"] = "deepspeed"
+    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage (deepspeed strategy)")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    gradient_checkpointing: bool = False
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on GPU, gloo on CPU")
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts before the run fails")
+    keep_checkpoints: int = Field(2, ge=1)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=2, description="per worker")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    seed: int = 0
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the last is always saved)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side
+# ---------------------------------------------------------------------------------------------
+
+
+class Engine:
+    """A model under DeepSpeed ZeRO or DDP with one optimizer: forward, backward/step, save/load."""
+
+    def __init__(self, model: torch.nn.Module, options: TrainerOptions, micro_batch: int,
+                 save_prefixes: tuple[str, ...] | None = None) -> None:
+        """``save_prefixes``: only weights under these names are checkpointed and exported
+        (a frozen backbone is loaded from its own files, not copied into every checkpoint)."""
+        import torch.distributed as dist
+
+        self.options = options
+        self.module = model
+        self.save_prefixes = save_prefixes
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.device = torch.device("cpu")
+        if options.use_gpu and torch.cuda.is_available():
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
+        if options.strategy == "deepspeed":
+            os.environ.setdefault("DS_ACCELERATOR", "cuda" if self.device.type == "cuda" else "cpu")
+            import deepspeed
+
+            ds_config = {
+                "train_micro_batch_size_per_gpu": micro_batch,
+                "gradient_accumulation_steps": 1,
+                "zero_optimization": {"stage": options.zero_stage},
+                "zero_allow_untested_optimizer": True,
+                "gradient_clipping": options.grad_clip,
+                "bf16": {"enabled": options.precision == "bf16"},
+                "steps_per_print": 10**9,
+                "wall_clock_breakdown": False,
+            }
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+                model=model, model_parameters=params, optimizer=optimizer, config=ds_config)
+            self.forward_module = self.engine
+        else:
+            model.to(self.device)
+            self.optimizer = optimizer
+            self.engine = None
+            if self.world > 1:
+                from torch.nn.parallel import DistributedDataParallel
+
+                self.forward_module = DistributedDataParallel(
+                    model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            else:
+                self.forward_module = model
+        self.dtype = torch.bfloat16 if options.precision == "bf16" else torch.float32
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.engine is None and self.options.precision == "bf16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                return self.forward_module(*args, **kwargs)
+        return self.forward_module(*args, **kwargs)
+
+    def to_input(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(self.device, non_blocking=True)
+        if self.engine is not None and t.is_floating_point():
+            t = t.to(self.dtype)
+        return t
+
+    def step(self, loss: torch.Tensor) -> None:
+        if self.engine is not None:
+            self.engine.backward(loss)
+            self.engine.step()
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.options.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad],
+                                           self.options.grad_clip)
+        self.optimizer.step()
+
+    def _kept(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.save_prefixes is None:
+            return state
+        return {k: v for k, v in state.items() if k.startswith(self.save_prefixes)}
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The module's (saved) weights in fp32 on CPU (collective under ZeRO-3: call on all ranks)."""
+        with self.gathered():
+            return {k: v.detach().float().cpu().clone() for k, v in self._kept(self.module.state_dict()).items()}
+
+    def gathered(self) -> Any:
+        """Context in which the full weights are readable on every rank (collective under ZeRO-3)."""
+        import contextlib
+
+        if self.engine is not None and self.options.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
+        return contextlib.nullcontext()
+
+    def save(self, directory: str, client_state: dict[str, Any], export: dict[str, Any]) -> None:
+        """Write this rank's part of a resumable checkpoint (and rank 0 the exported model)."""
+        state = self.full_state_dict()
+        if self.engine is not None:
+            self.engine.save_checkpoint(directory, tag=STATE_TAG, client_state={"egoray": client_state},
+                                        exclude_frozen_parameters=self.save_prefixes is not None)
+        elif self.rank == 0:
+            torch.save({"model": self._kept(self.module.state_dict()), "optimizer": self.optimizer.state_dict(),
+                        "client_state": client_state}, os.path.join(directory, "ddp_state.pt"))
+        if self.rank == 0:
+            torch.save({**export, "state_dict": state}, os.path.join(directory, MODEL_FILE))
+            with open(os.path.join(directory, "client_state.json"), "w") as f:
+                json.dump(client_state, f)
+
+    def load(self, directory: str) -> dict[str, Any]:
+        if self.engine is not None:
+            _, client_state = self.engine.load_checkpoint(directory, tag=STATE_TAG,
+                                                          load_module_strict=self.save_prefixes is None)
+            # DeepSpeed hands back its own bookkeeping too; ours sits under one key
+            return dict((client_state or {}).get("egoray", {}))
+        blob = torch.load(os.path.join(directory, "ddp_state.pt"), map_location=self.device, weights_only=False)
+        self.module.load_state_dict(blob["model"], strict=self.save_prefixes is None)
+        self.optimizer.load_state_dict(blob["optimizer"])
+        return dict(blob["client_state"])
+
+    def train(self) -> None:
+        self.module.train()
+
+    def eval(self) -> None:
+        self.module.eval()
+
+
+def resume(engine: Engine) -> dict[str, Any]:
+    """Load Ray Train's latest checkpoint into ``engine`` if there is one; its client state or {}."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {}
+    with checkpoint.as_directory() as directory:
+        return engine.load(directory)
+
+
+def report(engine: Engine, metrics: dict[str, Any], client_state: dict[str, Any] | None,
+           export: dict[str, Any] | None = None) -> None:
+    """``ray.train.report`` from every rank; with ``client_state``, a checkpoint too."""
+    import ray.train
+
+    if client_state is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        engine.save(directory, client_state, export or {})
+        has_files = any(os.scandir(directory))
+        checkpoint = ray.train.Checkpoint.from_directory(directory) if has_files else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def epoch_batches(n: int, batch: int, rank: int, world: int, seed: int, epoch: int) -> Iterator[Any]:
+    """This rank's index batches of one epoch: one shared permutation, dealt round-robin.
+
+    Every rank gets the same number of full batches (collectives need equal step counts).
+    """
+    import numpy as np
+
+    perm = np.random.default_rng(seed * 100_003 + epoch).permutation(n)
+    mine = perm[rank::world][: n // world]
+    steps = len(mine) // batch
+    for s in range(steps):
+        yield mine[s * batch:(s + 1) * batch]
+
+
+def effective_batch(n_train: int, world: int, batch: int) -> int:
+    """The per-worker batch, shrunk for tiny datasets so that each epoch has at least one step."""
+    per_rank = n_train // world
+    if per_rank < 2:
+        raise ValueError(f"{n_train} training items cannot feed {world} workers (need ≥ 2 each)")
+    return min(batch, per_rank)
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from all ranks, keeping gradients to the local part (more negatives)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side
+# ---------------------------------------------------------------------------------------------
+
+
+def run_dir(output: str) -> str:
+    return storage.join(output, "train")
+
+
+def fit(train_fn: Callable[[dict], None], loop_config: dict[str, Any], options: TrainerOptions,
+        output: str) -> Any:
+    """Run ``train_fn`` on ``options.num_workers`` Ray Train workers; returns the Ray Train Result."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    backend = options.backend if options.backend != "auto" else ("nccl" if options.use_gpu else "gloo")
+    storage_path, filesystem = _storage(output)
+    worker_env = {"env_vars": {k: v for k, v in os.environ.items()
+                               if k in ("DS_ACCELERATOR", "EGORAY_CACHE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                                        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
+    trainer = TorchTrainer(
+        train_fn,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=options.num_workers, use_gpu=options.use_gpu,
+            resources_per_worker={"CPU": options.cpus_per_worker, **({"GPU": 1} if options.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name="train", storage_path=storage_path, storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=options.keep_checkpoints),
+            worker_runtime_env=worker_env if worker_env["env_vars"] else None),
+    )
+    return trainer.fit()
+
+
+def _storage(output: str) -> tuple[str, Any]:
+    """Ray Train's storage path and filesystem for an output URL (S3 through our s3fs settings)."""
+    if "://" not in output or output.startswith("file://"):
+        path = output[len("file://"):] if output.startswith("file://") else output
+        return os.path.abspath(path), None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = storage.filesystem(output)
+    return path, PyFileSystem(FSSpecHandler(fs))
+
+
+def fetch_model(checkpoint: Any, output: str) -> dict[str, Any]:
+    """Copy the exported weights of a Ray Train checkpoint to ``<output>/model/``; returns its client state."""
+    with checkpoint.as_directory() as directory:
+        with open(os.path.join(directory, MODEL_FILE), "rb") as f:
+            storage.write_bytes(storage.join(output, "model", MODEL_FILE), f.read())
+        with open(os.path.join(directory, "client_state.json")) as f:
+            client_state = json.load(f)
+    storage.write_json(storage.join(output, "model", "client_state.json"), client_state)
+    return client_state
+
+
+def load_exported(url: str) -> dict[str, Any]:
+    """The exported blob (kind, config, state_dict, ...) of a training job's output or model folder."""
+    import io
+
+    candidates = [storage.join(url, "model", MODEL_FILE), storage.join(url, MODEL_FILE), url]
+    for candidate in candidates:
+        if candidate.endswith(".pt") and storage.exists(candidate):
+            return torch.load(io.BytesIO(storage.read_bytes(candidate)), map_location="cpu", weights_only=False)
+    from egoray.data.raw import InputError
+
+    raise InputError(f"no trained model under {url} (looked for {candidates[0]})")

@@ -1,0 +1,108 @@
+"""CLIP-style dual encoder over precomputed features, and its contrastive losses.
+
+The encoders themselves (video backbone, text model) are frozen upstream; training learns one
+projection head per modality into a shared space and a temperature, as in the CLEP notebook,
+with LaViLa's optional second temperature for auxiliary (rephrased / narrator) pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from egoray.config import StrictModel
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class DualEncoderConfig(StrictModel):
+    """Shape of the heads; stored next to the weights so a model loads without its job config."""
+
+    video_dim: int = 0
+    text_dim: int = 0
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    init_temperature: float = 0.07
+
+
+def _head(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    head = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+    for m in head:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain("relu"))
+            nn.init.zeros_(m.bias)
+    return head
+
+
+class DualEncoder(nn.Module):
+    def __init__(self, config: DualEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.video_proj = _head(config.video_dim, config.hidden_dim, config.embed_dim)
+        self.text_proj = _head(config.text_dim, config.hidden_dim, config.embed_dim)
+        init = math.log(1.0 / config.init_temperature)
+        # shape [1], not a scalar: DeepSpeed broadcasts parameters as byte views, which 0-d tensors refuse
+        self.logit_scale = nn.Parameter(torch.full((1,), init))
+        self.aux_logit_scale = nn.Parameter(torch.full((1,), init))
+        self.gradient_checkpointing = False
+
+    def _project(self, head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            y = checkpoint(head, x, use_reentrant=False)
+        else:
+            y = head(x)
+        return F.normalize(y, dim=-1)
+
+    def encode_video(self, x: torch.Tensor) -> torch.Tensor:
+        return self._project(self.video_proj, x)
+
+    def encode_text(self, x: torch.Tensor) -> torch.Tensor:
+        return self._project(self.text_proj, x)
+
+    def scales(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """exp of the (clamped, ≤ 100) logit scales for the main and auxiliary pairs."""
+        return (self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().squeeze(0),
+                self.aux_logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().squeeze(0))
+
+    def forward(self, video: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Normalised embeddings and both scales (returned so ZeRO-3 gathers them in forward)."""
+        scale, aux_scale = self.scales()
+        return self.encode_video(video), self.encode_text(text), scale, aux_scale
+
+
+def contrastive_loss(video: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
+                     positives: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE between L2-normalised ``video`` [B, E] and ``text`` [B, E].
+
+    ``positives`` [B, B] bool marks extra positives (EgoNCE: same verb and noun); the diagonal is
+    always positive. Each row's loss is ``-log(sum over positives / sum over all)`` of
+    ``exp(scale * cosine)``, which is plain InfoNCE when only the diagonal is positive.
+    """
+    logits = scale * video @ text.t()
+    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    if positives is None:
+        target = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    pos = positives | eye
+    neg_inf = torch.finfo(logits.dtype).min
+
+    def side(lg: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return (torch.logsumexp(lg, dim=1) - torch.logsumexp(lg.masked_fill(~p, neg_inf), dim=1)).mean()
+
+    return (side(logits, pos) + side(logits.t(), pos.t())) / 2
+
+
+def same_label(verb: torch.Tensor, noun: torch.Tensor) -> torch.Tensor:
+    """[B, B] bool: both items have known (≥ 0) and equal verb and noun."""
+    known = (verb >= 0) & (noun >= 0)
+    return (verb[:, None] == verb[None, :]) & (noun[:, None] == noun[None, :]) & known[:, None] & known[None, :]
+
+
+def save_dual_encoder(model: DualEncoder) -> dict[str, Any]:
+    return {"kind": "dual_encoder", "config": model.config.model_dump(), "state_dict": model.state_dict()}

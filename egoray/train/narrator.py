@@ -1,0 +1,234 @@
+"""LaViLa-style narrator: a frozen causal LM with gated cross-attention to video tokens.
+
+Video features of a window (``[F, Dv]``, frozen upstream) are summarised by an attention pooler
+with learned queries into ``Q`` visual tokens. Every ``cross_attn_every``-th decoder layer of the
+LM is preceded by a gated cross-attention block (Flamingo): ``x + tanh(g) * attn(x, visual)``
+and ``x + tanh(h) * ff(x)`` with ``g = h = 0`` at initialisation, so an untrained narrator is
+exactly the frozen LM. Only the pooler and the cross-attention blocks train.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from egoray.config import StrictModel
+
+
+TRAINED_PREFIXES = ("pooler.", "xattn.")  # the frozen LM's weights come from the LM itself
+
+
+class NarratorConfig(StrictModel):
+    lm: str = Field("tiny:gpt2", description="causal LM (transformers id or tiny:gpt2)")
+    video_dim: int = 0
+    num_queries: int = Field(8, ge=1)
+    num_frames: int = Field(4, ge=1, description="video features sampled per window")
+    cross_attn_every: int = Field(1, ge=1)
+    heads: int = Field(4, ge=1)
+    max_text_tokens: int = Field(32, ge=4)
+
+
+class AttentionPooler(nn.Module):
+    """Learned queries attend over a window's frame features: ``[B, F, Dv] -> [B, Q, E]``."""
+
+    def __init__(self, video_dim: int, width: int, num_queries: int, heads: int) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(num_queries, width) * width**-0.5)
+        self.ln_kv = nn.LayerNorm(video_dim)
+        self.attn = nn.MultiheadAttention(width, heads, kdim=video_dim, vdim=video_dim, batch_first=True)
+        self.ln_out = nn.LayerNorm(width)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        kv = self.ln_kv(frames)
+        q = self.queries.unsqueeze(0).expand(frames.shape[0], -1, -1)
+        return self.ln_out(self.attn(q, kv, kv, need_weights=False)[0])
+
+
+class GatedCrossAttention(nn.Module):
+    """Tanh-gated cross-attention + feed-forward; the identity while both gates are zero."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.attn_gate = nn.Parameter(torch.zeros(1))  # [1], not 0-d: DeepSpeed broadcasts byte views
+        self.ln_ff = nn.LayerNorm(width)
+        self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.ff_gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        if visual.shape[0] != x.shape[0]:
+            raise ValueError(f"visual tokens for {visual.shape[0]} sequences, text for {x.shape[0]}")
+        visual = visual.to(x.dtype)
+        x = x + torch.tanh(self.attn_gate) * self.attn(self.ln(x), visual, visual, need_weights=False)[0]
+        return x + torch.tanh(self.ff_gate) * self.ff(self.ln_ff(x))
+
+
+class _Visual:
+    """The visual tokens of the current forward/generate call, shared by all gated layers."""
+
+    tokens: torch.Tensor | None = None
+
+
+class GatedLayer(nn.Module):
+    """A frozen decoder layer preceded by gated cross-attention to the current visual tokens."""
+
+    def __init__(self, layer: nn.Module, xattn: GatedCrossAttention, visual: _Visual) -> None:
+        super().__init__()
+        self.layer = layer
+        self._xattn = (xattn,)  # registered once, on the Narrator: the LM's own state dict stays the LM's
+        self._visual = visual
+        self.checkpointing = False
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        visual = self._visual.tokens
+        if visual is None:
+            raise RuntimeError("narrator called without visual tokens")
+        if self.checkpointing and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(lambda h, v: self.layer(self._xattn[0](h, v), *args, **kwargs), hidden_states, visual,
+                              use_reentrant=False)
+        return self.layer(self._xattn[0](hidden_states, visual), *args, **kwargs)
+
+
+def decoder_layers(lm: nn.Module) -> nn.ModuleList:
+    """The decoder-layer list of a transformers causal LM (GPT-2, Llama, GPT-NeoX, OPT)."""
+    for path in ("transformer.h", "model.layers", "gpt_neox.layers", "model.decoder.layers"):
+        obj: Any = lm
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise ValueError(f"cannot find the decoder layers of {type(lm).__name__}")
+
+
+class Narrator(nn.Module):
+    def __init__(self, config: NarratorConfig, lm: nn.Module | None = None, tokenizer: Any = None) -> None:
+        super().__init__()
+        if lm is None or tokenizer is None:
+            lm, tokenizer = load_lm(config.lm)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.lm = lm
+        self.lm.requires_grad_(False)
+        width = lm.config.hidden_size
+        self.pooler = AttentionPooler(config.video_dim, width, config.num_queries, config.heads)
+        self._visual = _Visual()
+        layers = decoder_layers(lm)
+        self.xattn = nn.ModuleList()
+        for i in range(len(layers)):
+            if i % config.cross_attn_every == 0:
+                block = GatedCrossAttention(width, config.heads)
+                self.xattn.append(block)
+                layers[i] = GatedLayer(layers[i], block, self._visual)
+
+    def train(self, mode: bool = True) -> Narrator:
+        super().train(mode)
+        self.lm.eval()  # frozen: no dropout, so that gates at zero reproduce the LM exactly
+        return self
+
+    def set_gradient_checkpointing(self, on: bool) -> None:
+        for layer in decoder_layers(self.lm):
+            if isinstance(layer, GatedLayer):
+                layer.checkpointing = on
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor | None = None) -> Any:
+        """Teacher-forced LM output (``.loss`` when ``labels`` are given) conditioned on ``frames``."""
+        self._visual.tokens = self.pooler(frames)
+        try:
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
+        finally:
+            self._visual.tokens = None
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """``bos text eos`` right-padded; labels are -100 on padding."""
+        tok = self.tokenizer
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        seqs = []
+        for t in texts:
+            ids = tok(t, add_special_tokens=False)["input_ids"][: self.config.max_text_tokens - 2]
+            seqs.append([bos, *ids, tok.eos_token_id])
+        width = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            input_ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        labels = input_ids.masked_fill(mask == 0, -100)
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+    @torch.no_grad()
+    def generate(self, frames: torch.Tensor, n: int = 1, max_new_tokens: int = 20, top_p: float = 0.95,
+                 temperature: float = 0.7, do_sample: bool = True, use_cache: bool = True,
+                 seed: int | None = None) -> tuple[list[list[str]], list[list[float]]]:
+        """``n`` captions per window and each caption's mean negative log-likelihood per token.
+
+        The NLL is computed from the unmodified model distribution (before top-p/temperature).
+        """
+        tok = self.tokenizer
+        self.eval()
+        if seed is not None:
+            torch.manual_seed(seed)
+        b = frames.shape[0]
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        input_ids = torch.full((b, 1), bos, dtype=torch.long, device=frames.device)
+        self._visual.tokens = self.pooler(frames).repeat_interleave(n, dim=0)
+        try:
+            out = self.lm.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=do_sample,
+                top_p=top_p if do_sample else None, temperature=temperature if do_sample else None,
+                top_k=0 if do_sample else None, num_return_sequences=n, max_new_tokens=max_new_tokens,
+                use_cache=use_cache, output_logits=True, return_dict_in_generate=True,
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                eos_token_id=tok.eos_token_id)
+        finally:
+            self._visual.tokens = None
+        new = out.sequences[:, 1:]
+        logp = torch.stack(out.logits, dim=1).float().log_softmax(-1)
+        token_logp = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        # tokens after the first eos are padding
+        is_eos = (new == tok.eos_token_id).int()
+        valid = (is_eos.cumsum(1) - is_eos) == 0
+        nll = -(token_logp * valid).sum(1) / valid.sum(1).clamp(min=1)
+        texts = tok.batch_decode(new.masked_fill(~valid, tok.pad_token_id or 0), skip_special_tokens=True)
+        texts = [" ".join(t.split()) for t in texts]
+        return ([texts[i * n:(i + 1) * n] for i in range(b)],
+                [nll[i * n:(i + 1) * n].tolist() for i in range(b)])
+
+
+def load_lm(name: str) -> tuple[nn.Module, Any]:
+    import transformers
+
+    from egoray.models.tiny import resolve_model
+
+    path = resolve_model(name)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    lm = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return lm, tokenizer
+
+
+def load_narrator(url: str) -> Narrator:
+    """A trained narrator from a ``train_narrator`` output (or its model.pt)."""
+    from egoray.data.raw import InputError
+    from egoray.train.distributed import load_exported
+
+    blob = load_exported(url)
+    if blob.get("kind") != "narrator":
+        raise InputError(f"{url}: holds a {blob.get('kind')!r} model, not a narrator")
+    model = Narrator(NarratorConfig(**blob["config"]))
+    missing = model.load_state_dict(blob["state_dict"], strict=False)
+    bad = [k for k in missing.missing_keys if k.startswith(TRAINED_PREFIXES)]
+    if bad or missing.unexpected_keys:
+        raise InputError(f"{url}: weights do not match the narrator ({bad[:3]} {missing.unexpected_keys[:3]})")
+    return model.eval()

@@ -1,0 +1,54 @@
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from egoray.train.dual_encoder import DualEncoder, DualEncoderConfig, contrastive_loss, same_label
+
+
+def test_info_nce_by_hand():
+    v = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    t = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), dim=-1)
+    scale = torch.tensor(2.0)
+    logits = 2.0 * v @ t.T  # [[2, 1.414], [0, 1.414]]
+    c = 1 / math.sqrt(2)
+    row = [-(2 - math.log(math.exp(2) + math.exp(2 * c))), -(2 * c - math.log(1 + math.exp(2 * c)))]
+    col = [-(2 - math.log(math.exp(2) + 1)), -(2 * c - math.log(math.exp(2 * c) * 2))]
+    expected = (sum(row) / 2 + sum(col) / 2) / 2
+    assert float(contrastive_loss(v, t, scale)) == pytest.approx(expected, rel=1e-5)
+    assert torch.allclose(logits, scale * v @ t.T)
+
+
+def test_egonce_with_only_the_diagonal_is_info_nce():
+    torch.manual_seed(0)
+    v, t = F.normalize(torch.randn(6, 4), dim=-1), F.normalize(torch.randn(6, 4), dim=-1)
+    none = torch.zeros(6, 6, dtype=torch.bool)
+    assert float(contrastive_loss(v, t, torch.tensor(5.0), none)) == pytest.approx(
+        float(contrastive_loss(v, t, torch.tensor(5.0))), rel=1e-6)
+
+
+def test_egonce_extra_positives_lower_the_loss_of_shared_labels():
+    v = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0]]), dim=-1)
+    t = v.clone()
+    verb, noun = torch.tensor([0, 0, 1]), torch.tensor([2, 2, 3])
+    pos = same_label(verb, noun)
+    assert pos.tolist() == [[True, True, False], [True, True, False], [False, False, True]]
+    scale = torch.tensor(20.0)
+    assert float(contrastive_loss(v, t, scale, pos)) < float(contrastive_loss(v, t, scale)) - 0.3
+
+
+def test_unknown_labels_are_never_extra_positives():
+    pos = same_label(torch.tensor([-1, -1]), torch.tensor([-1, -1]))
+    assert not pos.any()
+
+
+def test_logit_scale_is_clamped_at_100():
+    torch.manual_seed(0)
+    model = DualEncoder(DualEncoderConfig(video_dim=3, text_dim=4, embed_dim=2, hidden_dim=32))
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    assert float(model.scales()[0].detach()) == pytest.approx(100.0)
+    ve, te, scale, _ = model(torch.randn(5, 3), torch.randn(5, 4))
+    assert ve.shape == te.shape == (5, 2)
+    assert torch.allclose(ve.norm(dim=-1), torch.ones(5))

@@ -1,0 +1,94 @@
+import copy
+import io
+
+import pytest
+import torch
+
+from egoray.train.narrator import Narrator, NarratorConfig, load_lm, load_narrator
+
+
+@pytest.fixture(scope="module")
+def lm_and_tokenizer():
+    return load_lm("tiny:gpt2")
+
+
+def _narrator(lm_and_tokenizer, **kw):
+    lm, tok = lm_and_tokenizer
+    torch.manual_seed(0)
+    return Narrator(NarratorConfig(video_dim=16, num_queries=3, **kw), copy.deepcopy(lm), tok)
+
+
+def test_gates_at_zero_reproduce_the_frozen_lm(lm_and_tokenizer):
+    lm, _ = lm_and_tokenizer
+    model = _narrator(lm_and_tokenizer).train()
+    batch = model.tokenize(["c opens the drawer", "c cuts the onion into pieces"])
+    frames = torch.randn(2, 4, 16)
+    ours = model(frames, batch["input_ids"], batch["attention_mask"]).logits
+    ref = lm.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.equal(ours, ref)
+    # with open gates the video changes the output
+    with torch.no_grad():
+        for block in model.xattn:
+            block.attn_gate.fill_(0.5)
+    assert not torch.allclose(model(frames, batch["input_ids"], batch["attention_mask"]).logits, ref)
+
+
+def test_only_pooler_and_cross_attention_train(lm_and_tokenizer):
+    model = _narrator(lm_and_tokenizer, cross_attn_every=2)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all(n.startswith(("pooler.", "xattn.")) for n in names)
+    assert len(model.xattn) == 1  # 2 layers, every 2nd
+
+
+def test_narrator_loss_falls_and_video_matters(lm_and_tokenizer):
+    model = _narrator(lm_and_tokenizer).train()
+    # two "videos" with their own narration: the model must use the frames to tell them apart
+    frames = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(1))
+    batch = model.tokenize(["c opens the fridge", "c washes a cup"])
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        out = model(frames, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        first = first if first is not None else float(out.loss)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert float(out.loss) < first * 0.9
+    swapped = model(frames.flip(0), batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+    assert float(swapped) > float(out.loss)
+
+
+def test_kv_cache_gives_the_same_samples(lm_and_tokenizer):
+    model = _narrator(lm_and_tokenizer)
+    with torch.no_grad():
+        for block in model.xattn:
+            block.attn_gate.fill_(0.3)
+    frames = torch.randn(3, 4, 16)
+    texts, nll = model.generate(frames, n=2, max_new_tokens=8, seed=5)
+    texts2, nll2 = model.generate(frames, n=2, max_new_tokens=8, seed=5, use_cache=False)
+    assert len(texts) == 3 and all(len(t) == 2 for t in texts)
+    assert texts == texts2
+    assert torch.allclose(torch.tensor(nll), torch.tensor(nll2), atol=1e-4)
+    assert all(x > 0 for row in nll for x in row)
+
+
+def test_export_round_trip(lm_and_tokenizer, tmp_path):
+    model = _narrator(lm_and_tokenizer)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.01)
+    state = {k: v for k, v in model.state_dict().items() if k.startswith(("pooler.", "xattn."))}
+    blob = {"kind": "narrator", "config": model.config.model_dump(), "state_dict": state}
+    (tmp_path / "model").mkdir()
+    torch.save(blob, tmp_path / "model" / "model.pt")
+    loaded = load_narrator(str(tmp_path))
+    frames = torch.randn(2, 4, 16)
+    batch = model.tokenize(["c picks the knife"] * 2)
+    model.eval()
+    assert torch.allclose(model(frames, batch["input_ids"], batch["attention_mask"]).logits,
+                          loaded(frames, batch["input_ids"], batch["attention_mask"]).logits)
+    torch.save({**blob, "kind": "dual_encoder"}, tmp_path / "model" / "model.pt")
+    from egoray.data.raw import InputError
+
+    with pytest.raises(InputError, match="not a narrator"):
+        load_narrator(str(tmp_path))
