@@ -73,6 +73,42 @@ def _print_summary(manifest: dict) -> None:
               f" ({shards.get('resumed', 0)} from an earlier run)")
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit a job to a Ray cluster (Ray Jobs API); prints the job id."""
+    from egoray import submit
+
+    job_id = submit.submit(args.config, args.overrides, address=args.address, working_dir=args.working_dir)
+    print(job_id)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print a submitted job's status as JSON."""
+    from egoray import submit
+
+    print(json.dumps(submit.status(args.job_id, address=args.address), indent=2))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print a submitted job's logs (--follow: until it ends)."""
+    from egoray import submit
+
+    text = submit.logs(args.job_id, address=args.address, follow=args.follow)
+    if text is not None:
+        print(text, end="")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop a submitted job."""
+    from egoray import submit
+
+    stopped = submit.stop(args.job_id, address=args.address)
+    print("stopping" if stopped else "not running")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="egoray", description=__doc__)
     parser.add_argument("--version", action="version", version=f"egoray {__version__}")
@@ -99,6 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=int, default=8, help="synthetic videos (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    address_help = "dashboard URL (default: RAY_ADDRESS if http(s), else http://127.0.0.1:8265)"
+    p = sub.add_parser("submit", help=cmd_submit.__doc__, description=cmd_submit.__doc__)
+    p.add_argument("config", help="job config YAML inside the working directory")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("--address", help=address_help)
+    p.add_argument("--working-dir", default=".", help="directory shipped to the cluster (default .)")
+    p.set_defaults(func=cmd_submit)
+    for name, fn in (("status", cmd_status), ("logs", cmd_logs), ("stop", cmd_stop)):
+        p = sub.add_parser(name, help=fn.__doc__, description=fn.__doc__)
+        p.add_argument("job_id")
+        p.add_argument("--address", help=address_help)
+        if name == "logs":
+            p.add_argument("--follow", action="store_true", help="stream new lines until the job ends")
+        p.set_defaults(func=fn)
     return parser
 
 
@@ -107,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from egoray.data.raw import InputError
     from egoray.runtime import OutputConflict
     from egoray.storage import StorageError
+    from egoray.submit import SubmitError
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # before anything imports ray
@@ -122,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as e:
         print(f"egoray: config error: {e}", file=sys.stderr)
         return 2
-    except (InputError, StorageError, OutputConflict, ValueError) as e:
+    except (InputError, StorageError, OutputConflict, SubmitError, ValueError) as e:
         print(f"egoray: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -323,7 +323,19 @@ def finish(config: JobConfig, ledger: ShardLedger, shard_ids: list[str], done_be
     manifest.extra["tables"] = {name: sum(m["rows"].get(name, 0) for m in markers.values()) for name in tables}
     manifest.extra.update(extra or {})
     manifest.status = "complete" if not missing else "incomplete"
+    record_metrics(config, markers, done_before)
     return manifest
+
+
+def record_metrics(config: JobConfig, markers: Mapping[str, Any], done_before: Mapping[str, Any]) -> None:
+    """Export what this run added (shards it committed) as Ray metrics (:mod:`egoray.metrics`)."""
+    from egoray.metrics import record
+
+    new = [m for s, m in markers.items() if s not in done_before]
+    this_run = RunManifest.start(config)
+    this_run.add_stages(new)
+    record(config.job, {k: v.to_dict() for k, v in this_run.stages.items()},
+           {u: sum(m.get(u, 0) or 0 for m in new) for u in ("frames", "captions", "paraphrases")})
 
 
 def dataset_from_table(table: Any, batch_size: int, workers: int) -> Any:

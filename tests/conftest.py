@@ -108,3 +108,22 @@ def ingested_small(ray_session, synth_small, tmp_path_factory) -> Path:
                               "splits": str(synth_small / "splits.json"), "output": str(out), "num_shards": 2})
     ingest.run(config)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_run(ray_session, tmp_path_factory) -> tuple[Path, str]:
+    """``egoray demo`` once for the session (6 videos): its output folder and what it printed.
+
+    The demo is the CI's end-to-end run, and its outputs (narrations, features, trained models)
+    are the inputs of the training tests, which would otherwise rebuild them.
+    """
+    import contextlib
+    import io
+
+    from egoray.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--out", str(out), "--videos", "6", "--seed", "4"]) == 0
+    return out, printed.getvalue()

@@ -48,6 +48,14 @@ STEPS: list[Step] = [
          ["input={data}/labels.txt", "output={out}/class_prompts"]),
     Step("video_features", "demo/video_features.yaml", ["input={data}/videos", "output={out}/video_features"]),
     Step("captions", "demo/captions.yaml", ["input={data}/videos", "output={out}/captions"]),
+    Step("train_dual_encoder", "demo/train_dual_encoder.yaml",
+         ["input={out}/narrations", "output={out}/dual_encoder", "video_features={out}/video_features",
+          "text_features={out}/text_features", "labels={data}/clips.parquet"]),
+    Step("train_narrator", "demo/train_narrator.yaml",
+         ["input={out}/narrations", "output={out}/narrator", "video_features={out}/video_features"]),
+    Step("narrate (held-out clips)", "demo/narrate.yaml",
+         ["input={data}/clips.parquet", "output={out}/narrate", "model={out}/narrator",
+          "video_features={out}/video_features", "video_splits={data}/splits.json"]),
 ]
 
 

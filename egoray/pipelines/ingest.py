@@ -29,7 +29,7 @@ from egoray.data.em_pkl import read_em_pickle
 from egoray.data.narrations import CleanOptions, build_narrations, clean_summaries
 from egoray.data.raw import InputError
 from egoray.data.splits import read_splits
-from egoray.runtime import RunManifest, ShardLedger, StageTimer, bucket_of, ensure_ray, wait_all
+from egoray.runtime import RunManifest, ShardLedger, StageTimer, bucket_of, ensure_ray, record_metrics, wait_all
 
 Format = Literal["auto", "ego4d_json", "em_pkl", "ek100_csv"]
 
@@ -204,6 +204,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     }
     manifest.extra["inputs"] = [{"url": u, "format": f} for u, f in zip(inputs, formats, strict=True)]
     manifest.status = "complete" if not missing else "incomplete"
+    record_metrics(config, markers, done_before)
     manifest.write()
     return manifest.to_dict()
 

@@ -59,6 +59,8 @@ class Config(JobConfig):
     model: Url = Field(description="a train_narrator output")
     video_features: Url | None = Field(None, description="default: input (dense mode)")
     windows: Windows = Windows()
+    video_splits: Url | None = Field(None, description="a splits.json: narrate only videos of `splits`")
+    splits: list[str] = ["val", "test"]
     sampling: Sampling = Sampling()
     batch_size: int = Field(32, ge=1, description="windows per generate call")
     num_actors: int = Field(1, ge=1)
@@ -69,7 +71,17 @@ class Config(JobConfig):
 
 
 def list_windows(config: Config, bank: FeatureBank) -> list[dict[str, Any]]:
-    """Rows ``window_id, video_uid, t_start, t_end`` to narrate."""
+    """Rows ``window_id, video_uid, t_start, t_end`` to narrate (of the chosen splits' videos)."""
+    rows = _all_windows(config, bank)
+    if config.video_splits:
+        from egoray.data.splits import read_splits
+
+        by_video = read_splits(config.video_splits)
+        rows = [r for r in rows if by_video.get(r["video_uid"]) in config.splits]
+    return rows
+
+
+def _all_windows(config: Config, bank: FeatureBank) -> list[dict[str, Any]]:
     if config.windows.mode == "dense":
         rows = []
         for i, key in enumerate(bank.keys):

@@ -58,4 +58,9 @@ def launch(config: JobConfig, options: TrainerOptions, ledger: ShardLedger, trai
         "model": storage.join(config.output, "model", "model.pt")})
     manifest.status = "complete"
     manifest.write()
+    from egoray.metrics import record
+
+    resumed = state.get("resumed_from", 0)
+    record(config.job, {}, {"examples_trained": sum(h.get("examples") or 0 for h in history
+                                                     if h.get("epoch", 0) > resumed)})
     return manifest.to_dict()

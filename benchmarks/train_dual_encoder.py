@@ -1,0 +1,249 @@
+"""Benchmark: CLEP dual-encoder training throughput, our data path vs the reference way.
+
+    uv run --extra bench python benchmarks/train_dual_encoder.py            # dual encoder, batch 128
+    uv run --extra bench python benchmarks/train_dual_encoder.py narrator   # narrator sampling, KV cache on/off
+
+Same features, same model (``DualEncoder``: two 2-layer heads, 1536-d video / 768-d text → 256),
+same loss, same optimizer, one process on the CPU, batch 128.
+
+reference (seed 001): a ``torch.utils.data.Dataset`` whose ``__getitem__`` slices the video's
+    features out of one HDF5 file (``h5py``), ``torch.load``s the narration's embedding file and
+    mean-pools the window; a ``DataLoader`` with 2 worker processes (one per core).
+ours: ``load_bank`` reads the ``video_features`` output once, ``FeatureBank.pool`` pools every
+    window with one cumulative sum, text embeddings come from one table; batches are index
+    slices (``epoch_batches``) — the loop the Ray Train workers run.
+
+Reported: examples/s of each over the same number of epochs (steady state), our one-time load
+and pooling, and both ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+VIDEO_DIM, TEXT_DIM, FPS, OFFSET = 1536, 768, 30 / 16, 2.0
+
+
+def _save(name: str, results: dict) -> None:
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+def make_inputs(root: Path, videos: int, seconds: float, narrations: int, seed: int = 0) -> dict:
+    """The same features in both layouts: ours (video_features output) and the reference's."""
+    import h5py
+    import pyarrow as pa
+    import torch
+
+    from egoray import storage
+
+    rng = np.random.default_rng(seed)
+    uids = [f"v{i:04d}" for i in range(videos)]
+    n = int(seconds * FPS)
+    feats = {u: rng.standard_normal((n, VIDEO_DIM), dtype=np.float32) for u in uids}
+    # ours: 4 HDF5 shards + index
+    index = []
+    for s in range(4):
+        part = {u: feats[u] for u in uids[s::4]}
+        storage.write_hdf5_shard(str(root / "ours" / "features" / f"part-{s:04d}.h5"), part)
+        index += [{"key": u, "video_uid": u, "file": f"features/part-{s:04d}.h5", "n": n, "dim": VIDEO_DIM,
+                   "fps": FPS, "model": "bench", "t_start": 0.0, "t_end": seconds} for u in part]
+    storage.write_parquet(str(root / "ours" / "index" / "part-0000.parquet"), pa.Table.from_pylist(index))
+    # reference: one HDF5 file keyed by uid
+    with h5py.File(root / "features.h5", "w") as h5:
+        for u in uids:
+            h5.create_dataset(u, data=feats[u])
+    meta = [{"idx": f"n{i:06d}", "uid": uids[int(rng.integers(videos))],
+             "ts": float(rng.uniform(0, seconds))} for i in range(narrations)]
+    text = rng.standard_normal((narrations, TEXT_DIM), dtype=np.float32)
+    (root / "narrations").mkdir()
+    for m, t in zip(meta, text, strict=True):
+        torch.save(torch.from_numpy(t.copy()), root / "narrations" / f"{m['idx']}.pt")
+    torch.save(meta, root / "meta.pt")
+    return {"meta": meta, "text": text}
+
+
+class ReferenceDataset:
+    """Seed 001's ``Ego4DClipDset``: one HDF5 slice and one torch.load per item."""
+
+    def __init__(self, root: Path) -> None:
+        import torch
+
+        self.root = root
+        self.metadata = torch.load(root / "meta.pt")
+        self.features = None
+
+    def __len__(self) -> int:
+        return len(self.metadata)
+
+    def __getitem__(self, idx: int) -> dict:
+        import h5py
+        import torch
+
+        if self.features is None:  # opened per worker process
+            self.features = h5py.File(self.root / "features.h5", "r")
+        meta = self.metadata[idx]
+        vid = self.features[meta["uid"]]
+        nf = len(vid)
+        x1 = min(max(0, math.floor((meta["ts"] - OFFSET) * FPS)), nf - 1)
+        x2 = min(math.floor((meta["ts"] + OFFSET) * FPS), nf - 1)
+        return {"video": torch.tensor(vid[x1:x2 + 1]).mean(0),
+                "text": torch.load(self.root / "narrations" / f"{meta['idx']}.pt")}
+
+
+def _model_and_opt(seed: int = 0):
+    import torch
+
+    from egoray.train.dual_encoder import DualEncoder, DualEncoderConfig
+
+    torch.manual_seed(seed)
+    model = DualEncoder(DualEncoderConfig(video_dim=VIDEO_DIM, text_dim=TEXT_DIM, embed_dim=256, hidden_dim=256))
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.98, 0.9), eps=1e-6)
+
+
+def _step(model, opt, video, text) -> float:
+    from egoray.train.dual_encoder import contrastive_loss
+
+    ve, te, scale, _ = model(video, text)
+    loss = contrastive_loss(ve, te, scale)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss)
+
+
+def run_reference(root: Path, epochs: int, batch: int, workers: int) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+
+    torch.set_num_threads(2)
+    model, opt = _model_and_opt()
+    loader = DataLoader(ReferenceDataset(root), batch_size=batch, num_workers=workers, shuffle=True,
+                        drop_last=True, persistent_workers=workers > 0)
+    seen, t0 = 0, time.perf_counter()
+    for _ in range(epochs):
+        for b in loader:
+            _step(model, opt, b["video"], b["text"])
+            seen += len(b["video"])
+    seconds = time.perf_counter() - t0
+    return {"examples": seen, "seconds": round(seconds, 3), "examples_per_s": round(seen / seconds, 1)}
+
+
+def run_ours(root: Path, inputs: dict, epochs: int, batch: int) -> dict:
+    import torch
+
+    from egoray.train.bank import load_bank
+    from egoray.train.distributed import epoch_batches
+
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    bank = load_bank(str(root / "ours"))
+    meta = inputs["meta"]
+    rows = bank.index_of([m["uid"] for m in meta])
+    ts = np.array([m["ts"] for m in meta])
+    video = torch.from_numpy(bank.pool(rows, ts - OFFSET, ts + OFFSET))
+    text = torch.from_numpy(inputs["text"])
+    setup = time.perf_counter() - t0
+    model, opt = _model_and_opt()
+    seen, t0 = 0, time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        for idx in epoch_batches(len(meta), batch, 0, 1, 0, epoch):
+            i = torch.from_numpy(idx)
+            _step(model, opt, video[i], text[i])
+            seen += len(idx)
+    seconds = time.perf_counter() - t0
+    return {"examples": seen, "seconds": round(seconds, 3), "examples_per_s": round(seen / seconds, 1),
+            "load_and_pool_seconds": round(setup, 3)}
+
+
+def bench_dual_encoder(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        inputs = make_inputs(root, args.videos, args.seconds, args.narrations)
+        print(f"inputs written in {time.perf_counter() - t0:.0f}s", flush=True)
+        ref = run_reference(root, args.epochs, args.batch, args.workers)
+        print("reference", ref, flush=True)
+        ours = run_ours(root, inputs, args.epochs, args.batch)
+        print("ours", ours, flush=True)
+    total_ours = ours["examples"] / (ours["seconds"] + ours["load_and_pool_seconds"])
+    _save("train_dual_encoder", {
+        "inputs": {"videos": args.videos, "seconds_per_video": args.seconds, "narrations": args.narrations,
+                   "video_dim": VIDEO_DIM, "text_dim": TEXT_DIM, "batch": args.batch, "epochs": args.epochs,
+                   "reference_loader_workers": args.workers, "cpu_cores": os.cpu_count()},
+        "reference": ref, "ours": ours,
+        "ratio_steady_state": round(ours["examples_per_s"] / ref["examples_per_s"], 2),
+        "ratio_including_our_load": round(total_ours / ref["examples_per_s"], 2),
+    })
+
+
+def bench_narrator(args: argparse.Namespace) -> None:
+    """Captions/s of the narrator's sampling with and without the KV cache (tiny GPT-2 geometry
+    scaled to GPT-2 small's width is not buildable offline; we use a 6-layer 256-wide GPT-2)."""
+    import torch
+    import transformers
+
+    from egoray.models.tiny import resolve_model
+    from egoray.train.narrator import Narrator, NarratorConfig
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    tok = transformers.AutoTokenizer.from_pretrained(resolve_model("tiny:gpt2"))
+    cfg = transformers.GPT2Config(vocab_size=len(tok), n_embd=256, n_layer=6, n_head=8, n_positions=256,
+                                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                  pad_token_id=tok.pad_token_id)
+    lm = transformers.GPT2LMHeadModel(cfg).eval()
+    model = Narrator(NarratorConfig(video_dim=512, num_queries=8, heads=8), lm, tok)
+    with torch.no_grad():
+        for block in model.xattn:
+            block.attn_gate.fill_(0.5)
+    frames = torch.randn(args.windows, 4, 512)
+    out = {}
+    for cache in (True, False):
+        model.generate(frames[:2], n=2, max_new_tokens=4, use_cache=cache, seed=0)  # warm-up
+        t0 = time.perf_counter()
+        texts, _ = model.generate(frames, n=args.n, max_new_tokens=args.tokens, use_cache=cache, seed=0,
+                                  do_sample=True)
+        seconds = time.perf_counter() - t0
+        out["with_cache" if cache else "without_cache"] = {
+            "captions": args.windows * args.n, "seconds": round(seconds, 3),
+            "captions_per_s": round(args.windows * args.n / seconds, 2)}
+    _save("narrator_sampling", {
+        "inputs": {"windows": args.windows, "n": args.n, "max_new_tokens": args.tokens,
+                   "lm": "GPT-2 6 layers x 256 (random)", "cpu_cores": os.cpu_count()},
+        **out, "ratio": round(out["with_cache"]["captions_per_s"] / out["without_cache"]["captions_per_s"], 2)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", nargs="?", default="dual_encoder", choices=["dual_encoder", "narrator"])
+    parser.add_argument("--videos", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=300.0)
+    parser.add_argument("--narrations", type=int, default=10_000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--windows", type=int, default=16)
+    parser.add_argument("--n", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=32)
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    (bench_dual_encoder if args.what == "dual_encoder" else bench_narrator)(args)
+
+
+if __name__ == "__main__":
+    main()

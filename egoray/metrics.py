@@ -1,0 +1,54 @@
+"""Our per-stage counters as Ray metrics (Prometheus, the dashboard's Metrics view).
+
+Counters live in one detached actor per cluster (``egoray-metrics``), so they outlive the
+short-lived driver of each job and are exported by Ray's metrics agent like any Ray metric
+(``ray_egoray_records_total{job, stage, kind}``, ``ray_egoray_units_total{job, unit}``). Jobs
+call :func:`record` with what *this run* did; nothing here is required for a job to succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+ACTOR_NAME = "egoray-metrics"
+NAMESPACE = "egoray"
+log = logging.getLogger(__name__)
+
+
+class MetricsActor:
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter
+
+        self.records = Counter("egoray_records", description="records into / out of / rejected by a stage",
+                               tag_keys=("job", "stage", "kind"))
+        self.units = Counter("egoray_units", description="work done: frames decoded, tokens generated, "
+                             "examples trained, captions", tag_keys=("job", "unit"))
+
+    def add(self, job: str, stages: Mapping[str, Mapping[str, Any]], units: Mapping[str, float]) -> bool:
+        for stage, counts in stages.items():
+            for kind in ("in", "out", "rejected"):
+                value = float(counts.get(kind, 0) or 0)
+                if value > 0:
+                    self.records.inc(value, tags={"job": job, "stage": stage, "kind": kind})
+        for unit, value in units.items():
+            if value and value > 0:
+                self.units.inc(float(value), tags={"job": job, "unit": unit})
+        return True
+
+
+def record(job: str, stages: Mapping[str, Mapping[str, Any]], units: Mapping[str, float] | None = None) -> None:
+    """Add this run's counts to the cluster's counters (best effort: a failure is logged only)."""
+    try:
+        import ray
+
+        # Only on a cluster we joined: a local Ray (and its counters) ends with the job anyway.
+        if not ray.is_initialized() or not os.environ.get("RAY_ADDRESS"):
+            return
+        actor = ray.remote(num_cpus=0)(MetricsActor).options(
+            name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
+        ray.get(actor.add.remote(job, {k: dict(v) for k, v in stages.items()}, dict(units or {})), timeout=60)
+    except Exception as e:  # noqa: BLE001 - metrics must never fail a job
+        log.warning("egoray metrics not recorded: %s", e)

@@ -1,0 +1,130 @@
+"""Submitting jobs to a Ray cluster through the Ray Jobs SDK: submit, status, logs, stop.
+
+The cluster keeps Ray's token authentication on. Ray's client sends the token only in token
+mode, reading it from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``; when
+one of those holds a token we switch the client to token mode for the call, and a refused or
+missing token becomes one message saying where the token is looked for.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from egoray.config import load_config
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # `ray dashboard cluster.yaml` forwards the head's dashboard here
+EXCLUDES = ["/.venv", "/.git", "/out", "/data", "/egoray-demo", "/benchmarks/_work", "__pycache__", "*.h5", "*.mp4"]  # gitignore syntax: "/x" = top level only
+TOKEN_SOURCES = "RAY_AUTH_TOKEN, the file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token"
+
+
+class SubmitError(RuntimeError):
+    """A submission problem the user can fix (address, token, config location)."""
+
+
+def token_available() -> bool:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        return Path(path).expanduser().is_file()
+    return (Path.home() / ".ray" / "auth_token").is_file()
+
+
+def client(address: str | None = None) -> Any:
+    """A JobSubmissionClient for ``address`` (else ``RAY_ADDRESS`` if it is http(s), else the
+    port-forwarded dashboard), in token mode when a token is configured."""
+    import sys
+
+    address = address or _http_address(os.environ.get("RAY_ADDRESS")) or DEFAULT_ADDRESS
+    if token_available() and "RAY_AUTH_MODE" not in os.environ:
+        # Ray reads the mode when it is imported; refresh it if something imported Ray already
+        os.environ["RAY_AUTH_MODE"] = "token"
+        if "ray" in sys.modules:
+            from ray._raylet import Config
+
+            Config.initialize("")
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as e:  # noqa: BLE001 - turned into one clear line
+        raise _explain(e, address) from None
+
+
+def _http_address(value: str | None) -> str | None:
+    return value if value and value.startswith(("http://", "https://")) else None
+
+
+def _explain(error: Exception, address: str) -> SubmitError:
+    text = f"{type(error).__name__}: {error}"
+    lowered = text.lower()
+    if any(s in lowered for s in ("401", "403", "unauthorized", "authentication", "auth token", "forbidden")):
+        where = "was refused" if token_available() else "is missing"
+        return SubmitError(f"the Ray cluster at {address} requires an authentication token and ours {where}. "
+                           f"egoray reads it from {TOKEN_SOURCES} (get it on the head with "
+                           f"`ray get-auth-token`).")
+    if any(s in lowered for s in ("connection refused", "failed to connect", "cannot connect", "connecterror",
+                                  "max retries", "timed out")):
+        return SubmitError(f"cannot reach the Ray dashboard at {address}: is the cluster up and "
+                           f"`ray dashboard cluster.yaml` forwarding it? ({text.splitlines()[0][:200]})")
+    return SubmitError(f"{address}: {text.splitlines()[0][:300]}")
+
+
+def _call(address: str | None, fn: str, *args: Any, **kwargs: Any) -> Any:
+    c = client(address)
+    try:
+        return getattr(c, fn)(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise _explain(e, getattr(c, "_address", address or DEFAULT_ADDRESS)) from None
+
+
+def submit(config_path: str, overrides: list[str], address: str | None = None,
+           working_dir: str = ".", job_id: str | None = None) -> str:
+    """Validate the config here, then submit ``python jobs/<job>.py CONFIG overrides``; returns the job id."""
+    config = load_config(config_path, overrides)  # a bad config fails here, not on the cluster
+    root = Path(working_dir).resolve()
+    path = Path(config_path).resolve()
+    try:
+        relative = path.relative_to(root)
+    except ValueError:
+        raise SubmitError(f"{config_path} is outside the working directory {root}, which is what the cluster "
+                          "receives; put the config inside it") from None
+    entrypoint = " ".join(shlex.quote(x) for x in ["python", f"jobs/{config.job}.py", str(relative), *overrides])
+    env_vars = {k: v for k, v in os.environ.items()
+                if k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "EGORAY_CACHE")}
+    runtime_env = {"working_dir": str(root), "excludes": EXCLUDES, "env_vars": env_vars}
+    return _call(address, "submit_job", entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id,
+                 metadata={"egoray_job": config.job, "config": str(relative)})
+
+
+def status(job_id: str, address: str | None = None) -> dict[str, Any]:
+    info = _call(address, "get_job_info", job_id)
+    return {"job_id": job_id, "status": str(info.status.value if hasattr(info.status, "value") else info.status),
+            "message": info.message, "entrypoint": info.entrypoint, "start_time": info.start_time,
+            "end_time": info.end_time}
+
+
+def logs(job_id: str, address: str | None = None, follow: bool = False) -> Any:
+    """The job's log text, or (``follow``) an iterator over new log lines until it ends."""
+    if not follow:
+        return _call(address, "get_job_logs", job_id)
+    import asyncio
+
+    c = client(address)
+
+    async def tail() -> None:
+        async for chunk in c.tail_job_logs(job_id):
+            print(chunk, end="", flush=True)
+
+    try:
+        asyncio.run(tail())
+    except Exception as e:  # noqa: BLE001
+        raise _explain(e, address or DEFAULT_ADDRESS) from None
+    return None
+
+
+def stop(job_id: str, address: str | None = None) -> bool:
+    return bool(_call(address, "stop_job", job_id))

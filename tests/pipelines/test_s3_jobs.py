@@ -1,0 +1,41 @@
+"""Jobs reading and writing s3:// against a local S3-compatible server (moto, 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+
+from egoray import storage
+from egoray.config import validate_config
+from egoray.pipelines import ingest, text_features
+from tests.conftest import ROOT
+
+
+def test_ingest_then_text_features_on_s3(ray_session, synth_small, s3_server):
+    src = "s3://egoray-test/jobs/narration.json"
+    storage.write_bytes(src, (synth_small / "narration.json").read_bytes())
+    storage.write_bytes("s3://egoray-test/jobs/splits.json", (synth_small / "splits.json").read_bytes())
+    narr = "s3://egoray-test/jobs/narrations"
+    ingest.run(validate_config({"job": "ingest", "input": src, "splits": "s3://egoray-test/jobs/splits.json",
+                                "output": narr, "num_shards": 2}), overwrite=True)
+    out = "s3://egoray-test/jobs/text_features"
+    run = text_features.run(validate_config({
+        "job": "text_features", "input": narr, "output": out, "num_shards": 2,
+        "encoder": {"kind": "sentence_transformers", "model": "tiny:sentence"}}), overwrite=True)
+    n = storage.read_parquet(storage.join(narr, "narrations")).num_rows
+    assert run["status"] == "complete" and run["tables"]["embeddings"] == n
+    table = storage.read_parquet(storage.join(out, "embeddings"))
+    assert table.num_rows == n and set(table["id"].to_pylist()) == set(
+        storage.read_parquet(storage.join(narr, "narrations"))["narration_id"].to_pylist())
+    manifest = storage.read_json(storage.join(out, "run.json"))
+    text = json.dumps(manifest)
+    assert "testing" not in text.replace("egoray-test", "")  # no credentials in run.json
+
+
+def test_missing_bucket_is_one_clear_line(ray_session, synth_small, s3_server, capsys):
+    from egoray.cli import main
+
+    code = main(["run", str(ROOT / "configs" / "demo" / "ingest.yaml"), f"input={synth_small / 'narration.json'}",
+                 f"splits={synth_small / 'splits.json'}", "output=s3://no-such-bucket-egoray/out"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith("egoray: error:") and "s3://no-such-bucket-egoray" in err[0]

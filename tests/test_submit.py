@@ -1,0 +1,166 @@
+"""Against a real Ray head (``ray start --head`` with its dashboard, token authentication on):
+``egoray submit/status/logs/stop`` as a user runs them, and our counters in the metrics endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, _free_port
+
+pytestmark = pytest.mark.slow
+EGORAY = [sys.executable, "-m", "egoray"]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A Ray head on 127.0.0.1 in its own process group, requiring a token we generate."""
+    token = secrets.token_hex(16)
+    ports = {"port": _free_port(), "dashboard": _free_port(), "metrics": _free_port()}
+    temp = tmp_path_factory.mktemp("ray_head")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_metrics_report_interval_ms": "1000"}
+    env.pop("RAY_ADDRESS", None)
+    # job drivers run `python ...` from the head's PATH: this environment's, as cluster.yaml arranges
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    log = open(temp / "head.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={ports['port']}", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
+         f"--metrics-export-port={ports['metrics']}", "--num-cpus=2", "--include-dashboard=true",
+         f"--temp-dir={temp}", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{ports['dashboard']}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray head exited: {(temp / 'head.log').read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break  # it answers (401 without a token): up
+            except OSError:
+                time.sleep(1)
+        yield {"address": address, "token": token, "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics",
+               "env": {**env}}
+    finally:
+        # the head ignores a plain SIGTERM to the group leader: TERM the group, then KILL it
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=15)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        log.close()
+
+
+def _egoray(args: list[str], env: dict, timeout: int = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([*EGORAY, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _client_env(head: dict, token: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env.pop("RAY_ADDRESS", None)
+    env["HOME"] = head["env"].get("HOME", env.get("HOME", ""))
+    if token is not None:
+        env["RAY_AUTH_TOKEN"] = token
+    return env
+
+
+def _wait_status(job_id: str, head: dict, env: dict, want: set[str], timeout: float = 240) -> str:
+    deadline = time.time() + timeout
+    status = ""
+    while time.time() < deadline:
+        out = _egoray(["status", job_id, "--address", head["address"]], env)
+        assert out.returncode == 0, out.stderr
+        status = json.loads(out.stdout)["status"]
+        if status in want:
+            return status
+        time.sleep(2)
+    raise AssertionError(f"job {job_id} still {status}")
+
+
+def _config(tmp_path: Path, synth: Path, name: str) -> Path:
+    """An ingest config inside the repository (the working directory the cluster receives)."""
+    config = yaml.safe_load((ROOT / "configs" / "demo" / "ingest.yaml").read_text())
+    config.update({"input": str(synth / "narration.json"), "splits": str(synth / "splits.json"),
+                   "output": str(tmp_path / name)})
+    path = ROOT / "configs" / f".test-submit-{name}-{os.getpid()}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_submit_status_logs_and_metrics(head, synth_small, tmp_path):
+    env = _client_env(head, head["token"])
+    config = _config(tmp_path, synth_small, "ingest")
+    try:
+        out = _egoray(["submit", str(config), "num_shards=2", "--address", head["address"]], env)
+        assert out.returncode == 0, out.stderr
+        job_id = out.stdout.strip().splitlines()[-1]
+        status = _wait_status(job_id, head, env, {"SUCCEEDED", "FAILED", "STOPPED"})
+    finally:
+        config.unlink()
+    logs = _egoray(["logs", job_id, "--address", head["address"]], env)
+    assert status == "SUCCEEDED", logs.stdout[-3000:]
+    assert logs.returncode == 0 and "ingest: complete" in logs.stdout
+    run = json.loads((tmp_path / "ingest" / "run.json").read_text())
+    assert run["status"] == "complete" and run["config"]["num_shards"] == 2
+    # our counters reach the head's Prometheus endpoint
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline:
+        text = urllib.request.urlopen(head["metrics"], timeout=5).read().decode()
+        if "egoray_records" in text:
+            break
+        time.sleep(2)
+    lines = [line for line in text.splitlines() if line.startswith("ray_egoray_records") and 'job="ingest"' in line]
+    validate_in = [line for line in lines if 'stage="validate"' in line and 'kind="in"' in line]
+    assert validate_in, logs.stdout[-3000:]
+    assert float(validate_in[0].rsplit(" ", 1)[1]) == run["stages"]["validate"]["in"]
+
+
+def test_stop_a_running_job(head, synth_videos, tmp_path):
+    env = _client_env(head, head["token"])
+    config = yaml.safe_load((ROOT / "configs" / "demo" / "captions.yaml").read_text())
+    config.update({"input": str(synth_videos / "videos"), "output": str(tmp_path / "captions")})
+    path = ROOT / "configs" / f".test-submit-captions-{os.getpid()}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:
+        out = _egoray(["submit", str(path), "--address", head["address"]], env)
+        assert out.returncode == 0, out.stderr
+    finally:
+        path.unlink()
+    job_id = out.stdout.strip().splitlines()[-1]
+    assert _wait_status(job_id, head, env, {"RUNNING", "SUCCEEDED", "FAILED"}, timeout=120) == "RUNNING"
+    stop = _egoray(["stop", job_id, "--address", head["address"]], env)
+    assert stop.returncode == 0 and "stopping" in stop.stdout
+    assert _wait_status(job_id, head, env, {"STOPPED", "SUCCEEDED", "FAILED"}, timeout=120) == "STOPPED"
+    assert not (tmp_path / "captions" / "run.json").exists()
+
+
+@pytest.mark.parametrize("token", ["wrong-token", None])
+def test_a_wrong_or_missing_token_is_one_clear_message(head, tmp_path, token):
+    env = _client_env(head, token)
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token
+    out = _egoray(["status", "raysubmit_nothing", "--address", head["address"]], env)
+    assert out.returncode == 1
+    message = out.stderr.strip().splitlines()[-1]
+    assert "requires an authentication token" in message
+    assert ("was refused" if token else "is missing") in message
+    assert "RAY_AUTH_TOKEN" in message and "RAY_AUTH_TOKEN_PATH" in message and "~/.ray/auth_token" in message
+    assert "Traceback" not in out.stderr
