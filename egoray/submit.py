@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,18 @@ def submit(config_path: str, overrides: list[str], address: str | None = None,
     env_vars = {k: v for k, v in os.environ.items()
                 if k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "EGORAY_CACHE")}
     runtime_env = {"working_dir": str(root), "excludes": EXCLUDES, "env_vars": env_vars}
-    return _call(address, "submit_job", entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id,
-                 metadata={"egoray_job": config.job, "config": str(relative)})
+    c = client(address)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            return c.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id,
+                                metadata={"egoray_job": config.job, "config": str(relative)})
+        except Exception as e:  # noqa: BLE001
+            # a head that has just started answers before its job agent registers: wait for it
+            if "No available agent" in str(e) and time.monotonic() < deadline:
+                time.sleep(2)
+                continue
+            raise _explain(e, address or DEFAULT_ADDRESS) from None
 
 
 def status(job_id: str, address: str | None = None) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def head(tmp_path_factory):
             except ProcessLookupError:
                 break
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=3)
                 break
             except subprocess.TimeoutExpired:
                 continue

@@ -131,8 +131,8 @@ def test_narrate_dense_windows(features, narrator, tmp_path):
     model, _, _ = narrator
     out = tmp_path / "dense"
     run = _run("demo/narrate.yaml", [f"input={features}/video_features", f"output={out}", f"model={model}",
-                                     "video_features=null", "windows.mode=dense", "windows.length=5",
-                                     "windows.stride=5", "sampling.n=1"])
+                                     "video_features=null", "video_splits=null", "windows.mode=dense",
+                                     "windows.length=5", "windows.stride=5", "sampling.n=1"])
     index = storage.read_parquet(str(features / "video_features" / "index"))
     expected = sum(int(np.ceil(max(n / fps - 5, 0) / 5 + 1e-9)) or 1 for n, fps in
                    zip(index["n"].to_pylist(), index["fps"].to_pylist()))
