@@ -52,12 +52,29 @@ class FeatureBank:
         base = self.start[rows]
         return base + lo, base + hi
 
-    def pool(self, rows: np.ndarray, t1: np.ndarray, t2: np.ndarray) -> np.ndarray:
-        """Mean feature of each window, for all windows at once: ``[N, D]``."""
+    def pool(self, rows: np.ndarray, t1: np.ndarray, t2: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """Mean feature of each window, for all windows at once: ``[N, D]``.
+
+        Few short windows over a large bank: gather their rows (work ∝ N × window); many
+        windows: one cumulative sum over the bank (work ∝ bank size), then two lookups each.
+        """
         lo, hi = self.window_bounds(rows, t1, t2)
+        if len(lo) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        length = hi - lo
+        width = int(length.max())
+        if len(lo) * width < self.features.shape[0]:
+            out = np.empty((len(lo), self.dim), np.float32)
+            steps = np.arange(width)
+            for a in range(0, len(lo), chunk):
+                n = length[a:a + chunk, None]
+                idx = lo[a:a + chunk, None] + np.minimum(steps[None, :], n - 1)
+                mask = (steps[None, :] < n)[..., None]
+                out[a:a + chunk] = (self.features[idx] * mask).sum(1, dtype=np.float64) / n
+            return out
         csum = np.zeros((self.features.shape[0] + 1, self.dim), dtype=np.float64)
         np.cumsum(self.features, axis=0, out=csum[1:])
-        return ((csum[hi] - csum[lo]) / (hi - lo)[:, None]).astype(np.float32)
+        return ((csum[hi] - csum[lo]) / length[:, None]).astype(np.float32)
 
     def sample(self, rows: np.ndarray, t1: np.ndarray, t2: np.ndarray, num: int) -> np.ndarray:
         """``num`` features spread uniformly over each window: ``[N, num, D]`` (repeats when short)."""

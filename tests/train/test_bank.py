@@ -34,6 +34,15 @@ def test_vectorised_pooling_equals_per_item_pooling():
         np.testing.assert_allclose(pooled[i], _naive(bank, rows[i], t1[i], t2[i]), rtol=1e-5, atol=1e-6)
 
 
+def test_few_windows_take_the_gather_path_with_the_same_result():
+    bank = _bank()
+    rows, t1, t2 = np.array([0, 2]), np.array([1.0, 3.0]), np.array([3.0, 9.5])
+    assert len(rows) * 7 < bank.features.shape[0]  # the gather branch
+    pooled = bank.pool(rows, t1, t2, chunk=1)
+    for i in range(2):
+        np.testing.assert_allclose(pooled[i], _naive(bank, rows[i], t1[i], t2[i]), rtol=1e-5, atol=1e-6)
+
+
 def test_sample_spreads_frames_over_the_window():
     bank = _bank()
     out = bank.sample(np.array([2]), np.array([0.0]), np.array([11.9]), 4)
