@@ -76,6 +76,11 @@ class Engine:
             os.environ.setdefault("DS_ACCELERATOR", "cuda" if self.device.type == "cuda" else "cpu")
             import deepspeed
 
+            if self.device.type == "cpu" and os.environ.get("EGORAY_DS_SHM_COMM") != "1":
+                # DeepSpeed's CPU shared-memory allreduce is a C++ op compiled on first use (~45 s
+                # on 2 cores, per fresh machine); gloo does the same collectives without it.
+                deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
             ds_config = {
                 "train_micro_batch_size_per_gpu": micro_batch,
                 "gradient_accumulation_steps": 1,
