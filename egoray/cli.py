@@ -22,6 +22,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from egoray.runtime import ensure_ray
 
     config = load_config(args.config, args.overrides)
+    os.environ["EGORAY_JOB"] = config.job  # names the job in metrics that workers record
     if args.dry_run:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0

@@ -39,6 +39,32 @@ class MetricsActor:
         return True
 
 
+_actor: Any = None
+
+
+def _metrics_actor() -> Any:
+    import ray
+
+    return ray.remote(num_cpus=0)(MetricsActor).options(
+        name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
+
+
+def add_async(job: str, units: Mapping[str, float]) -> None:
+    """Fire-and-forget increments from inside a task or actor (e.g. tokens per generated batch)."""
+    global _actor
+    try:
+        if _actor is None:
+            _actor = _metrics_actor()
+        _actor.add.remote(job, {}, dict(units))
+    except Exception as e:  # noqa: BLE001
+        log.warning("egoray metrics not recorded: %s", e)
+
+
+def job_for_metrics() -> str | None:
+    """The job whose counters workers should add to: set by ``egoray run`` on a cluster only."""
+    return os.environ.get("EGORAY_JOB") if os.environ.get("RAY_ADDRESS") else None
+
+
 def record(job: str, stages: Mapping[str, Mapping[str, Any]], units: Mapping[str, float] | None = None) -> None:
     """Add this run's counts to the cluster's counters (best effort: a failure is logged only)."""
     try:
@@ -47,8 +73,6 @@ def record(job: str, stages: Mapping[str, Mapping[str, Any]], units: Mapping[str
         # Only on a cluster we joined: a local Ray (and its counters) ends with the job anyway.
         if not ray.is_initialized() or not os.environ.get("RAY_ADDRESS"):
             return
-        actor = ray.remote(num_cpus=0)(MetricsActor).options(
-            name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
-        ray.get(actor.add.remote(job, {k: dict(v) for k, v in stages.items()}, dict(units or {})), timeout=60)
+        ray.get(_metrics_actor().add.remote(job, {k: dict(v) for k, v in stages.items()}, dict(units or {})), timeout=60)
     except Exception as e:  # noqa: BLE001 - metrics must never fail a job
         log.warning("egoray metrics not recorded: %s", e)

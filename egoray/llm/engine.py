@@ -66,6 +66,7 @@ class HFEngine:
         cls = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
         self.model = cls.from_pretrained(path, dtype=torch_dtype).to(self.device).eval()
         self.max_prompt_tokens = max_prompt_tokens
+        self.generated_tokens = 0  # new tokens produced so far (padding excluded)
         self._grammars: dict[str, Any] = {}
         self._compiler = None
 
@@ -114,5 +115,7 @@ class HFEngine:
             out = self.model.generate(**enc, **kwargs)
         if not self.seq2seq:
             out = out[:, enc["input_ids"].shape[1]:]
+        pad = self.tokenizer.pad_token_id
+        self.generated_tokens += int((out != pad).sum()) if pad is not None else int(out.numel())
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from egoray.llm.engine import EngineConfig, GenerationParams, HFEngine
+from egoray.metrics import job_for_metrics
 
 
 class HFGenerateActor:
@@ -32,7 +33,8 @@ class HFGenerateActor:
     """
 
     def __init__(self, engine: dict, params: dict, prompt_col: str, out_col: str,
-                 schema: str | None, n: int, validate: Any = None, max_attempts: int = 1) -> None:
+                 schema: str | None, n: int, validate: Any = None, max_attempts: int = 1,
+                 metrics_job: str | None = None) -> None:
         import torch
 
         cfg = EngineConfig(**engine)
@@ -45,6 +47,7 @@ class HFGenerateActor:
         self.validate = validate
         self.max_attempts = max_attempts if validate is not None else 1
         self.calls = 0
+        self.metrics_job = metrics_job
 
     def _generate(self, prompts: list[str]) -> list[list[str]]:
         # A distinct seed per batch and call: retries of the same prompt sample differently.
@@ -65,6 +68,11 @@ class HFGenerateActor:
             for i, out in zip(todo, self._generate([prompts[i] for i in todo]), strict=True):
                 by_row[i] = out
                 attempts[i] += 1
+        if self.metrics_job and self.engine.generated_tokens:
+            from egoray.metrics import add_async
+
+            add_async(self.metrics_job, {"tokens_generated": self.engine.generated_tokens})
+            self.engine.generated_tokens = 0
         out = explode(batch, [by_row.get(i, [""] * self.n) for i in range(len(prompts))], self.out_col)
         used = [attempts.get(i, 0) for i in range(len(prompts)) for _ in range(self.n)]
         return out.append_column("_attempts", pa.array(used, pa.int16()))
@@ -105,7 +113,7 @@ def generate(
         fn_constructor_kwargs={
             "engine": engine.model_dump(), "params": params.model_dump(), "prompt_col": prompt_col,
             "out_col": out_col, "schema": json.dumps(schema) if schema else None, "n": n,
-            "validate": validate, "max_attempts": max_attempts,
+            "validate": validate, "max_attempts": max_attempts, "metrics_job": job_for_metrics(),
         },
         batch_size=engine.batch_size,
         batch_format="pyarrow",

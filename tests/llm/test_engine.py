@@ -78,3 +78,14 @@ def test_vllm_processor_config_is_built_from_the_engine_config():
     assert cfg.engine_kwargs["tensor_parallel_size"] == 2
     assert cfg.engine_kwargs["max_model_len"] == 1024 + 64
     assert cfg.engine_kwargs["enable_prefix_caching"] is True
+
+
+def test_generated_tokens_are_counted_without_padding(llama):
+    params = GenerationParams(max_new_tokens=6, do_sample=True, seed=3)
+    llama.generated_tokens = 0
+    outs = llama.generate(["c opens the door", "c"], params, n=2)
+    counted = llama.generated_tokens
+    assert len(outs) == 2 and all(len(o) == 2 for o in outs)
+    assert 0 < counted <= 2 * 2 * 6  # at most max_new_tokens per sequence; padding is not counted
+    llama.generate(["c"], params)
+    assert counted < llama.generated_tokens <= counted + 6
