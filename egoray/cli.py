@@ -19,22 +19,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run (or resume) the job a config describes."""
     from egoray.config import load_config
     from egoray.pipelines import job_module
-    from egoray.runtime import ensure_ray
 
     config = load_config(args.config, args.overrides)
     os.environ["EGORAY_JOB"] = config.job  # names the job in metrics that workers record
     if args.dry_run:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
-    started = False
+    # The job reaches Ray itself (after checking its inputs: bad input fails fast) with the
+    # options it needs; whatever it started ends here.
+    running_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     try:
-        started = ensure_ray(config.ray)
         manifest = job_module(config.job).run(config, overwrite=args.overwrite)
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        if not running_before and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
     _print_summary(manifest)
     return 0 if manifest.get("status") == "complete" else 1
 
