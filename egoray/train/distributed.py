@@ -259,9 +259,11 @@ def fit(train_fn: Callable[[dict], None], loop_config: dict[str, Any], options: 
 
     backend = options.backend if options.backend != "auto" else ("nccl" if options.use_gpu else "gloo")
     storage_path, filesystem = _storage(output)
+    # Settings only, never credentials: a runtime_env is visible in the dashboard. Workers get
+    # credentials the way every Ray worker does (their node's environment, instance profile).
     worker_env = {"env_vars": {k: v for k, v in os.environ.items()
-                               if k in ("DS_ACCELERATOR", "EGORAY_CACHE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-                                        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
+                               if k in ("DS_ACCELERATOR", "EGORAY_CACHE", "EGORAY_DS_SHM_COMM", "AWS_ENDPOINT_URL",
+                                        "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")}}
     trainer = TorchTrainer(
         train_fn,
         train_loop_config=loop_config,
