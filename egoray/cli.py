@@ -58,7 +58,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run every available job on fresh synthetic data on a local Ray."""
     from egoray.pipelines.demo import run_demo
 
-    run_demo(args.out, videos=args.videos, seed=args.seed)
+    run_demo(args.out, videos=args.videos, seed=args.seed, skip=tuple(args.skip))
     return 0
 
 
@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="egoray-demo", help="output directory (default ./egoray-demo)")
     p.add_argument("--videos", type=int, default=8, help="synthetic videos (default 8)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip", nargs="+", default=[], metavar="STEP",
+                   help="steps to leave out (config names: qa rephrase class_prompts ingest_em ...)")
     p.set_defaults(func=cmd_demo)
 
     address_help = "dashboard URL (default: RAY_ADDRESS if http(s), else http://127.0.0.1:8265)"

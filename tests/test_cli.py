@@ -139,3 +139,9 @@ def test_help_and_version(argv, capsys):
         main(argv)
     assert exc.value.code == 0
     assert "egoray" in capsys.readouterr().out
+
+
+def test_demo_refuses_unknown_steps(capsys):
+    assert main(["demo", "--out", "/nonexistent/never", "--skip", "qa", "nope"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "unknown demo step(s) ['nope']" in err and "train_narrator" in err

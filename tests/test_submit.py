@@ -26,7 +26,9 @@ EGORAY = [sys.executable, "-m", "egoray"]
 def head(tmp_path_factory):
     """A Ray head on 127.0.0.1 in its own process group, requiring a token we generate."""
     token = secrets.token_hex(16)
-    ports = {"port": _free_port(), "dashboard": _free_port(), "metrics": _free_port()}
+    # every port explicit: the session's in-process Ray already holds the default agent ports
+    ports = {name: _free_port() for name in ("port", "dashboard", "metrics", "agent", "agent_grpc", "runtime_env",
+                                             "node_manager", "object_manager")}
     temp = tmp_path_factory.mktemp("ray_head")
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_metrics_report_interval_ms": "1000"}
@@ -37,7 +39,10 @@ def head(tmp_path_factory):
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={ports['port']}", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
-         f"--metrics-export-port={ports['metrics']}", "--num-cpus=2", "--include-dashboard=true",
+         f"--metrics-export-port={ports['metrics']}", f"--dashboard-agent-listen-port={ports['agent']}",
+         f"--dashboard-agent-grpc-port={ports['agent_grpc']}", f"--runtime-env-agent-port={ports['runtime_env']}",
+         f"--node-manager-port={ports['node_manager']}", f"--object-manager-port={ports['object_manager']}",
+         "--num-cpus=2", "--include-dashboard=true",
          f"--temp-dir={temp}", "--disable-usage-stats"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{ports['dashboard']}"
@@ -106,7 +111,8 @@ def _config(tmp_path: Path, synth: Path, name: str) -> Path:
     return path
 
 
-def test_submit_status_logs_and_metrics(head, synth_small, tmp_path):
+def test_submit_status_logs_and_metrics(head, synth_small, tmp_path, ray_session):
+    # ray_session: an in-process Ray is running too, as in the full suite (ports must not clash)
     env = _client_env(head, head["token"])
     config = _config(tmp_path, synth_small, "ingest")
     try:

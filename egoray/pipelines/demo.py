@@ -34,6 +34,11 @@ class Step:
     config: str
     overrides: list[str] = field(default_factory=list)
 
+    @property
+    def key(self) -> str:
+        """Short name for ``egoray demo --skip``: the config's file name without .yaml."""
+        return self.config.rsplit("/", 1)[-1][: -len(".yaml")] + ("_em" if "pickle" in self.name else "")
+
 
 STEPS: list[Step] = [
     Step("ingest", "demo/ingest.yaml",
@@ -59,8 +64,11 @@ STEPS: list[Step] = [
 ]
 
 
-def run_demo(out: str, videos: int = 8, seed: int = 0) -> dict[str, dict]:
-    """Synthesize data under ``out/data`` and run every step; returns each step's manifest."""
+def run_demo(out: str, videos: int = 8, seed: int = 0, skip: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Synthesize data under ``out/data`` and run every step (but ``skip``); returns the manifests."""
+    unknown = sorted(set(skip) - {step.key for step in STEPS})
+    if unknown:
+        raise ValueError(f"unknown demo step(s) {unknown}; steps: {', '.join(step.key for step in STEPS)}")
     t0 = time.perf_counter()
     out = out.rstrip("/")
     data = storage.join(out, "data")
@@ -70,6 +78,9 @@ def run_demo(out: str, videos: int = 8, seed: int = 0) -> dict[str, dict]:
     manifests = {}
     try:
         for step in STEPS:
+            if step.key in skip:
+                print(f"[demo] {step.name}: skipped", flush=True)
+                continue
             overrides = [o.format(out=out, data=data) for o in step.overrides]
             config = load_config(str(config_dir() / step.config), overrides)
             print(f"[demo] {step.name}: egoray run configs/{step.config} {' '.join(overrides)}", flush=True)

@@ -2,9 +2,10 @@ import json
 import pickle
 
 from egoray import storage
+from tests.conftest import DEMO_SKIPPED
 
 
-def test_demo_runs_every_step(demo_run):
+def test_demo_end_to_end(demo_run):
     out, printed = demo_run
     assert str(out / "narrations") in printed and str(out / "data") in printed
     synth = json.loads((out / "data" / "manifest.json").read_text())
@@ -14,14 +15,10 @@ def test_demo_runs_every_step(demo_run):
     assert run["stages"]["validate"]["in"] == synth["narrations"]
     narrations = storage.read_parquet(str(out / "narrations" / "narrations"))
     assert narrations.num_rows == run["tables"]["narrations"] > 0
-    em = json.loads((out / "em_narrations" / "run.json").read_text())
-    assert em["tables"]["narrations"] == synth["em_narrations"]
-    qa = json.loads((out / "qa" / "run.json").read_text())
-    assert qa["status"] == "complete" and qa["stages"]["question"]["in"] > 0
-    assert len(json.loads((out / "qa" / "annotations.EgoTimeQA.json").read_text())) == qa["tables"]["qa"]
-    rephrase = json.loads((out / "rephrase" / "run.json").read_text())
-    assert rephrase["stages"]["paraphrase"]["in"] > 0
-    for name in ("text_features", "class_prompts", "video_features", "captions"):
+    # the CI's smaller demo leaves out steps whose jobs have their own end-to-end tests
+    assert sum(line.endswith(": skipped") for line in printed.splitlines()) == len(DEMO_SKIPPED)
+    assert not (out / "qa").exists() and not (out / "rephrase").exists()
+    for name in ("text_features", "video_features", "captions"):
         assert json.loads((out / name / "run.json").read_text())["status"] == "complete", name
     vf = json.loads((out / "video_features" / "run.json").read_text())
     assert vf["stages"]["decode_encode"]["out"] == 6
