@@ -119,7 +119,7 @@ def status(job_id: str, address: str | None = None) -> dict[str, Any]:
 
 
 def logs(job_id: str, address: str | None = None, follow: bool = False) -> Any:
-    """The job's log text, or (``follow``) an iterator over new log lines until it ends."""
+    """The job's log text; with ``follow``, print the log as it grows until the job ends (returns None)."""
     if not follow:
         return _call(address, "get_job_logs", job_id)
     import asyncio

@@ -125,6 +125,8 @@ def test_submit_status_logs_and_metrics(head, synth_small, tmp_path, ray_session
     logs = _egoray(["logs", job_id, "--address", head["address"]], env)
     assert status == "SUCCEEDED", logs.stdout[-3000:]
     assert logs.returncode == 0 and "ingest: complete" in logs.stdout
+    followed = _egoray(["logs", job_id, "--follow", "--address", head["address"]], env, timeout=60)
+    assert followed.returncode == 0 and "ingest: complete" in followed.stdout  # ends with the finished job
     run = json.loads((tmp_path / "ingest" / "run.json").read_text())
     assert run["status"] == "complete" and run["config"]["num_shards"] == 2
     # our counters reach the head's Prometheus endpoint

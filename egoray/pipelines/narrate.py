@@ -6,7 +6,8 @@ windows tiling every video of the ``video_features`` output. Each window's video
 sampled from the precomputed features on the driver (vectorised, per shard), and a Ray Data
 actor pool runs the trained narrator: batched top-p sampling with a KV cache. Output::
 
-    OUTPUT/captions/part-<shard>.parquet   window_id, video_uid, t_start, t_end, k, text, nll
+    OUTPUT/captions/part-<shard>.parquet   caption_id (<window_id>#<k>), window_id, video_uid, t_start,
+                                           t_end, k, text, nll
     OUTPUT/rejects/part-<shard>.parquet    windows whose video has no features
     OUTPUT/total.pkl                       LaViLa's format: [(video_uid, start, end, [texts], [nlls])]
     OUTPUT/run.json
@@ -31,7 +32,8 @@ from egoray.llm.retry import collect
 from egoray.runtime import ShardLedger, assign_shards, dataset_from_table, ensure_ray, finish, waves
 from egoray.train.bank import FeatureBank, load_bank
 
-CAPTIONS = pa.schema([("window_id", pa.string()), ("video_uid", pa.string()), ("t_start", pa.float64()),
+CAPTIONS = pa.schema([("caption_id", pa.string()), ("window_id", pa.string()), ("video_uid", pa.string()),
+                      ("t_start", pa.float64()),
                       ("t_end", pa.float64()), ("k", pa.int32()), ("text", pa.string()), ("nll", pa.float64())])
 
 
@@ -206,7 +208,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                                                                    "reason": "missing_result", "detail": "", "input": ""})
                     continue
                 for k, (text, nll) in enumerate(zip(r["texts"], r["nlls"], strict=True)):
-                    rows.append({**item, "k": k, "text": text, "nll": nll})
+                    rows.append({"caption_id": f"{item['window_id']}#{k}", **item, "k": k, "text": text, "nll": nll})
             n = len(by_shard[s])
             ledger.commit(s, {"captions": pa.Table.from_pylist(rows, schema=CAPTIONS),
                               "rejects": pa.Table.from_pylist(bad, schema=REJECTS)},

@@ -205,7 +205,14 @@ def _train_loop(loop: dict[str, Any]) -> None:
         rng = np.random.default_rng(options.seed * 7919 + epoch * 31 + rank)
         for idx in epoch_batches(n, batch, rank, world, options.seed, epoch):
             i = torch.from_numpy(idx)
-            ve, te, scale, aux_scale = engine(engine.to_input(video[i]), engine.to_input(text[i]))
+            vin, tin = video[i], text[i]
+            use_aux = n_aux >= 2 and loop["aux_weight"] > 0
+            if use_aux:  # one forward for both kinds of pairs (DDP allows one forward per backward)
+                j = torch.from_numpy(rng.choice(n_aux, size=min(batch, n_aux), replace=False))
+                vin, tin = torch.cat([vin, aux_v[j]]), torch.cat([tin, aux_t[j]])
+            ve, te, scale, aux_scale = engine(engine.to_input(vin), engine.to_input(tin))
+            ave, ate = ve[len(idx):], te[len(idx):]
+            ve, te = ve[:len(idx)], te[:len(idx)]
             positives = None
             if loop["egonce"]:
                 positives = same_label(gather_with_grad(verb[i]) if loop["gather"] else verb[i],
@@ -213,9 +220,7 @@ def _train_loop(loop: dict[str, Any]) -> None:
             if loop["gather"]:
                 ve, te = gather_with_grad(ve), gather_with_grad(te)
             loss = contrastive_loss(ve, te, scale, positives)
-            if n_aux >= 2 and loop["aux_weight"] > 0:
-                j = torch.from_numpy(rng.choice(n_aux, size=min(batch, n_aux), replace=False))
-                ave, ate, _, _ = engine(engine.to_input(aux_v[j]), engine.to_input(aux_t[j]))
+            if use_aux:
                 if loop["gather"]:
                     ave, ate = gather_with_grad(ave), gather_with_grad(ate)
                 loss = loss + loop["aux_weight"] * contrastive_loss(ave, ate, aux_scale)

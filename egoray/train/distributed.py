@@ -247,10 +247,6 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_dir(output: str) -> str:
-    return storage.join(output, "train")
-
-
 def fit(train_fn: Callable[[dict], None], loop_config: dict[str, Any], options: TrainerOptions,
         output: str) -> Any:
     """Run ``train_fn`` on ``options.num_workers`` Ray Train workers; returns the Ray Train Result."""

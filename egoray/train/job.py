@@ -27,6 +27,11 @@ def launch(config: JobConfig, options: TrainerOptions, ledger: ShardLedger, trai
            loop: dict[str, Any], data: dict[str, Any], rejects: list[dict], counts: dict[str, int],
            wall0: float) -> dict[str, Any]:
     """Train on Ray (``data`` goes to the object store once), then export the model and metrics."""
+    if counts["train"] // options.num_workers < 2:
+        from egoray.data.raw import InputError
+
+        raise InputError(f"{counts['train']} training items cannot feed {options.num_workers} workers "
+                         "(each needs at least 2); add data or lower train.num_workers")
     started = ensure_ray(config.ray, dashboard=True)
     try:
         import ray
