@@ -109,6 +109,16 @@ def listdir(url: str, suffix: str = "") -> list[str]:
     return [join(url, n) for n in names if not n.startswith((".", "_"))]
 
 
+def listdirs(url: str) -> list[str]:
+    """Sorted URLs of the directories directly under ``url`` (hidden and ``_`` ones skipped)."""
+    fs, path = filesystem(url)
+    if not _call(url, fs.isdir, path):
+        return []
+    entries = _call(url, fs.ls, path, detail=True)
+    names = sorted(basename(e["name"]) for e in entries if e.get("type") == "directory")
+    return [join(url, n) for n in names if not n.startswith((".", "_"))]
+
+
 def remove(url: str, recursive: bool = False) -> None:
     fs, path = filesystem(url)
     if _call(url, fs.exists, path):

@@ -1,8 +1,12 @@
-"""Retrieval metrics from a similarity matrix: recall@k and median rank.
+"""Retrieval metrics from a similarity matrix: recall@k, median rank, and EK-100 MIR mAP / nDCG.
 
 ``relevant[i]`` holds the candidates that count as correct for query i: one index for
 instance retrieval, or a boolean row when several candidates are right (same caption, same
-verb and noun). Ranks are computed in query chunks so a large matrix never needs a full sort.
+verb and noun). Ranks are computed without sorting; mAP and nDCG sort query chunks with torch
+(multi-threaded), so a 10k x 10k matrix never holds more than a chunk of sorted rows.
+
+Ties are always broken against the model: a wrong (or less relevant) candidate that scores the
+same as a right one ranks above it, so a constant similarity matrix earns no credit.
 """
 
 from __future__ import annotations
@@ -56,3 +60,88 @@ def chance_recall_at_1(relevant: np.ndarray) -> float:
     if relevant.ndim == 1:
         return 1.0 / max(1, len(relevant))
     return float(relevant.mean(axis=1).mean())
+
+
+def _chunks(n_rows: int, n_cols: int, budget: int = 1 << 22):
+    step = max(1, budget // max(1, n_cols))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(n_rows, start + step))
+
+
+def _ranked_relevancy(sim: np.ndarray, rel: np.ndarray):
+    """Relevancy of each query's candidates in ranked order (best first; ties: least relevant first)."""
+    import torch
+
+    s = torch.from_numpy(np.ascontiguousarray(sim, dtype=np.float64))
+    r = torch.from_numpy(np.ascontiguousarray(rel, dtype=np.float64))
+    by_rel = torch.argsort(r, dim=1, stable=True)  # ascending relevancy...
+    order = torch.argsort(-torch.gather(s, 1, by_rel), dim=1, stable=True)  # ...kept within equal scores
+    return torch.gather(r, 1, torch.gather(by_rel, 1, order))
+
+
+def _check(sim: np.ndarray, rel: np.ndarray) -> None:
+    if sim.ndim != 2 or sim.shape != rel.shape:
+        raise ValueError(f"similarity {sim.shape} and relevancy {rel.shape} must be matrices of one shape")
+    if not np.isfinite(sim).all():
+        raise ValueError("the similarity matrix holds NaN or infinite values")
+
+
+def mean_average_precision(sim: np.ndarray, rel: np.ndarray, reduce: bool = True) -> float | np.ndarray:
+    """EK-100 MIR mAP (the JPoSE / LaViLa definition) of the rows of ``sim`` [Q, C].
+
+    A candidate is relevant when its relevancy is exactly 1; precision at k counts the *summed
+    relevancy* of the top k (so partially relevant items help), divided by k. Every query needs
+    at least one fully relevant candidate.
+    """
+    import torch
+
+    sim, rel = np.asarray(sim), np.asarray(rel, dtype=np.float64)
+    _check(sim, rel)
+    hits_per_query = (rel == 1).sum(axis=1)
+    if (hits_per_query == 0).any():
+        raise ValueError(f"{int((hits_per_query == 0).sum())} queries have no candidate with relevancy 1")
+    out = np.empty(sim.shape[0])
+    position = torch.arange(1, sim.shape[1] + 1, dtype=torch.float64)
+    for rows in _chunks(*sim.shape):
+        ranked = _ranked_relevancy(sim[rows], rel[rows])
+        precision = torch.cumsum(ranked, dim=1) / position
+        out[rows] = (torch.where(ranked == 1, precision, 0.0).sum(dim=1)).numpy() / hits_per_query[rows]
+    return float(out.mean()) if reduce else out
+
+
+def _discounted_gain(ranked, k_counts):
+    import torch
+
+    discount = 1.0 / torch.log2(torch.arange(ranked.shape[1], dtype=torch.float64) + 2.0)
+    within = torch.arange(ranked.shape[1])[None, :] < k_counts[:, None]
+    return (ranked * discount * within).sum(dim=1)
+
+
+def ndcg(sim: np.ndarray, rel: np.ndarray, reduce: bool = True) -> float | np.ndarray:
+    """EK-100 MIR nDCG: DCG over the first K ranks, K = the number of candidates with relevancy > 0,
+    divided by the DCG of the ideal order. Queries with no relevant candidate are an error."""
+    import torch
+
+    sim, rel = np.asarray(sim), np.asarray(rel, dtype=np.float64)
+    _check(sim, rel)
+    counts = (rel > 0).sum(axis=1)
+    if (counts == 0).any():
+        raise ValueError(f"{int((counts == 0).sum())} queries have no relevant candidate")
+    out = np.empty(sim.shape[0])
+    for rows in _chunks(*sim.shape):
+        k = torch.from_numpy(counts[rows])
+        ideal = torch.sort(torch.from_numpy(rel[rows]), dim=1, descending=True).values
+        out[rows] = (_discounted_gain(_ranked_relevancy(sim[rows], rel[rows]), k) / _discounted_gain(ideal, k)).numpy()
+    return float(out.mean()) if reduce else out
+
+
+def mir_metrics(sim: np.ndarray, rel: np.ndarray) -> dict[str, float]:
+    """EK-100 multi-instance retrieval: ``sim``/``rel`` are [videos, sentences]; both directions and
+    their average, as the benchmark reports them."""
+    sim, rel = np.asarray(sim), np.asarray(rel, dtype=np.float64)
+    out = {"v2t_mAP": mean_average_precision(sim, rel), "t2v_mAP": mean_average_precision(sim.T, rel.T),
+           "v2t_nDCG": ndcg(sim, rel), "t2v_nDCG": ndcg(sim.T, rel.T)}
+    out["avg_mAP"] = (out["v2t_mAP"] + out["t2v_mAP"]) / 2
+    out["avg_nDCG"] = (out["v2t_nDCG"] + out["t2v_nDCG"]) / 2
+    return out
+

@@ -18,6 +18,7 @@ JOBS: dict[str, str] = {
     "train_dual_encoder": "egoray.pipelines.train_dual_encoder",
     "train_narrator": "egoray.pipelines.train_narrator",
     "narrate": "egoray.pipelines.narrate",
+    "eval": "egoray.pipelines.eval",
 }
 
 

@@ -1,0 +1,198 @@
+"""``egoray report RUN_DIR``: one static HTML page about a run directory.
+
+A run directory holds job outputs (each with its ``run.json``), as ``egoray demo`` writes them.
+The page shows, per job, its status, time and per-stage counts with reject reasons; the metrics
+and plots of any ``eval`` output; and samples a person can read: QA pairs, paraphrases,
+narrator output, frame captions and summaries. Plots are embedded (base64), so the file can be
+mailed or opened anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from egoray import storage
+from egoray.data.raw import InputError
+
+CSS = """
+body{font-family:system-ui,-apple-system,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#1a7f37}.bad{color:#b42318}img{max-width:48%;margin:.3em;border:1px solid #eee}
+.muted{color:#777;font-size:.85em}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _table(rows: list[dict[str, Any]], limit: int = 12) -> str:
+    if not rows:
+        return "<p class=muted>(none)</p>"
+    cols = list(dict.fromkeys(k for r in rows[:limit] for k in r))
+    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+    body = []
+    for r in rows[:limit]:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            if isinstance(v, list):
+                v = " | ".join(str(x) for x in v)
+            cls = " class=n" if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+            cells.append(f"<td{cls}>{_e(_fmt(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    more = f"<p class=muted>{len(rows) - limit} more not shown</p>" if len(rows) > limit else ""
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    rows = [{"metric": k, "value": v} for k, v in metrics.items() if isinstance(v, (int, float, str))]
+    nested = {k: v for k, v in metrics.items() if isinstance(v, dict)}
+    out = _table(rows, limit=200) if rows else ""
+    for name, sub in nested.items():
+        out += f"<h4>{_e(name)}</h4>" + _metrics_table(sub)
+    return out
+
+
+def _job_dirs(run_dir: str) -> list[str]:
+    found = [run_dir] if storage.exists(storage.join(run_dir, "run.json")) else []
+    for child in storage.listdirs(run_dir):
+        if storage.exists(storage.join(child, "run.json")):
+            found.append(child)
+    return found
+
+
+def _reject_reasons(job_dir: str) -> dict[str, int]:
+    url = storage.join(job_dir, "rejects")
+    if not storage.exists(url):
+        return {}
+    try:
+        reasons = storage.read_parquet(url, columns=["reason"])["reason"].to_pylist()
+    except (storage.StorageError, KeyError):
+        return {}
+    return dict(Counter(reasons).most_common())
+
+
+def _read(job_dir: str, table: str, columns: list[str] | None = None, limit: int = 8) -> list[dict[str, Any]]:
+    url = storage.join(job_dir, table)
+    if not storage.exists(url):
+        return []
+    try:
+        t = storage.read_parquet(url, columns=columns)
+    except (storage.StorageError, KeyError):
+        return []
+    return t.slice(0, limit).to_pylist()
+
+
+def _samples(job: str, job_dir: str) -> tuple[str, str]:
+    """(heading, html) of readable examples from a job's output, or ("", "")."""
+    if job == "qa":
+        rows = _read(job_dir, "qa", ["video_uid", "question", "answer", "wrong_answers"])
+        return "Question–answer pairs", _table(rows)
+    if job == "rephrase":
+        return "Paraphrases", _table(_read(job_dir, "paraphrases"))
+    if job == "narrate":
+        rows = _read(job_dir, "captions", ["window_id", "k", "text", "nll"], limit=10)
+        return "Narrator output", _table(rows)
+    if job == "captions":
+        rows = _read(job_dir, "captions", ["video_uid", "kept_captions", "summary"], limit=6)
+        return "Frame captions and summaries", _table(rows)
+    if job == "ingest":
+        rows = _read(job_dir, "narrations", ["video_uid", "t_start", "raw_text", "text", "split"], limit=6)
+        summaries = _read(job_dir, "summaries", ["video_uid", "text"], limit=4)
+        return "Narrations (raw → cleaned) and summaries", _table(rows) + _table(summaries)
+    return "", ""
+
+
+def _eval_html(job_dir: str) -> str:
+    parts = []
+    metrics_url = storage.join(job_dir, "metrics.json")
+    metrics = storage.read_json(metrics_url) if storage.exists(metrics_url) else {}
+    samples_url = storage.join(job_dir, "samples.json")
+    samples = storage.read_json(samples_url) if storage.exists(samples_url) else {}
+    for section, values in metrics.items():
+        shown = {k: v for k, v in values.items() if k != "gap_vector"}
+        if section == "gap":
+            shown = {src: {k: v for k, v in m.items() if k != "gap_vector"} for src, m in values.items()}
+        parts.append(f"<h3>{_e(section)}</h3>{_metrics_table(shown)}")
+        if samples.get(section):
+            parts.append(f"<details><summary>samples</summary>{_table(samples[section])}</details>")
+    plots_url = storage.join(job_dir, "plots")
+    if storage.exists(plots_url):
+        imgs = []
+        for url in sorted(storage.listdir(plots_url, ".png")):
+            data = base64.b64encode(storage.read_bytes(url)).decode()
+            imgs.append(f'<img alt="{_e(storage.basename(url))}" src="data:image/png;base64,{data}">')
+        parts.append("<h3>plots</h3>" + "".join(imgs))
+    return "".join(parts)
+
+
+def build_report(run_dir: str) -> str:
+    """The HTML of the report of ``run_dir``."""
+    run_dir = run_dir.rstrip("/")
+    if not storage.exists(run_dir):
+        raise InputError(f"{run_dir}: no such run directory")
+    dirs = _job_dirs(run_dir)
+    if not dirs:
+        raise InputError(f"{run_dir}: no job outputs (no run.json in it or its subdirectories)")
+    runs = [(d, storage.read_json(storage.join(d, "run.json"))) for d in dirs]
+    overview, sample_html, eval_html = [], [], []
+    for d, run in runs:
+        wall = run.get("timings", {}).get("wall_this_run")
+        stages = "; ".join(f"{name}: {c.get('in', 0)} in → {c.get('out', 0)} out, {c.get('rejected', 0)} rejected"
+                           for name, c in run.get("stages", {}).items())
+        reasons = _reject_reasons(d)
+        status = run.get("status", "?")
+        overview.append({
+            "output": storage.basename(d) or d, "job": run.get("job", "?"),
+            "status": status, "finished": run.get("finished_at") or "",
+            "seconds (last run)": round(wall, 1) if isinstance(wall, (int, float)) else "",
+            "stages": stages, "reject reasons": ", ".join(f"{k} ×{v}" for k, v in reasons.items()),
+        })
+        heading, body = _samples(run.get("job", ""), d)
+        if heading:
+            sample_html.append(f"<h3>{_e(heading)} <span class=muted>({_e(storage.basename(d))})</span></h3>{body}")
+        if run.get("job") == "eval":
+            eval_html.append(_eval_html(d))
+        elif run.get("final_metrics"):
+            shown = {k: v for k, v in run["final_metrics"].items() if isinstance(v, (int, float))}
+            eval_html.append(f"<h3>{_e(storage.basename(d))}: held-out metrics after training</h3>"
+                             + _metrics_table(shown))
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    incomplete = sum(1 for _, r in runs if r.get("status") != "complete")
+    status = (f"<span class=ok>all {len(runs)} jobs complete</span>" if not incomplete
+              else f"<span class=bad>{incomplete} of {len(runs)} jobs not complete</span>")
+    return (
+        "<!doctype html><html><head><meta charset=utf-8>"
+        f"<title>egoray report: {_e(run_dir)}</title><style>{CSS}</style></head><body>"
+        f"<h1>egoray report</h1><p>{_e(run_dir)} · generated {now} · {status}</p>"
+        f"<h2>Jobs</h2>{_table(overview, limit=100)}"
+        f"<h2>Metrics</h2>{''.join(eval_html) or '<p class=muted>no eval output in this run</p>'}"
+        f"<h2>Samples</h2>{''.join(sample_html)}"
+        "</body></html>"
+    )
+
+
+def write_report(run_dir: str, out: str | None = None) -> str:
+    """Write the report (default ``RUN_DIR/report.html``); returns its URL."""
+    out = out or storage.join(run_dir.rstrip("/"), "report.html")
+    storage.write_bytes(out, build_report(run_dir).encode("utf-8"))
+    return out
+
+
+def metrics_json(metrics: dict[str, Any]) -> str:
+    return json.dumps(metrics, indent=2, sort_keys=False)

@@ -1,0 +1,402 @@
+"""The parts of the ``eval`` job, each from the outputs of earlier jobs to a dict of metrics.
+
+Ray-free: every section reads its inputs with :mod:`egoray.storage`, computes with numpy (and
+the trained heads with torch) and returns a :class:`SectionResult`. The pipeline records each
+one as it finishes, so a re-run skips finished sections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from egoray import storage
+from egoray.config import StrictModel, Url
+from egoray.data.raw import InputError
+
+
+class EK100Relevancy(StrictModel):
+    """EK-100 annotation CSVs to build the MIR relevancy from (ids must be the ingested narration ids)."""
+
+    videos_csv: Url
+    sentences_csv: Url | None = None
+
+
+class RetrievalSection(StrictModel):
+    """Held-out text↔video retrieval with a trained dual encoder."""
+
+    model: Url = Field(description="a train_dual_encoder output")
+    narrations: Url = Field(description="an ingest output (the held-out narrations and their splits)")
+    video_features: Url
+    text_features: Url = Field(description="text_features output over the same narrations")
+    labels: Url | None = Field(None, description="video_uid,t_start,t_end,verb,noun for narrations without them")
+    splits: list[str] = ["val", "test"]
+    offset_sec: float = Field(1.0, ge=0)
+    ek100: EK100Relevancy | None = Field(None, description="MIR relevancy from EK-100 CSVs instead of labels")
+
+
+class ZeroShotSection(StrictModel):
+    """Zero-shot classification of labelled clips by class-prompt embeddings."""
+
+    class_prompts: Url = Field(description="text_features output of a class list under templates")
+    clips: Url = Field(description="table video_uid, t_start, t_end, label (a class name or a list of them)")
+    video_features: Url
+    model: Url | None = Field(None, description="a train_dual_encoder output; none: raw features vs prompts")
+    video_splits: Url | None = Field(None, description="a splits.json: only clips of videos in `splits`")
+    splits: list[str] = ["val", "test"]
+
+
+class CaptioningSection(StrictModel):
+    """Generated text against human references (COCO caption metrics)."""
+
+    name: str
+    kind: Literal["narrations", "summaries"] = Field(
+        description="narrations: a narrate output vs the narrations inside each window; "
+                    "summaries: a captions output vs each video's summaries")
+    predictions: Url
+    references: Url = Field(description="an ingest output")
+    tokenizer: Literal["ptb", "none"] = "ptb"
+
+
+class MCQSection(StrictModel):
+    """Multiple-choice accuracy on ClosedQA sets, the answers ranked by a dual encoder."""
+
+    qa: Url = Field(description="a qa output")
+    model: Url = Field(description="a train_dual_encoder output")
+    video_features: Url
+    text_features: Url = Field(description="the text_features output the model trained on (its encoder is reused)")
+
+
+class GapSection(StrictModel):
+    """Modality gap of paired embeddings, with 2-D plots."""
+
+    sources: list[Literal["dual_encoder", "captions"]] = ["dual_encoder"]
+    captions: Url | None = Field(None, description="a captions output (CoCa image mean vs summary embedding)")
+    plots: list[Literal["svd", "umap"]] = ["svd", "umap"]
+
+
+@dataclass
+class SectionResult:
+    metrics: dict[str, Any]
+    counts: dict[str, int]
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    plots: dict[str, bytes] = field(default_factory=dict)
+    pairs: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _reject(record_id: str, stage: str, reason: str, detail: str = "") -> dict[str, Any]:
+    return {"record_id": str(record_id), "stage": stage, "reason": reason, "detail": detail, "input": ""}
+
+
+def _encode(model: Any, video: np.ndarray | None = None, text: np.ndarray | None = None) -> np.ndarray:
+    import torch
+
+    param = next(model.parameters())
+    with torch.no_grad():
+        if video is not None:
+            return model.encode_video(torch.from_numpy(video).to(param)).float().numpy()
+        return model.encode_text(torch.from_numpy(text).to(param)).float().numpy()
+
+
+def retrieval(cfg: RetrievalSection) -> SectionResult:
+    """R@k / median rank per instance, and MIR mAP / nDCG with a graded relevancy."""
+    from egoray.data.narrations import load_narrations
+    from egoray.eval.relevancy import ek100_relevancy, label_relevancy
+    from egoray.eval.retrieval import chance_recall_at_1, mir_metrics, retrieval_metrics
+    from egoray.pipelines.train_dual_encoder import load_dual_encoder
+    from egoray.train.bank import load_bank
+    from egoray.train.pairs import read_labels, resolve_windows, text_matrix
+
+    model = load_dual_encoder(cfg.model)
+    bank = load_bank(cfg.video_features)
+    narrations = load_narrations(cfg.narrations, cfg.splits)
+    if narrations.num_rows == 0:
+        raise InputError(f"{cfg.narrations}: no narrations in splits {cfg.splits}")
+    w = resolve_windows(narrations, bank, cfg.offset_sec, read_labels(cfg.labels), stage="retrieval")
+    text, found = text_matrix(cfg.text_features, w.ids)
+    rejects = list(w.rejects) + [_reject(w.ids[i], "retrieval", "no_text_embedding")
+                                 for i in np.flatnonzero(~found)]
+    keep = np.flatnonzero(found)
+    if len(keep) < 2:
+        raise InputError(f"only {len(keep)} held-out narrations have features and embeddings; need 2")
+    video = _encode(model, video=bank.pool(w.rows[keep], w.t1[keep], w.t2[keep]))
+    text_emb = _encode(model, text=text[keep])
+    sim = text_emb @ video.T
+    metrics: dict[str, Any] = {"items": int(len(keep))}
+    metrics.update({f"t2v_{k}": v for k, v in retrieval_metrics(sim).items()})
+    metrics.update({f"v2t_{k}": v for k, v in retrieval_metrics(sim.T).items()})
+    metrics["chance_R@1"] = chance_recall_at_1(np.arange(len(keep)))
+    ids = [w.ids[i] for i in keep]
+    if cfg.ek100 is not None:
+        rel = ek100_relevancy(cfg.ek100.videos_csv, cfg.ek100.sentences_csv)
+        rows = {nid: i for i, nid in enumerate(ids)}
+        v_idx = [rows.get(v, -1) for v in rel.video_ids]
+        s_idx = [rows.get(s, -1) for s in rel.sentence_ids]
+        if min(v_idx + s_idx) < 0:
+            raise InputError(f"{cfg.ek100.videos_csv}: {sum(i < 0 for i in v_idx + s_idx)} EK-100 ids have no "
+                             "held-out narration with features; evaluate the split the CSVs describe")
+        mir = mir_metrics(video[v_idx] @ text_emb[s_idx].T, rel.matrix)
+        metrics.update({f"ek100_{k}": v for k, v in mir.items()})
+    else:
+        verb, noun = w.verb[keep], w.noun[keep]
+        labelled = (verb >= 0) & (noun >= 0)
+        if labelled.sum() >= 2:
+            nouns = np.zeros((len(noun), int(noun.max()) + 1), dtype=bool)
+            nouns[np.flatnonzero(labelled), noun[labelled]] = True
+            sel = np.flatnonzero(labelled)
+            rel = label_relevancy(verb[sel], nouns[sel], verb[sel], nouns[sel])
+            metrics.update({f"mir_{k}": v for k, v in mir_metrics(sim.T[np.ix_(sel, sel)], rel).items()})
+            chance_sim = np.zeros_like(rel)  # every candidate tied: the worst-case ordering
+            metrics["mir_avg_mAP_constant_scores"] = mir_metrics(chance_sim, rel)["avg_mAP"]
+            metrics["mir_items"] = int(len(sel))
+    best = np.argmax(sim, axis=1)
+    samples = [{"query": w.texts[keep[i]], "top_match": w.texts[keep[j]], "correct": bool(i == j)}
+               for i, j in enumerate(best[:12])]
+    counts = {"in": int(narrations.num_rows), "out": int(len(keep)), "rejected": len(rejects)}
+    return SectionResult(metrics, counts, rejects, samples, pairs=(video, text_emb))
+
+
+def _class_key(cid: str) -> tuple[int, int, str]:
+    """Class-id order: numeric ids (``12``) and Charades codes (``c012``) by number."""
+    digits = cid[1:] if cid[:1] == "c" else cid
+    return (0, int(digits), cid) if digits.isdigit() else (1, 0, cid)
+
+
+def _prompt_matrix(url: str) -> tuple[list[str], np.ndarray]:
+    """Class ids in order and the [classes, templates, d] prompt embeddings of a class_prompts output."""
+    from egoray.train.bank import load_text_embeddings
+
+    ids, mat = load_text_embeddings(url)
+    by_class: dict[str, dict[int, int]] = {}
+    for row, pid in enumerate(ids):
+        cid, sep, t = pid.rpartition(":")
+        if not sep or not t.isdigit():
+            raise InputError(f"{url}: prompt id {pid!r} is not <class>:<template>; embed a class list with templates")
+        by_class.setdefault(cid, {})[int(t)] = row
+    sizes = {len(v) for v in by_class.values()}
+    if len(sizes) != 1:
+        raise InputError(f"{url}: classes have different numbers of templates {sorted(sizes)}")
+    order = sorted(by_class, key=_class_key)
+    rows = np.array([[by_class[c][t] for t in sorted(by_class[c])] for c in order])
+    return order, mat[rows]
+
+
+def zeroshot(cfg: ZeroShotSection) -> SectionResult:
+    """Top-1/top-5 accuracy (one label per clip) or mAP (a list of labels per clip)."""
+    from egoray.eval.zeroshot import class_embeddings, multilabel_map, topk_accuracy
+    from egoray.pipelines.text_features import read_labels as read_class_list
+    from egoray.train.bank import load_bank
+
+    class_ids, prompts = _prompt_matrix(cfg.class_prompts)
+    run = storage.read_json(storage.join(cfg.class_prompts, "run.json")) if storage.exists(
+        storage.join(cfg.class_prompts, "run.json")) else {}
+    class_list = (run.get("config") or {}).get("input")
+    names = dict(read_class_list(class_list)) if class_list else {}
+    label_of = [names.get(c, c) for c in class_ids]
+    index = {name.lower(): i for i, name in enumerate(label_of)}
+    n_cls, n_tpl, dim = prompts.shape
+    model = None
+    if cfg.model:
+        from egoray.pipelines.train_dual_encoder import load_dual_encoder
+
+        model = load_dual_encoder(cfg.model)
+        if model.config.text_dim != dim:
+            raise InputError(f"{cfg.class_prompts}: prompts are {dim}-d but the model's text head takes "
+                             f"{model.config.text_dim}-d; embed the classes with the encoder the model trained on")
+        prompts = _encode(model, text=prompts.reshape(-1, dim)).reshape(n_cls, n_tpl, -1)
+    classes = class_embeddings(prompts.reshape(n_cls * n_tpl, -1), n_cls)
+
+    try:
+        clips = storage.read_parquet(cfg.clips)
+    except storage.StorageError as e:
+        raise InputError(f"cannot read clips: {e}") from None
+    need = {"video_uid", "t_start", "t_end", "label"}
+    if not need <= set(clips.column_names):
+        raise InputError(f"{cfg.clips}: needs columns {sorted(need)}; found {clips.column_names}")
+    rows = clips.to_pylist()
+    if cfg.video_splits:
+        from egoray.data.splits import read_splits
+
+        by_video = read_splits(cfg.video_splits)
+        rows = [r for r in rows if by_video.get(r["video_uid"]) in cfg.splits]
+    bank = load_bank(cfg.video_features)
+    bank_rows = bank.index_of([r["video_uid"] for r in rows])
+    rejects, keep, targets = [], [], []
+    multilabel = isinstance(rows[0]["label"], list) if rows else False
+    for i, r in enumerate(rows):
+        rid = f"{r['video_uid']}_{r['t_start']:.3f}_{r['t_end']:.3f}"
+        labels = r["label"] if isinstance(r["label"], list) else [r["label"]]
+        known = [index.get(str(x).lower()) for x in labels]
+        if bank_rows[i] < 0:
+            rejects.append(_reject(rid, "zeroshot", "no_video_features", f"video {r['video_uid']}"))
+        elif None in known or not known:
+            rejects.append(_reject(rid, "zeroshot", "unknown_label", f"{labels} not in the class list"))
+        else:
+            keep.append(i)
+            targets.append(known)
+    if not keep:
+        raise InputError(f"{cfg.clips}: no clip has video features and a known class")
+    k = np.array(keep)
+    t0 = np.array([rows[i]["t_start"] for i in keep], dtype=np.float64)
+    t1 = np.array([rows[i]["t_end"] for i in keep], dtype=np.float64)
+    video = bank.pool(bank_rows[k], t0, t1)
+    if model is not None:
+        video = _encode(model, video=video)
+    elif video.shape[1] != classes.shape[1]:
+        raise InputError(f"video features are {video.shape[1]}-d and prompts {classes.shape[1]}-d: without a "
+                         "model both must come from one CLIP-style model")
+    video = video / np.maximum(np.linalg.norm(video, axis=1, keepdims=True), 1e-12)
+    scores = video @ classes.T
+    metrics: dict[str, Any] = {"clips": len(keep), "classes": n_cls, "templates": n_tpl,
+                               "space": "dual_encoder" if model is not None else "raw"}
+    if multilabel:
+        y = np.zeros((len(keep), n_cls), dtype=bool)
+        for row, t in enumerate(targets):
+            y[row, t] = True
+        metrics["mAP"] = multilabel_map(scores, y)
+        metrics["chance_mAP"] = float(y[:, y.any(0)].mean(0).mean())
+    else:
+        labels_arr = np.array([t[0] for t in targets])
+        metrics.update(topk_accuracy(scores, labels_arr, (1, 5)))
+        metrics["chance_top1"] = 1.0 / n_cls
+        metrics["chance_top5"] = min(5, n_cls) / n_cls
+    best = scores.argmax(1)
+    samples = [{"clip": f"{rows[i]['video_uid'][:8]} {rows[i]['t_start']:.1f}-{rows[i]['t_end']:.1f}s",
+                "label": str(rows[i]["label"]), "predicted": label_of[best[j]]} for j, i in enumerate(keep[:12])]
+    counts = {"in": len(rows), "out": len(keep), "rejected": len(rejects)}
+    return SectionResult(metrics, counts, rejects, samples)
+
+
+def _narration_references(refs: pa.Table, windows: pa.Table) -> dict[str, list[str]]:
+    """Texts of the narrations whose time falls inside each window (same video)."""
+    by_video: dict[str, tuple[np.ndarray, list[str]]] = {}
+    r = refs.select(["video_uid", "t_start", "t_end", "text"]).to_pydict()
+    mid = (np.asarray(r["t_start"], dtype=np.float64) + np.asarray(r["t_end"], dtype=np.float64)) / 2
+    for v in set(r["video_uid"]):
+        sel = [i for i, x in enumerate(r["video_uid"]) if x == v]
+        by_video[v] = (mid[sel], [r["text"][i] for i in sel])
+    out = {}
+    for w in windows.to_pylist():
+        times, texts = by_video.get(w["video_uid"], (np.zeros(0), []))
+        inside = np.flatnonzero((times >= w["t_start"]) & (times <= w["t_end"]))
+        out[w["window_id"]] = [texts[i] for i in inside if texts[i]]
+    return out
+
+
+def captioning(cfg: CaptioningSection) -> SectionResult:
+    from egoray.data.narrations import load_narrations
+    from egoray.eval.captioning import score_captions
+
+    table_url = storage.join(cfg.predictions, "captions")
+    try:
+        preds = storage.read_parquet(table_url)
+    except storage.StorageError as e:
+        raise InputError(f"cannot read predictions: {e}") from None
+    if cfg.kind == "narrations":
+        if "window_id" not in preds.column_names:
+            raise InputError(f"{cfg.predictions}: not a narrate output (no window_id)")
+        first = preds.filter(pc.equal(preds["k"], 0))
+        refs = _narration_references(load_narrations(cfg.references), first)
+        pred = dict(zip(first["window_id"].to_pylist(), first["text"].to_pylist(), strict=True))
+    else:
+        if "summary" not in preds.column_names:
+            raise InputError(f"{cfg.predictions}: not a captions output (no summary)")
+        summaries_url = storage.join(cfg.references, "summaries")
+        if not storage.exists(summaries_url):
+            raise InputError(f"{cfg.references}: has no summaries/ table to compare with")
+        s = storage.read_parquet(summaries_url).to_pydict()
+        refs = {}
+        for v, text in zip(s["video_uid"], s["text"], strict=True):
+            if text:
+                refs.setdefault(v, []).append(text)
+        pred = dict(zip(preds["video_uid"].to_pylist(), preds["summary"].to_pylist(), strict=True))
+    rejects = [_reject(k, f"captioning:{cfg.name}", "no_reference", "no human text for this item")
+               for k, v in refs.items() if not v]
+    refs = {k: v for k, v in refs.items() if v}
+    scored = {k: refs[k] for k in pred if k in refs}
+    if not scored:
+        raise InputError(f"{cfg.name}: no prediction has a reference to compare with")
+    metrics = score_captions({k: pred[k] for k in scored}, scored, cfg.tokenizer)
+    samples = [{"id": k, "generated": pred[k], "reference": scored[k][0]} for k in list(scored)[:12]]
+    counts = {"in": len(pred), "out": len(scored), "rejected": len(pred) - len(scored)}
+    return SectionResult(metrics, counts, rejects, samples)
+
+
+def mcq(cfg: MCQSection) -> SectionResult:
+    """Options scored by the cosine of the moment's video embedding and "question answer" text."""
+    from egoray.eval.mcq import mcq_accuracy
+    from egoray.features.text import TextEncoder, TextEncoderConfig
+    from egoray.pipelines.train_dual_encoder import load_dual_encoder
+    from egoray.train.bank import load_bank
+
+    try:
+        qa = storage.read_parquet(storage.join(cfg.qa, "qa"))
+    except storage.StorageError as e:
+        raise InputError(f"cannot read qa: {e}") from None
+    run_url = storage.join(cfg.text_features, "run.json")
+    if not storage.exists(run_url):
+        raise InputError(f"{cfg.text_features}: no run.json to take the text encoder from")
+    encoder = TextEncoder(TextEncoderConfig(**storage.read_json(run_url)["config"]["encoder"]), device="cpu")
+    model = load_dual_encoder(cfg.model)
+    bank = load_bank(cfg.video_features)
+    rows = qa.to_pylist()
+    bank_rows = bank.index_of([r["video_uid"] for r in rows])
+    rejects = [_reject(r["group_id"], "mcq", "no_video_features", f"video {r['video_uid']}")
+               for r, b in zip(rows, bank_rows, strict=True) if b < 0]
+    keep = [i for i, b in enumerate(bank_rows) if b >= 0]
+    if not keep:
+        raise InputError(f"{cfg.qa}: no question's video has features")
+    n_opt = {1 + len(rows[i]["wrong_answers"]) for i in keep}
+    if len(n_opt) != 1:
+        raise InputError(f"{cfg.qa}: questions have different numbers of options {sorted(n_opt)}")
+    texts = [f"{rows[i]['question']} {a}" for i in keep for a in [rows[i]["answer"], *rows[i]["wrong_answers"]]]
+    text = _encode(model, text=encoder.encode(texts).astype(np.float32))
+    k = np.array(keep)
+    video = _encode(model, video=bank.pool(bank_rows[k], np.array([rows[i]["t_start"] for i in keep]),
+                                          np.array([rows[i]["t_end"] for i in keep])))
+    options = text.reshape(len(keep), n_opt.pop(), -1)
+    scores = np.einsum("qd,qod->qo", video, options)
+    metrics = mcq_accuracy(scores, np.zeros(len(keep), dtype=np.int64))
+    samples = [{"question": rows[i]["question"], "answer": rows[i]["answer"],
+                "wrong_answers": " | ".join(rows[i]["wrong_answers"]),
+                "chosen": [rows[i]["answer"], *rows[i]["wrong_answers"]][int(scores[j].argmax())]}
+               for j, i in enumerate(keep[:8])]
+    counts = {"in": len(rows), "out": len(keep), "rejected": len(rejects)}
+    return SectionResult(metrics, counts, rejects, samples)
+
+
+def gap(cfg: GapSection, dual_pairs: tuple[np.ndarray, np.ndarray] | None) -> SectionResult:
+    """Gap metrics and plots of each configured source of pairs."""
+    from egoray.eval.gap import modality_gap, plot_gap
+    from egoray.train.bank import embedding_matrix
+
+    metrics: dict[str, Any] = {}
+    plots: dict[str, bytes] = {}
+    sources: dict[str, tuple[np.ndarray, np.ndarray, tuple[str, str]]] = {}
+    if "dual_encoder" in cfg.sources:
+        if dual_pairs is None:
+            raise InputError("gap source dual_encoder needs the retrieval section")
+        sources["dual_encoder"] = (*dual_pairs, ("video", "narration"))
+    if "captions" in cfg.sources:
+        if not cfg.captions:
+            raise InputError("gap source captions needs gap.captions (a captions output)")
+        t = storage.read_parquet(storage.join(cfg.captions, "captions"), columns=["image_embedding", "summary_embedding"])
+        sources["captions"] = (embedding_matrix(t["image_embedding"]), embedding_matrix(t["summary_embedding"]),
+                               ("frames (mean)", "summary"))
+    n = 0
+    for name, (a, b, labels) in sources.items():
+        if a.shape != b.shape:
+            raise InputError(f"gap source {name}: the two modalities have shapes {a.shape} and {b.shape}")
+        metrics[name] = modality_gap(a, b)
+        n += len(a)
+        for method in cfg.plots:
+            if len(a) < 4 and method == "umap":
+                continue
+            plots[f"gap_{name}_{method}.png"] = plot_gap(a, b, method, labels, f"{name}: {method} ({len(a)} pairs)")
+    return SectionResult(metrics, {"in": n, "out": n, "rejected": 0}, plots=plots)
