@@ -62,6 +62,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score any system's outputs from files; prints one JSON object of metrics."""
+    from egoray.eval import scoring
+
+    if args.what == "captions":
+        result = scoring.score_captions_files(args.pred, args.ref, args.tokenizer)
+    elif args.what == "retrieval":
+        result = scoring.score_retrieval_files(args.sim, args.relevancy)
+    else:
+        result = scoring.score_gap_files(args.a, args.b, args.plot, args.method)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a static HTML report of a run directory (job outputs with run.json)."""
+    from egoray.eval.report import write_report
+
+    print(write_report(args.run_dir, args.out))
+    return 0
+
+
 def _print_summary(manifest: dict) -> None:
     print(f"\n{manifest['job']}: {manifest['status']} -> {manifest['output']}")
     for name, c in manifest.get("stages", {}).items():
@@ -136,6 +158,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", nargs="+", default=[], metavar="STEP",
                    help="steps to leave out (config names: qa rephrase class_prompts ingest_em ...)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("score", help=cmd_score.__doc__, description=cmd_score.__doc__)
+    score = p.add_subparsers(dest="what", required=True)
+    q = score.add_parser("captions", help="BLEU-1..4, METEOR, ROUGE-L, CIDEr (COCO caption evaluation code)")
+    q.add_argument("--pred", required=True, help="JSON or Parquet: id -> text")
+    q.add_argument("--ref", required=True, help="JSON or Parquet: id -> text or [texts]")
+    q.add_argument("--tokenizer", choices=["ptb", "none"], default="ptb",
+                   help="ptb: COCO's PTB tokenizer (default); none: input is already tokenised")
+    q = score.add_parser("retrieval", help="R@1/5/10, median rank; with --relevancy also MIR mAP and nDCG")
+    q.add_argument("--sim", required=True, help=".npy similarity [videos, texts] (square without --relevancy)")
+    q.add_argument("--relevancy", help=".npy/.npz or pickle relevancy of the same shape (EK-100 MIR)")
+    q = score.add_parser("gap", help="modality gap of paired embeddings")
+    q.add_argument("--a", required=True, help=".npy [n, d] embeddings of one modality")
+    q.add_argument("--b", required=True, help=".npy [n, d] embeddings of the other, row i paired with a's")
+    q.add_argument("--plot", help="also write a PNG of the pairs in 2-D here")
+    q.add_argument("--method", choices=["svd", "umap"], default="svd")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
+    p.add_argument("run_dir", help="a directory of job outputs (e.g. egoray demo's --out)")
+    p.add_argument("--out", help="where to write the HTML (default RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
 
     address_help = "dashboard URL (default: RAY_ADDRESS if http(s), else http://127.0.0.1:8265)"
     p = sub.add_parser("submit", help=cmd_submit.__doc__, description=cmd_submit.__doc__)

@@ -80,19 +80,33 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each ``key.sub=value`` into a nested dict, creating sections as needed."""
+    """Set each ``key.sub=value`` into a nested dict, creating sections as needed; a number
+    indexes into a list (``captioning.0.predictions=...``)."""
     for text in overrides:
         parts, value = parse_override(text)
-        node = data
-        for i, part in enumerate(parts[:-1]):
+        node: Any = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            where = ".".join(parts[: i + 1])
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"override {text!r}: {'.'.join(parts[:i])!r} is a value, not a section")
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {text!r}: {where!r} is not an index of a {len(node)}-item list")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+                continue
+            if last:
+                node[part] = value
+                break
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
-            if not isinstance(child, dict):
-                where = ".".join(parts[: i + 1])
+            if not isinstance(child, (dict, list)):
                 raise ConfigError(f"override {text!r}: {where!r} is a value, not a section")
             node = child
-        node[parts[-1]] = value
     return data
 
 

@@ -118,6 +118,20 @@ def _samples(job: str, job_dir: str) -> tuple[str, str]:
     return "", ""
 
 
+TRAINING_KEYS = ("loss", "eval_loss", "t2v_R@1", "v2t_R@1", "t2v_median_rank", "chance_R@1",
+                 "t2v_R@1_label", "chance_R@1_label")
+
+
+def _training_row(name: str, run: dict[str, Any]) -> dict[str, Any]:
+    """One row per training job: the headline held-out numbers before and after training."""
+    before, after = run.get("initial_metrics") or {}, run["final_metrics"]
+    row: dict[str, Any] = {"output": name, "job": run.get("job", ""), "epochs": after.get("epoch", "")}
+    for key in TRAINING_KEYS:
+        if key in after:
+            row[key] = f"{_fmt(before[key])} → {_fmt(after[key])}" if key in before else _fmt(after[key])
+    return row
+
+
 def _eval_html(job_dir: str) -> str:
     parts = []
     metrics_url = storage.join(job_dir, "metrics.json")
@@ -150,7 +164,7 @@ def build_report(run_dir: str) -> str:
     if not dirs:
         raise InputError(f"{run_dir}: no job outputs (no run.json in it or its subdirectories)")
     runs = [(d, storage.read_json(storage.join(d, "run.json"))) for d in dirs]
-    overview, sample_html, eval_html = [], [], []
+    overview, sample_html, eval_html, train_rows = [], [], [], []
     for d, run in runs:
         wall = run.get("timings", {}).get("wall_this_run")
         stages = "; ".join(f"{name}: {c.get('in', 0)} in → {c.get('out', 0)} out, {c.get('rejected', 0)} rejected"
@@ -169,9 +183,7 @@ def build_report(run_dir: str) -> str:
         if run.get("job") == "eval":
             eval_html.append(_eval_html(d))
         elif run.get("final_metrics"):
-            shown = {k: v for k, v in run["final_metrics"].items() if isinstance(v, (int, float))}
-            eval_html.append(f"<h3>{_e(storage.basename(d))}: held-out metrics after training</h3>"
-                             + _metrics_table(shown))
+            train_rows.append(_training_row(storage.basename(d), run))
     now = datetime.now(UTC).isoformat(timespec="seconds")
     incomplete = sum(1 for _, r in runs if r.get("status") != "complete")
     status = (f"<span class=ok>all {len(runs)} jobs complete</span>" if not incomplete
@@ -182,6 +194,7 @@ def build_report(run_dir: str) -> str:
         f"<h1>egoray report</h1><p>{_e(run_dir)} · generated {now} · {status}</p>"
         f"<h2>Jobs</h2>{_table(overview, limit=100)}"
         f"<h2>Metrics</h2>{''.join(eval_html) or '<p class=muted>no eval output in this run</p>'}"
+        + (f"<h3>training (held-out, before → after)</h3>{_table(train_rows, limit=100)}" if train_rows else "") +
         f"<h2>Samples</h2>{''.join(sample_html)}"
         "</body></html>"
     )

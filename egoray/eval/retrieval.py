@@ -68,22 +68,13 @@ def _chunks(n_rows: int, n_cols: int, budget: int = 1 << 22):
         yield slice(start, min(n_rows, start + step))
 
 
-def _ranked_relevancy(sim: np.ndarray, rel: np.ndarray):
-    """Relevancy of each query's candidates in ranked order (best first; ties: least relevant first)."""
-    import torch
-
-    s = torch.from_numpy(np.ascontiguousarray(sim, dtype=np.float64))
-    r = torch.from_numpy(np.ascontiguousarray(rel, dtype=np.float64))
-    by_rel = torch.argsort(r, dim=1, stable=True)  # ascending relevancy...
-    order = torch.argsort(-torch.gather(s, 1, by_rel), dim=1, stable=True)  # ...kept within equal scores
-    return torch.gather(r, 1, torch.gather(by_rel, 1, order))
-
-
 def _check(sim: np.ndarray, rel: np.ndarray) -> None:
     if sim.ndim != 2 or sim.shape != rel.shape:
         raise ValueError(f"similarity {sim.shape} and relevancy {rel.shape} must be matrices of one shape")
     if not np.isfinite(sim).all():
         raise ValueError("the similarity matrix holds NaN or infinite values")
+    if (rel < 0).any():
+        raise ValueError("relevancy values must be >= 0")
 
 
 def mean_average_precision(sim: np.ndarray, rel: np.ndarray, reduce: bool = True) -> float | np.ndarray:
@@ -92,53 +83,81 @@ def mean_average_precision(sim: np.ndarray, rel: np.ndarray, reduce: bool = True
     A candidate is relevant when its relevancy is exactly 1; precision at k counts the *summed
     relevancy* of the top k (so partially relevant items help), divided by k. Every query needs
     at least one fully relevant candidate.
+
+    No row is sorted: each relevant item's rank (and the relevancy above it) is counted directly,
+    O(relevant items x candidates) instead of a sort of every row. Scores compare at float32.
     """
     import torch
 
-    sim, rel = np.asarray(sim), np.asarray(rel, dtype=np.float64)
+    sim, rel = np.asarray(sim), np.asarray(rel, dtype=np.float32)
     _check(sim, rel)
     hits_per_query = (rel == 1).sum(axis=1)
     if (hits_per_query == 0).any():
         raise ValueError(f"{int((hits_per_query == 0).sum())} queries have no candidate with relevancy 1")
-    out = np.empty(sim.shape[0])
-    position = torch.arange(1, sim.shape[1] + 1, dtype=torch.float64)
-    for rows in _chunks(*sim.shape):
-        ranked = _ranked_relevancy(sim[rows], rel[rows])
-        precision = torch.cumsum(ranked, dim=1) / position
-        out[rows] = (torch.where(ranked == 1, precision, 0.0).sum(dim=1)).numpy() / hits_per_query[rows]
+    total = np.zeros(sim.shape[0])
+    columns = torch.arange(sim.shape[1])
+    scores = torch.from_numpy(np.ascontiguousarray(sim, dtype=np.float32))
+    relevancy = torch.from_numpy(np.ascontiguousarray(rel))
+    q_all, j_all = torch.nonzero(relevancy == 1, as_tuple=True)
+    for part in _chunks(len(q_all), sim.shape[1]):
+        q, j = q_all[part], j_all[part]
+        s, r = scores[q], relevancy[q]
+        s_hit = s.gather(1, j[:, None])
+        # ranked above a hit: a higher score; or the same score and less relevant (ties go against
+        # the model), or as relevant and an earlier column
+        above = (s > s_hit) | ((s == s_hit) & ((r < 1) | (columns[None, :] < j[:, None])))
+        position = above.sum(dim=1, dtype=torch.float64) + 1
+        found = (above * r).sum(dim=1, dtype=torch.float64) + 1.0
+        np.add.at(total, q.numpy(), (found / position).numpy())
+    out = total / hits_per_query
     return float(out.mean()) if reduce else out
-
-
-def _discounted_gain(ranked, k_counts):
-    import torch
-
-    discount = 1.0 / torch.log2(torch.arange(ranked.shape[1], dtype=torch.float64) + 2.0)
-    within = torch.arange(ranked.shape[1])[None, :] < k_counts[:, None]
-    return (ranked * discount * within).sum(dim=1)
 
 
 def ndcg(sim: np.ndarray, rel: np.ndarray, reduce: bool = True) -> float | np.ndarray:
     """EK-100 MIR nDCG: DCG over the first K ranks, K = the number of candidates with relevancy > 0,
-    divided by the DCG of the ideal order. Queries with no relevant candidate are an error."""
+    divided by the DCG of the ideal order. Queries with no relevant candidate are an error.
+
+    Only the top K+1 scores of each row are selected (``topk``), rows grouped by K so a chunk
+    selects about as many as it needs. A row whose selection holds tied scores is re-ranked
+    exactly (score, then relevancy ascending, then column), as the tie rule requires.
+    """
     import torch
 
-    sim, rel = np.asarray(sim), np.asarray(rel, dtype=np.float64)
+    sim, rel = np.asarray(sim), np.asarray(rel, dtype=np.float32)
     _check(sim, rel)
     counts = (rel > 0).sum(axis=1)
     if (counts == 0).any():
         raise ValueError(f"{int((counts == 0).sum())} queries have no relevant candidate")
     out = np.empty(sim.shape[0])
-    for rows in _chunks(*sim.shape):
-        k = torch.from_numpy(counts[rows])
-        ideal = torch.sort(torch.from_numpy(rel[rows]), dim=1, descending=True).values
-        out[rows] = (_discounted_gain(_ranked_relevancy(sim[rows], rel[rows]), k) / _discounted_gain(ideal, k)).numpy()
+    scores = torch.from_numpy(np.ascontiguousarray(sim, dtype=np.float32))
+    relevancy = torch.from_numpy(np.ascontiguousarray(rel))
+    by_k = np.argsort(counts, kind="stable")
+    step = max(1, (1 << 22) // sim.shape[1])
+    for start in range(0, len(by_k), step):
+        rows = torch.from_numpy(by_k[start:start + step])
+        k = torch.from_numpy(counts[rows.numpy()])
+        kmax = int(k.max())
+        take = min(kmax + 1, sim.shape[1])
+        s, r = scores[rows], relevancy[rows].double()
+        values, top = torch.topk(s, take, dim=1, largest=True, sorted=True)
+        positions = torch.arange(take)[None, :]
+        tied = ((values[:, 1:] == values[:, :-1]) & (positions[:, 1:] <= k[:, None])).any(dim=1)
+        for i in torch.nonzero(tied).flatten().tolist():  # rare with real-valued scores
+            order = np.lexsort((np.arange(sim.shape[1]), r[i].numpy(), -s[i].numpy().astype(np.float64)))
+            top[i] = torch.from_numpy(order[:take])
+        top = top[:, :kmax]
+        discount = 1.0 / torch.log2(torch.arange(kmax, dtype=torch.float64) + 2.0)
+        within = torch.arange(kmax)[None, :] < k[:, None]
+        dcg = (torch.gather(r, 1, top) * discount * within).sum(dim=1)
+        ideal = torch.topk(r, kmax, dim=1).values
+        out[rows.numpy()] = (dcg / (ideal * discount * within).sum(dim=1)).numpy()
     return float(out.mean()) if reduce else out
 
 
 def mir_metrics(sim: np.ndarray, rel: np.ndarray) -> dict[str, float]:
     """EK-100 multi-instance retrieval: ``sim``/``rel`` are [videos, sentences]; both directions and
     their average, as the benchmark reports them."""
-    sim, rel = np.asarray(sim), np.asarray(rel, dtype=np.float64)
+    sim, rel = np.asarray(sim, dtype=np.float32), np.asarray(rel, dtype=np.float32)
     out = {"v2t_mAP": mean_average_precision(sim, rel), "t2v_mAP": mean_average_precision(sim.T, rel.T),
            "v2t_nDCG": ndcg(sim, rel), "t2v_nDCG": ndcg(sim.T, rel.T)}
     out["avg_mAP"] = (out["v2t_mAP"] + out["t2v_mAP"]) / 2

@@ -13,11 +13,13 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from egoray import storage
 from egoray.config import StrictModel, Url
 from egoray.data.raw import InputError
+from egoray.eval.zeroshot import DEFAULT_TEMPLATES
+from egoray.features.text import TextEncoderConfig
 
 
 class EK100Relevancy(StrictModel):
@@ -41,14 +43,31 @@ class RetrievalSection(StrictModel):
 
 
 class ZeroShotSection(StrictModel):
-    """Zero-shot classification of labelled clips by class-prompt embeddings."""
+    """Zero-shot classification of labelled clips by class-prompt embeddings.
 
-    class_prompts: Url = Field(description="text_features output of a class list under templates")
+    Prompts are embedded here (a class list is small): by the encoder ``text_features`` was made
+    with (the one a dual encoder trained on), or by ``encoder``; or read from ``class_prompts``,
+    a text_features output of the class list under templates.
+    """
+
+    classes: Url | None = Field(None, description="class list: .txt lines, Charades 'cNNN Label', Kinetics JSON")
+    templates: list[str] = list(DEFAULT_TEMPLATES)
+    text_features: Url | None = Field(None, description="reuse the encoder of this text_features output")
+    encoder: TextEncoderConfig | None = None
+    class_prompts: Url | None = Field(None, description="precomputed prompt embeddings instead of classes")
     clips: Url = Field(description="table video_uid, t_start, t_end, label (a class name or a list of them)")
     video_features: Url
     model: Url | None = Field(None, description="a train_dual_encoder output; none: raw features vs prompts")
     video_splits: Url | None = Field(None, description="a splits.json: only clips of videos in `splits`")
     splits: list[str] = ["val", "test"]
+
+    @model_validator(mode="after")
+    def _one_prompt_source(self) -> ZeroShotSection:
+        if bool(self.class_prompts) == bool(self.classes):
+            raise ValueError("zeroshot needs exactly one of classes (embedded here) or class_prompts")
+        if self.classes and bool(self.text_features) == bool(self.encoder):
+            raise ValueError("zeroshot.classes needs exactly one of text_features (its encoder) or encoder")
+        return self
 
 
 class CaptioningSection(StrictModel):
@@ -189,16 +208,21 @@ def _prompt_matrix(url: str) -> tuple[list[str], np.ndarray]:
 
 def zeroshot(cfg: ZeroShotSection) -> SectionResult:
     """Top-1/top-5 accuracy (one label per clip) or mAP (a list of labels per clip)."""
-    from egoray.eval.zeroshot import class_embeddings, multilabel_map, topk_accuracy
+    from egoray.eval.zeroshot import class_embeddings, expand_templates, multilabel_map, read_class_names, topk_accuracy
     from egoray.pipelines.text_features import read_labels as read_class_list
     from egoray.train.bank import load_bank
 
-    class_ids, prompts = _prompt_matrix(cfg.class_prompts)
-    run = storage.read_json(storage.join(cfg.class_prompts, "run.json")) if storage.exists(
-        storage.join(cfg.class_prompts, "run.json")) else {}
-    class_list = (run.get("config") or {}).get("input")
-    names = dict(read_class_list(class_list)) if class_list else {}
-    label_of = [names.get(c, c) for c in class_ids]
+    if cfg.class_prompts:
+        class_ids, prompts = _prompt_matrix(cfg.class_prompts)
+        run = storage.read_json(storage.join(cfg.class_prompts, "run.json")) if storage.exists(
+            storage.join(cfg.class_prompts, "run.json")) else {}
+        class_list = (run.get("config") or {}).get("input")
+        names = dict(read_class_list(class_list)) if class_list else {}
+        label_of = [names.get(c, c) for c in class_ids]
+    else:
+        label_of = read_class_names(cfg.classes)
+        prompts = embed_texts(expand_templates(label_of, cfg.templates), cfg.text_features, cfg.encoder)
+        prompts = prompts.reshape(len(label_of), len(cfg.templates), -1)
     index = {name.lower(): i for i, name in enumerate(label_of)}
     n_cls, n_tpl, dim = prompts.shape
     model = None
@@ -273,6 +297,22 @@ def zeroshot(cfg: ZeroShotSection) -> SectionResult:
     return SectionResult(metrics, counts, rejects, samples)
 
 
+def text_encoder_of(text_features: str | None, encoder: TextEncoderConfig | None = None) -> Any:
+    """The encoder a text_features output was made with (from its run.json), or ``encoder``."""
+    from egoray.features.text import TextEncoder
+
+    if encoder is None:
+        run_url = storage.join(text_features, "run.json")
+        if not storage.exists(run_url):
+            raise InputError(f"{text_features}: no run.json to take the text encoder from")
+        encoder = TextEncoderConfig(**storage.read_json(run_url)["config"]["encoder"])
+    return TextEncoder(encoder, device="cpu")
+
+
+def embed_texts(texts: list[str], text_features: str | None, encoder: TextEncoderConfig | None = None) -> np.ndarray:
+    return text_encoder_of(text_features, encoder).encode(texts).astype(np.float32)
+
+
 def _narration_references(refs: pa.Table, windows: pa.Table) -> dict[str, list[str]]:
     """Texts of the narrations whose time falls inside each window (same video)."""
     by_video: dict[str, tuple[np.ndarray, list[str]]] = {}
@@ -331,7 +371,6 @@ def captioning(cfg: CaptioningSection) -> SectionResult:
 def mcq(cfg: MCQSection) -> SectionResult:
     """Options scored by the cosine of the moment's video embedding and "question answer" text."""
     from egoray.eval.mcq import mcq_accuracy
-    from egoray.features.text import TextEncoder, TextEncoderConfig
     from egoray.pipelines.train_dual_encoder import load_dual_encoder
     from egoray.train.bank import load_bank
 
@@ -339,10 +378,7 @@ def mcq(cfg: MCQSection) -> SectionResult:
         qa = storage.read_parquet(storage.join(cfg.qa, "qa"))
     except storage.StorageError as e:
         raise InputError(f"cannot read qa: {e}") from None
-    run_url = storage.join(cfg.text_features, "run.json")
-    if not storage.exists(run_url):
-        raise InputError(f"{cfg.text_features}: no run.json to take the text encoder from")
-    encoder = TextEncoder(TextEncoderConfig(**storage.read_json(run_url)["config"]["encoder"]), device="cpu")
+    encoder = text_encoder_of(cfg.text_features)
     model = load_dual_encoder(cfg.model)
     bank = load_bank(cfg.video_features)
     rows = qa.to_pylist()

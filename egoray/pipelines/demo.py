@@ -61,7 +61,22 @@ STEPS: list[Step] = [
     Step("narrate (held-out clips)", "demo/narrate.yaml",
          ["input={data}/clips.parquet", "output={out}/narrate", "model={out}/narrator",
           "video_features={out}/video_features", "video_splits={data}/splits.json"]),
+    Step("eval + report", "demo/eval.yaml",
+         ["input={out}", "output={out}/eval",
+          "retrieval.model={out}/dual_encoder", "retrieval.narrations={out}/narrations",
+          "retrieval.video_features={out}/video_features", "retrieval.text_features={out}/text_features",
+          "retrieval.labels={data}/clips.parquet",
+          "zeroshot.classes={data}/labels.txt", "zeroshot.text_features={out}/text_features",
+          "zeroshot.model={out}/dual_encoder", "zeroshot.clips={data}/clips.parquet",
+          "zeroshot.video_features={out}/video_features", "zeroshot.video_splits={data}/splits.json",
+          "captioning.0.predictions={out}/narrate", "captioning.0.references={out}/narrations",
+          "captioning.1.predictions={out}/captions", "captioning.1.references={out}/narrations",
+          "mcq.qa={out}/qa", "mcq.model={out}/dual_encoder", "mcq.video_features={out}/video_features",
+          "mcq.text_features={out}/text_features", "gap.captions={out}/captions"]),
 ]
+
+# Eval sections that read a step's output: left out when that step is skipped.
+EVAL_NEEDS = {"mcq": "qa"}
 
 
 def run_demo(out: str, videos: int = 8, seed: int = 0, skip: tuple[str, ...] = ()) -> dict[str, dict]:
@@ -82,6 +97,10 @@ def run_demo(out: str, videos: int = 8, seed: int = 0, skip: tuple[str, ...] = (
                 print(f"[demo] {step.name}: skipped", flush=True)
                 continue
             overrides = [o.format(out=out, data=data) for o in step.overrides]
+            if step.key == "eval":
+                dropped = [section for section, needs in EVAL_NEEDS.items() if needs in skip]
+                overrides = [o for o in overrides if o.split(".", 1)[0] not in dropped]
+                overrides += [f"{section}=null" for section in dropped]
             config = load_config(str(config_dir() / step.config), overrides)
             print(f"[demo] {step.name}: egoray run configs/{step.config} {' '.join(overrides)}", flush=True)
             manifests[step.name] = job_module(config.job).run(config, overwrite=True)
@@ -97,4 +116,6 @@ def run_demo(out: str, videos: int = 8, seed: int = 0, skip: tuple[str, ...] = (
         last = list(stages.values())[-1] if stages else {}
         first = list(stages.values())[0] if stages else {}
         print(f"  {name:<34} {m['output']}  ({first.get('in', 0)} in, {last.get('out', 0)} out; run.json there)")
+    if "eval + report" in manifests:
+        print(f"\n[demo] report: {storage.join(manifests['eval + report']['output'], 'report.html')}")
     return manifests
