@@ -356,10 +356,10 @@ def captioning(cfg: CaptioningSection) -> SectionResult:
             if text:
                 refs.setdefault(v, []).append(text)
         pred = dict(zip(preds["video_uid"].to_pylist(), preds["summary"].to_pylist(), strict=True))
-    rejects = [_reject(k, f"captioning:{cfg.name}", "no_reference", "no human text for this item")
-               for k, v in refs.items() if not v]
     refs = {k: v for k, v in refs.items() if v}
     scored = {k: refs[k] for k in pred if k in refs}
+    rejects = [_reject(k, f"captioning-{cfg.name}", "no_reference", "no human text to compare with")
+               for k in pred if k not in scored]
     if not scored:
         raise InputError(f"{cfg.name}: no prediction has a reference to compare with")
     metrics = score_captions({k: pred[k] for k in scored}, scored, cfg.tokenizer)

@@ -40,3 +40,30 @@ def test_demo_end_to_end(demo_run):
     video_uid, start, end, texts, nlls = total[0]
     assert video_uid in held_out and start < end and len(texts) == len(nlls) == 5
     assert [(t[0], t[1]) for t in total] == sorted((t[0], t[1]) for t in total)
+
+
+def test_demo_evaluates_and_writes_a_report(demo_run):
+    out, printed = demo_run
+    report = out / "eval" / "report.html"
+    assert f"[demo] report: {report}" in printed
+    run = json.loads((out / "eval" / "run.json").read_text())
+    assert run["status"] == "complete"
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    # qa was skipped, so its section was left out; every other section ran
+    assert set(metrics) == {"retrieval", "zeroshot", "captioning-narrator", "captioning-summaries", "gap"}
+    r = metrics["retrieval"]
+    assert r["t2v_R@1"] > 2 * r["chance_R@1"] and r["mir_avg_mAP"] > r["mir_avg_mAP_constant_scores"]
+    z = metrics["zeroshot"]
+    assert z["space"] == "dual_encoder" and z["top5"] > z["chance_top5"] and z["classes"] == 80
+    narr = metrics["captioning-narrator"]
+    assert narr["items"] == run["stages"]["captioning-narrator"]["out"] > 0 and 0 <= narr["BLEU-1"] <= 1
+    assert metrics["captioning-summaries"]["items"] == 6
+    gap = metrics["gap"]
+    assert gap["dual_encoder"]["pairs"] == r["items"] and gap["captions"]["pairs"] == 6
+    plots = sorted(p.name for p in (out / "eval" / "plots").iterdir())
+    assert plots == [f"gap_{s}_{m}.png" for s in ("captions", "dual_encoder") for m in ("svd", "umap")]
+    html = report.read_text()
+    for needle in ("egoray report", "all 8 jobs complete", "t2v_R@1", "captioning-narrator", "BLEU-4",
+                   "Narrator output", "Frame captions and summaries", "data:image/png;base64",
+                   "duplicate_narration", "training (held-out, before → after)"):
+        assert needle in html, needle
