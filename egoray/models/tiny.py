@@ -8,6 +8,8 @@ resolve to a directory this module builds (deterministically, in seconds) and ca
   can spell anything);
 - ``tiny:llama`` — a 2-layer ``LlamaForCausalLM``; ``tiny:t5`` — a 2-layer
   ``T5ForConditionalGeneration``; ``tiny:gpt2`` — a 2-layer ``GPT2LMHeadModel``;
+- ``tiny:blip2`` / ``tiny:blip2-t5`` — a ``Blip2ForConditionalGeneration`` (OPT / T5 language model)
+  with its image processor;
 - ``tiny:sentence`` — a sentence-transformers model (2-layer BERT, mean pooling), and
   ``tiny:sentence-base`` with BERT-base dimensions for benchmarks.
 
@@ -25,7 +27,7 @@ import uuid
 from pathlib import Path
 
 PRESET_VERSION = "1"
-PRESETS = ("llama", "t5", "gpt2", "sentence", "sentence-base")
+PRESETS = ("llama", "t5", "gpt2", "sentence", "sentence-base", "blip2", "blip2-t5")
 SPECIAL = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
 
 _CORPUS_WORDS = """
@@ -136,6 +138,11 @@ def build_tiny_model(preset: str, out_dir: str, seed: int = 0) -> None:
         dims = (768, 12, 12, 3072) if preset == "sentence-base" else (64, 2, 2, 128)
         _build_tiny_sentence_transformer(tokenizer, ids, out_dir, dims)
         return
+    elif preset in ("blip2", "blip2-t5"):
+        model = _tiny_blip2(preset, vocab, ids)
+        if preset == "blip2-t5":
+            tokenizer.padding_side = "right"
+        transformers.BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out_dir)
     elif preset == "t5":
         tokenizer.padding_side = "right"
         config = transformers.T5Config(
@@ -149,6 +156,28 @@ def build_tiny_model(preset: str, out_dir: str, seed: int = 0) -> None:
     model.generation_config.eos_token_id = ids["eos"]
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def _tiny_blip2(preset: str, vocab: int, ids: dict[str, int]):
+    """A BLIP-2 of the real architecture at toy size: ViT (32 px, 8 px patches) → Q-Former (4
+    queries) → OPT or T5. Same classes as ``Salesforce/blip2-opt-2.7b`` / ``blip2-flan-t5-xl``."""
+    import transformers
+
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 8}
+    qformer = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+               "encoder_hidden_size": 32, "cross_attention_frequency": 1}
+    if preset == "blip2":
+        text = {"model_type": "opt", "vocab_size": vocab, "hidden_size": 64, "word_embed_proj_dim": 64,
+                "ffn_dim": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 1024,
+                "bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"]}
+    else:
+        text = {"model_type": "t5", "vocab_size": vocab, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2,
+                "num_decoder_layers": 2, "num_heads": 4, "eos_token_id": ids["eos"], "pad_token_id": ids["pad"],
+                "decoder_start_token_id": ids["pad"]}
+    config = transformers.Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text,
+                                      num_query_tokens=4)
+    return transformers.Blip2ForConditionalGeneration(config)
 
 
 def _build_tiny_sentence_transformer(tokenizer, ids: dict[str, int], out_dir: str,

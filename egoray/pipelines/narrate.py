@@ -1,5 +1,8 @@
 """``narrate`` job (LaViLa narrator inference): n sampled captions per video window, with scores.
 
+``backend: vlm`` narrates from frames with a BLIP-2-family model instead (VideoBLIP / EILEV,
+:mod:`egoray.pipelines.narrate_vlm`); the output is the same.
+
 Windows come from a table (``video_uid, t_start, t_end[, window_id]`` — ground-truth clips,
 ``clips.parquet``, or an ingest output's narrations) or, with ``windows.mode: dense``, from fixed
 windows tiling every video of the ``video_features`` output. Each window's video tokens are
@@ -22,13 +25,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from egoray import storage
 from egoray.config import JobConfig, StrictModel, Url
 from egoray.data.raw import InputError
 from egoray.data.schema import REJECTS
 from egoray.llm.retry import collect
+from egoray.models.vlm import VLMOptions
 from egoray.runtime import ShardLedger, assign_shards, dataset_from_table, ensure_ray, finish, waves
 from egoray.train.bank import FeatureBank, load_bank
 
@@ -58,7 +62,13 @@ class Config(JobConfig):
     """Config of the ``narrate`` job (``input``: a window table, or the video_features output when dense)."""
 
     job: Literal["narrate"] = "narrate"
-    model: Url = Field(description="a train_narrator output")
+    backend: Literal["narrator", "vlm"] = Field(
+        "narrator", description="narrator: our trained narrator over video features; vlm: a BLIP-2-family model on frames")
+    model: Url | None = Field(None, description="a train_narrator output (backend narrator)")
+    vlm: VLMOptions = VLMOptions()
+    videos: Url | None = Field(None, description="vlm with a clip table: folder holding <video_uid>.<ext>")
+    reencode_vfr: bool = Field(False, description="vlm: re-encode variable-frame-rate videos to constant rate")
+    vfr_tolerance: float = Field(0.1, gt=0, description="vlm: allowed frame-interval deviation from the median")
     video_features: Url | None = Field(None, description="default: input (dense mode)")
     windows: Windows = Windows()
     video_splits: Url | None = Field(None, description="a splits.json: narrate only videos of `splits`")
@@ -70,6 +80,14 @@ class Config(JobConfig):
     gpus_per_actor: float = Field(0, ge=0)
     num_shards: int = Field(8, ge=1, le=4096)
     shards_per_wave: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _backend_inputs(self) -> Config:
+        if self.backend == "narrator" and not self.model:
+            raise ValueError("backend narrator needs model (a train_narrator output)")
+        if self.backend == "vlm" and self.windows.mode == "dense" and self.video_features:
+            raise ValueError("backend vlm reads frames: dense windows tile the videos of `input`, not video_features")
+        return self
 
 
 def list_windows(config: Config, bank: FeatureBank) -> list[dict[str, Any]]:
@@ -168,6 +186,10 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from egoray.train.narrator import NarratorConfig
     from egoray.train.distributed import load_exported
 
+    if config.backend == "vlm":
+        from egoray.pipelines.narrate_vlm import run_vlm
+
+        return run_vlm(config, overwrite)
     wall0 = time.perf_counter()
     blob = load_exported(config.model)
     if blob.get("kind") != "narrator":
@@ -197,29 +219,37 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                 batch_size=config.batch_size, batch_format="pyarrow", concurrency=config.num_actors,
                 num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None)
             results = {r["window_id"]: r for r in collect(ds).to_pylist()}
-        seconds = time.perf_counter() - t0
-        rejected = {r["record_id"]: r for r in rejects}
-        for s in wave:
-            rows, bad = [], []
-            for item in by_shard[s]:
-                r = results.get(item["window_id"])
-                if r is None:
-                    bad.append(rejected.get(item["window_id"]) or {"record_id": item["window_id"], "stage": "narrate",
-                                                                   "reason": "missing_result", "detail": "", "input": ""})
-                    continue
-                for k, (text, nll) in enumerate(zip(r["texts"], r["nlls"], strict=True)):
-                    rows.append({"caption_id": f"{item['window_id']}#{k}", **item, "k": k, "text": text, "nll": nll})
-            n = len(by_shard[s])
-            ledger.commit(s, {"captions": pa.Table.from_pylist(rows, schema=CAPTIONS),
-                              "rejects": pa.Table.from_pylist(bad, schema=REJECTS)},
-                          {"narrate": {"in": n, "out": n - len(bad), "rejected": len(bad)}},
-                          {"seconds": seconds * n / max(1, len(todo)), "captions": len(rows)})
+        commit_wave(ledger, wave, by_shard, results, rejects, time.perf_counter() - t0, len(todo))
     manifest = finish(config, ledger, shard_ids, done_before, wall0, ["captions", "rejects"],
                       {"model": config.model, "total_pkl": storage.join(config.output, "total.pkl")})
     if manifest.status == "complete":
         write_total_pkl(config.output)
     manifest.write()
     return manifest.to_dict()
+
+
+def commit_wave(ledger: ShardLedger, wave: list[str], by_shard: dict[str, list], results: dict[str, dict],
+                rejects: list[dict], seconds: float, n_todo: int) -> None:
+    """Commit each shard of a wave: a window's captions (``results[window_id]``: texts, nlls), or
+    its reject (its own reason, else ``missing_result``)."""
+    rejected = {r["record_id"]: r for r in rejects}
+    for s in wave:
+        rows, bad = [], []
+        for item in by_shard[s]:
+            r = results.get(item["window_id"])
+            if r is None:
+                bad.append(rejected.get(item["window_id"]) or {"record_id": item["window_id"], "stage": "narrate",
+                                                               "reason": "missing_result", "detail": "", "input": ""})
+                continue
+            for k, (text, nll) in enumerate(zip(r["texts"], r["nlls"], strict=True)):
+                rows.append({"caption_id": f"{item['window_id']}#{k}", "window_id": item["window_id"],
+                             "video_uid": item["video_uid"], "t_start": item["t_start"], "t_end": item["t_end"],
+                             "k": k, "text": text, "nll": nll})
+        n = len(by_shard[s])
+        ledger.commit(s, {"captions": pa.Table.from_pylist(rows, schema=CAPTIONS),
+                          "rejects": pa.Table.from_pylist(bad, schema=REJECTS)},
+                      {"narrate": {"in": n, "out": n - len(bad), "rejected": len(bad)}},
+                      {"seconds": seconds * n / max(1, n_todo), "captions": len(rows)})
 
 
 def write_total_pkl(output: str) -> int:
