@@ -110,7 +110,8 @@ def ingested_small(ray_session, synth_small, tmp_path_factory) -> Path:
     return out
 
 
-DEMO_SKIPPED = ("ingest_em", "qa", "rephrase", "class_prompts")  # tested in test_ingest/qa/rephrase/features
+# steps whose jobs have their own end-to-end tests (test_ingest/qa/rephrase/features/narrate_vlm)
+DEMO_SKIPPED = ("ingest_em", "qa", "rephrase", "class_prompts", "narrate_vlm")
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -45,19 +46,38 @@ def simple_tokenize(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str
     return {k: [" ".join(str(c).lower().split()) for c in v] for k, v in captions.items()}
 
 
-def _meteor(refs: dict[str, list[str]], preds: dict[str, list[str]]) -> tuple[float, list[float]]:
-    from pycocoevalcap.meteor.meteor import Meteor
+_METEOR: Any = None
 
-    with _java_on_path():
-        scorer = Meteor()
-    try:
-        score, per = scorer.compute_score(refs, preds)
-    finally:  # stop the JVM now rather than in __del__ at interpreter exit
-        scorer.meteor_p.stdin.close()
-        scorer.meteor_p.kill()
-        scorer.meteor_p.wait()
-        scorer.meteor_p.stdout.close()
-        scorer.meteor_p.stderr.close()
+
+def _meteor_scorer() -> Any:
+    """One METEOR JVM per process, started on first use: starting it (and loading its paraphrase
+    tables) takes seconds, scoring with it milliseconds. Stopped at exit."""
+    global _METEOR
+    if _METEOR is None or _METEOR.meteor_p.poll() is not None:
+        import atexit
+
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        with _java_on_path():
+            _METEOR = Meteor()
+        atexit.register(_stop_meteor, _METEOR)
+    return _METEOR
+
+
+def _stop_meteor(scorer: Any) -> None:
+    """Stop the JVM now rather than in ``Meteor.__del__`` during interpreter shutdown."""
+    process = scorer.meteor_p
+    if process.poll() is None:
+        process.stdin.close()
+        process.kill()
+        process.wait()
+    for stream in (process.stdout, process.stderr):
+        stream.close()
+
+
+def _meteor(refs: dict[str, list[str]], preds: dict[str, list[str]]) -> tuple[float, list[float]]:
+    scorer = _meteor_scorer()
+    score, per = scorer.compute_score(refs, preds)
     return float(score), [float(x) for x in per]
 
 
