@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from egoray import storage
 from egoray.config import load_config
@@ -78,8 +79,17 @@ STEPS: list[Step] = [
           "mcq.text_features={out}/text_features", "gap.captions={out}/captions"]),
 ]
 
-# Eval sections that read a step's output: left out when that step is skipped.
-EVAL_NEEDS = {"mcq": "qa"}
+def eval_without_skipped(config: Any, skip: tuple[str, ...]) -> Any:
+    """The demo's eval config less the parts that read the output of a skipped step."""
+    update: dict[str, Any] = {}
+    if "qa" in skip:
+        update["mcq"] = None
+    gone = {"narrations": "narrate", "summaries": "captions"}
+    update["captioning"] = [c for c in config.captioning if gone[c.kind] not in skip]
+    if config.gap and "captions" in skip:
+        update["gap"] = config.gap.model_copy(update={"sources": [s for s in config.gap.sources if s != "captions"],
+                                                      "captions": None})
+    return config.model_copy(update=update)
 
 
 def run_demo(out: str, videos: int = 8, seed: int = 0, skip: tuple[str, ...] = ()) -> dict[str, dict]:
@@ -100,11 +110,9 @@ def run_demo(out: str, videos: int = 8, seed: int = 0, skip: tuple[str, ...] = (
                 print(f"[demo] {step.name}: skipped", flush=True)
                 continue
             overrides = [o.format(out=out, data=data) for o in step.overrides]
-            if step.key == "eval":
-                dropped = [section for section, needs in EVAL_NEEDS.items() if needs in skip]
-                overrides = [o for o in overrides if o.split(".", 1)[0] not in dropped]
-                overrides += [f"{section}=null" for section in dropped]
             config = load_config(str(config_dir() / step.config), overrides)
+            if step.key == "eval":
+                config = eval_without_skipped(config, skip)
             print(f"[demo] {step.name}: egoray run configs/{step.config} {' '.join(overrides)}", flush=True)
             manifests[step.name] = job_module(config.job).run(config, overwrite=True)
     finally:

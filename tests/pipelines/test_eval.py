@@ -23,8 +23,8 @@ def test_rerun_resumes_finished_sections(demo_run, capsys):
     config = type(config).model_validate(run["config"])
     manifest = job_module("eval").run(config)
     printed = capsys.readouterr().out
-    assert printed.count("done in an earlier run") == len(config.section_ids()) == 5
-    assert manifest["shards"]["resumed"] == 5 and manifest["metrics"] == run["metrics"]
+    assert printed.count("done in an earlier run") == len(config.section_ids()) == 4
+    assert manifest["shards"]["resumed"] == 4 and manifest["metrics"] == run["metrics"]
     assert manifest["stages"] == run["stages"]
 
 
@@ -86,3 +86,21 @@ def test_bad_eval_configs():
         load_config(CONFIG, ["zeroshot.class_prompts=x"])
     with pytest.raises(ConfigError, match="not an index"):
         load_config(CONFIG, ["captioning.5.name=x"])
+
+
+def test_summaries_against_each_videos_human_summaries(tmp_path):
+    """kind summaries: a captions output's summary per video vs the ingest output's summaries."""
+    (tmp_path / "cap" / "captions").mkdir(parents=True)
+    (tmp_path / "ingest" / "summaries").mkdir(parents=True)
+    pq.write_table(pa.table({"video_uid": ["v1", "v2", "v3"],
+                             "summary": ["C cooked pasta in the kitchen", "the camera wearer washed dishes", "x"]}),
+                   tmp_path / "cap" / "captions" / "part-0000.parquet")
+    pq.write_table(pa.table({"video_uid": ["v1", "v1", "v2"],
+                             "text": ["The camera wearer cooked pasta in the kitchen", "someone made food",
+                                      "The camera wearer washed dishes"]}),
+                   tmp_path / "ingest" / "summaries" / "part-0000.parquet")
+    result = sections.captioning(sections.CaptioningSection(
+        name="summaries", kind="summaries", predictions=str(tmp_path / "cap"), references=str(tmp_path / "ingest")))
+    assert result.counts == {"in": 3, "out": 2, "rejected": 1}
+    assert [(r["record_id"], r["reason"]) for r in result.rejects] == [("v3", "no_reference")]
+    assert result.metrics["items"] == 2 and 0 < result.metrics["BLEU-1"] < 1 and result.metrics["ROUGE-L"] > 0.5

@@ -29,7 +29,14 @@ def test_text_features_of_narrations(ingested_small, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(mat, axis=1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("labels", ["Charades_v1_classes.reconstructed.txt", "kinetics_classnames.json"])
+def test_kinetics_class_list_is_read_in_id_order():
+    # the Kinetics JSON (name -> id) through the same reader as the Charades run below
+    pairs = text_features.read_labels(str(FIXTURES / "labels" / "kinetics_classnames.json"))
+    assert len(pairs) == 400 and len({label for _, label in pairs}) == 400
+    assert not any('"' in label for _, label in pairs)
+
+
+@pytest.mark.parametrize("labels", ["Charades_v1_classes.reconstructed.txt"])
 def test_class_prompts_to_hdf5(labels, tmp_path, ray_session):
     templates = ["The person in this video is doing {label}", "{label}"]
     config = validate_config({"job": "text_features", "input": str(FIXTURES / "labels" / labels),
@@ -126,3 +133,9 @@ def test_captions_job(synth_videos, tmp_path, ray_session):
     rejects = storage.read_parquet(str(out / "rejects")).to_pylist()
     for r in rejects:
         assert r["stage"] == "summary" and json.loads(r["input"])["kept_captions"]
+    # the eval job's modality gap of this output: CoCa frame mean vs summary embedding
+    from egoray.eval import sections
+
+    gap = sections.gap(sections.GapSection(sources=["captions"], captions=str(out), plots=["svd"]), None)
+    assert gap.metrics["captions"]["pairs"] == table.num_rows and gap.metrics["captions"]["dim"] == 64
+    assert list(gap.plots) == ["gap_captions_svd.png"]
