@@ -49,6 +49,7 @@ class VLMOptions(StrictModel):
     temperature: float = Field(0.7, gt=0)
     num_beams: int = Field(1, ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    frame_cache: int = Field(128, ge=0, description="decoded clips an actor keeps (in-context examples recur)")
     seed: int = 0
 
 

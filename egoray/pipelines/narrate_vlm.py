@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -188,13 +189,24 @@ class VLMNarrateActor:
         device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
         self.vlm = load_vlm(self.options.model, device, self.options.dtype)
         self.size = int(self.vlm.image_processor.size["height"])
+        self.cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
     def _frames(self, path: str, t0: float, t1: float) -> np.ndarray:
+        """The clip's frames, from a small LRU cache: the same examples serve many queries."""
         from egoray.video.decode import iter_frames, sample_times
 
+        key = (path, t0, t1)
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
         times = sample_times(t0, max(t1, t0 + 1e-3), num_frames=self.options.num_frames)
         with storage.local_copy(path) as local:
-            return np.stack([f for _, f in iter_frames(local, times, self.size)])
+            frames = np.stack([f for _, f in iter_frames(local, times, self.size)])
+        if self.options.frame_cache:
+            self.cache[key] = frames
+            while len(self.cache) > self.options.frame_cache:
+                self.cache.popitem(last=False)
+        return frames
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
