@@ -74,7 +74,8 @@ STEPS: list[Step] = [
           "zeroshot.model={out}/dual_encoder", "zeroshot.clips={data}/clips.parquet",
           "zeroshot.video_features={out}/video_features", "zeroshot.video_splits={data}/splits.json",
           "captioning.0.predictions={out}/narrate", "captioning.0.references={out}/narrations",
-          "captioning.1.predictions={out}/captions", "captioning.1.references={out}/narrations",
+          "captioning.1.predictions={out}/narrate_vlm", "captioning.1.references={out}/narrations",
+          "captioning.2.predictions={out}/captions", "captioning.2.references={out}/narrations",
           "mcq.qa={out}/qa", "mcq.model={out}/dual_encoder", "mcq.video_features={out}/video_features",
           "mcq.text_features={out}/text_features", "gap.captions={out}/captions"]),
 ]
@@ -84,8 +85,8 @@ def eval_without_skipped(config: Any, skip: tuple[str, ...]) -> Any:
     update: dict[str, Any] = {}
     if "qa" in skip:
         update["mcq"] = None
-    gone = {"narrations": "narrate", "summaries": "captions"}
-    update["captioning"] = [c for c in config.captioning if gone[c.kind] not in skip]
+    # a captioning entry reads the output of the step whose output folder it names
+    update["captioning"] = [c for c in config.captioning if storage.basename(c.predictions) not in skip]
     if config.gap and "captions" in skip:
         update["gap"] = config.gap.model_copy(update={"sources": [s for s in config.gap.sources if s != "captions"],
                                                       "captions": None})
