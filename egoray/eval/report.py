@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -205,7 +204,3 @@ def write_report(run_dir: str, out: str | None = None) -> str:
     out = out or storage.join(run_dir.rstrip("/"), "report.html")
     storage.write_bytes(out, build_report(run_dir).encode("utf-8"))
     return out
-
-
-def metrics_json(metrics: dict[str, Any]) -> str:
-    return json.dumps(metrics, indent=2, sort_keys=False)

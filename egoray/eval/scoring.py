@@ -31,10 +31,7 @@ def read_texts(url: str) -> dict[str, list[str]]:
         if isinstance(data, dict):
             pairs = list(data.items())
         elif isinstance(data, list) and all(isinstance(r, dict) for r in data):
-            try:
-                pairs = [(r.get("id", r.get("image_id")), r.get("text", r.get("caption"))) for r in data]
-            except AttributeError:
-                pairs = []
+            pairs = [(r.get("id", r.get("image_id")), r.get("text", r.get("caption"))) for r in data]
             if any(k is None or v is None for k, v in pairs):
                 raise InputError(f"{url}: list records need an id (or image_id) and a text (or caption)")
         else:

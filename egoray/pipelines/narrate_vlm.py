@@ -49,8 +49,12 @@ def _read_table(url: str) -> pa.Table:
 
 
 def _with_paths(rows: list[dict], videos: str | None, what: str) -> list[dict]:
-    if rows and "path" in rows[0] and rows[0]["path"]:
-        return rows
+    """Each row's video file: its ``path`` (relative ones from the table's folder), or
+    ``<videos>/<video_uid>.<ext>``."""
+    if rows and rows[0].get("path"):
+        base = what.rsplit("/", 1)[0] if what.endswith(".parquet") else what
+        return [{**r, "path": r["path"] if ("://" in r["path"] or r["path"].startswith("/"))
+                 else storage.join(base, r["path"])} for r in rows]
     if not videos:
         raise InputError(f"{what}: has no path column; set `videos` to the folder holding <video_uid>.<ext>")
     paths = _video_paths(videos)
