@@ -2,8 +2,9 @@
 
 ``relevant[i]`` holds the candidates that count as correct for query i: one index for
 instance retrieval, or a boolean row when several candidates are right (same caption, same
-verb and noun). Ranks are computed without sorting; mAP and nDCG sort query chunks with torch
-(multi-threaded), so a 10k x 10k matrix never holds more than a chunk of sorted rows.
+verb and noun). Recall ranks are counted without sorting. mAP counts each relevant item's rank
+directly and nDCG selects only each row's top K with torch (multi-threaded), in query chunks,
+so a 10k x 10k matrix is never sorted whole.
 
 Ties are always broken against the model: a wrong (or less relevant) candidate that scores the
 same as a right one ranks above it, so a constant similarity matrix earns no credit.
@@ -105,7 +106,7 @@ def mean_average_precision(sim: np.ndarray, rel: np.ndarray, reduce: bool = True
         s_hit = s.gather(1, j[:, None])
         # ranked above a hit: a higher score; or the same score and less relevant (ties go against
         # the model), or as relevant and an earlier column
-        above = (s > s_hit) | ((s == s_hit) & ((r < 1) | (columns[None, :] < j[:, None])))
+        above = (s > s_hit) | ((s == s_hit) & ((r < 1) | ((r == 1) & (columns[None, :] < j[:, None]))))
         position = above.sum(dim=1, dtype=torch.float64) + 1
         found = (above * r).sum(dim=1, dtype=torch.float64) + 1.0
         np.add.at(total, q.numpy(), (found / position).numpy())

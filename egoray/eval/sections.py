@@ -73,9 +73,9 @@ class ZeroShotSection(StrictModel):
 class CaptioningSection(StrictModel):
     """Generated text against human references (COCO caption metrics)."""
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="names the section (and its files)")
     kind: Literal["narrations", "summaries"] = Field(
-        description="narrations: a narrate output vs the narrations inside each window; "
+        description="narrations: a narrate output (its first caption per window) vs the narrations inside each window; "
                     "summaries: a captions output vs each video's summaries")
     predictions: Url
     references: Url = Field(description="an ingest output")
@@ -231,7 +231,7 @@ def zeroshot(cfg: ZeroShotSection) -> SectionResult:
 
         model = load_dual_encoder(cfg.model)
         if model.config.text_dim != dim:
-            raise InputError(f"{cfg.class_prompts}: prompts are {dim}-d but the model's text head takes "
+            raise InputError(f"{cfg.class_prompts or cfg.classes}: prompts are {dim}-d but the model's text head takes "
                              f"{model.config.text_dim}-d; embed the classes with the encoder the model trained on")
         prompts = _encode(model, text=prompts.reshape(-1, dim)).reshape(n_cls, n_tpl, -1)
     classes = class_embeddings(prompts.reshape(n_cls * n_tpl, -1), n_cls)

@@ -80,16 +80,21 @@ STEPS: list[Step] = [
           "mcq.text_features={out}/text_features", "gap.captions={out}/captions"]),
 ]
 
+
 def eval_without_skipped(config: Any, skip: tuple[str, ...]) -> Any:
     """The demo's eval config less the parts that read the output of a skipped step."""
     update: dict[str, Any] = {}
     if "qa" in skip:
         update["mcq"] = None
+    if "train_dual_encoder" in skip:  # retrieval, zero-shot, MCQ and the dual-encoder gap need the model
+        update.update(retrieval=None, zeroshot=None, mcq=None)
     # a captioning entry reads the output of the step whose output folder it names
     update["captioning"] = [c for c in config.captioning if storage.basename(c.predictions) not in skip]
-    if config.gap and "captions" in skip:
-        update["gap"] = config.gap.model_copy(update={"sources": [s for s in config.gap.sources if s != "captions"],
-                                                      "captions": None})
+    if config.gap:
+        sources = [s for s in config.gap.sources if not (s == "captions" and "captions" in skip)
+                   and not (s == "dual_encoder" and "train_dual_encoder" in skip)]
+        update["gap"] = config.gap.model_copy(update={"sources": sources, "captions": config.gap.captions
+                                                      if "captions" in sources else None}) if sources else None
     return config.model_copy(update=update)
 
 
@@ -114,6 +119,9 @@ def run_demo(out: str, videos: int = 8, seed: int = 0, skip: tuple[str, ...] = (
             config = load_config(str(config_dir() / step.config), overrides)
             if step.key == "eval":
                 config = eval_without_skipped(config, skip)
+                if not config.section_ids():
+                    print(f"[demo] {step.name}: nothing to evaluate without the skipped steps", flush=True)
+                    continue
             print(f"[demo] {step.name}: egoray run configs/{step.config} {' '.join(overrides)}", flush=True)
             manifests[step.name] = job_module(config.job).run(config, overwrite=True)
     finally:

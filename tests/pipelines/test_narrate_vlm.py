@@ -10,6 +10,7 @@ import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from egoray import storage
 from egoray.config import load_config
@@ -88,3 +89,34 @@ def test_vfr_videos_are_rejected_unless_reencoded_and_pool_text_is_cleaned(demo_
              if n["split"] == "train"]
     assert len(pool) == len(train) and all(p["path"] for p in pool)
     assert not any("#" in p["text"] for p in pool) and any(p["text"].startswith("The camera wearer") for p in pool)
+
+
+def test_a_folder_of_videos_gives_whole_video_or_dense_clips(demo_run, tmp_path):
+    """Folder input: one clip per readable video (its probed length), or dense tiles; bad files
+    keep their reason for the rejects."""
+    from egoray.pipelines.narrate_vlm import _tile, list_clips
+
+    out = demo_run[0]
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    good = sorted((out / "data" / "videos").glob("*.mp4"))[0]
+    (folder / good.name).write_bytes(good.read_bytes())
+    (folder / "broken.mp4").write_bytes(b"garbage" * 50)
+    write_vfr_video(folder / "vfr.mp4")
+    for mode, expect_windows in (("table", 1), ("dense", None)):
+        config = load_config(CONFIG, [f"input={folder}", "videos=null", f"output={tmp_path / mode}",
+                                      "video_splits=null", "vlm.in_context.k=0", "reencode_vfr=false",
+                                      f"windows.mode={mode}", "windows.length=4", "windows.stride=4"])
+        clips = list_clips(config)
+        assert sorted(c["video_uid"] for c in clips) == sorted(["broken", "vfr", good.stem])
+        assert all(c["t_start"] == 0.0 and c["t_end"] is None for c in clips)
+        usable, info = check_videos([c["path"] for c in clips], config)
+        assert info[str(folder / "broken.mp4")][0] == "unreadable"
+        assert info[str(folder / "vfr.mp4")][0] == "variable_frame_rate"
+        tiled = [c for c in _tile(clips, info, config) if c["video_uid"] == good.stem]
+        duration = info[str(folder / good.name)][2]
+        if expect_windows == 1:
+            assert len(tiled) == 1 and tiled[0]["t_end"] == pytest.approx(duration)
+        else:
+            assert len(tiled) == int(duration // 4) and all(c["t_end"] - c["t_start"] == pytest.approx(4) for c in tiled)
+            assert len({c["window_id"] for c in tiled}) == len(tiled)
