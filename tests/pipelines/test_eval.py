@@ -104,3 +104,21 @@ def test_summaries_against_each_videos_human_summaries(tmp_path):
     assert result.counts == {"in": 3, "out": 2, "rejected": 1}
     assert [(r["record_id"], r["reason"]) for r in result.rejects] == [("v3", "no_reference")]
     assert result.metrics["items"] == 2 and 0 < result.metrics["BLEU-1"] < 1 and result.metrics["ROUGE-L"] > 0.5
+
+
+def test_zeroshot_multilabel_clips_report_map(demo_run, tmp_path):
+    """Clips labelled with a list of classes (Charades-Ego style) get mAP; unknown labels are rejected."""
+    out = demo_run[0]
+    clips = storage.read_parquet(str(out / "data" / "clips.parquet")).to_pylist()
+    rows = [{"video_uid": c["video_uid"], "t_start": c["t_start"], "t_end": c["t_end"],
+             "label": [c["label"], clips[(i + 1) % len(clips)]["label"]]} for i, c in enumerate(clips[:12])]
+    rows.append({**rows[0], "label": ["juggle plates"]})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "clips.parquet")
+    result = sections.zeroshot(sections.ZeroShotSection(
+        classes=str(out / "data" / "labels.txt"), text_features=str(out / "text_features"),
+        model=str(out / "dual_encoder"), clips=str(tmp_path / "clips.parquet"),
+        video_features=str(out / "video_features")))
+    assert result.counts == {"in": 13, "out": 12, "rejected": 1}
+    assert result.rejects[0]["reason"] == "unknown_label"
+    m = result.metrics
+    assert 0 < m["mAP"] <= 1 and 0 < m["chance_mAP"] < 1 and "top1" not in m
