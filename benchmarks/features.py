@@ -73,7 +73,7 @@ def bench_frames(work: Path, videos: int, size: int, fps: int, gop: int | None) 
     our_frames = 0
     for p in paths:
         info = probe(str(p))
-        for _, frame in iter_frames(str(p), sample_times(0.0, info.duration, rate=1.0)):
+        for _, _frame in iter_frames(str(p), sample_times(0.0, info.duration, rate=1.0)):
             our_frames += 1
     ours_s = time.perf_counter() - t0
     _save(f"frames-gop{gop or 250}", {"videos": len(paths), "size": size, "fps": fps, "gop": gop or 250,
@@ -161,13 +161,12 @@ def _plain(src: str, model_dir: str) -> None:
 def _ray(src: str, out: str) -> None:
     import ray
 
-    from egoray.config import validate_config
-    from egoray.pipelines import text_features
+    from egoray.pipelines import text_features, validate_config
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     config = validate_config({"job": "text_features", "input": src, "output": out,
                               "encoder": {"model": "tiny:sentence-base"}, "batch_size": 64,
-                              "num_actors": os.cpu_count(), "num_shards": 4, "shards_per_wave": 4})
+                              "num_actors": os.cpu_count(), "cpus_per_actor": 0.5})
     t0 = time.perf_counter()
     manifest = text_features.run(config, overwrite=True)
     assert manifest["stages"]["encode"]["out"] == manifest["stages"]["encode"]["in"]

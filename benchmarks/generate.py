@@ -39,7 +39,7 @@ def make_narrations(work: Path, n: int) -> Path:
     from egoray.data.ego4d import read_narration_json
     from egoray.data.narrations import CleanOptions, build_narrations
     from egoray.data.synth import synthesize
-    from egoray.runtime import StageTimer
+    from egoray.stages.base import StageTimer
 
     target = work / f"narrations-{n}.parquet"
     if target.exists():

@@ -69,9 +69,8 @@ def warm_run(narration_json: str, out: str, shards: int) -> None:
     the workers' first imports excluded): a small warm-up job first, then the timed one."""
     import ray
 
-    from egoray.config import validate_config
     from egoray.data.synth import synthesize
-    from egoray.pipelines import ingest
+    from egoray.pipelines import ingest, validate_config
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     synthesize(out + "-warmup-data", videos=20, seed=1, with_videos=False)

@@ -3,7 +3,7 @@ EILEV sample script's way, one clip at a time.
 
 Reference (EILEV `samples/eilev_generate_action_narration.py`): per clip, decode the frames of the
 query and of each example video, run the processor and the model on that one prompt, generate.
-Ours (`VLMNarrateActor`, what the Ray Data stage runs): decoded clips stay in a small LRU cache
+Ours (`VLMStage`, what the Ray Data actors run): decoded clips stay in a small LRU cache
 (examples recur across queries), a batch encodes all its clips' frames in one vision pass and
 generates for the whole batch at once; the cache starts empty. Both run in this process on the same clips and examples, without Ray (the stage adds only
 Ray Data's scheduling), greedy decoding, the same number of new tokens.
@@ -25,9 +25,16 @@ import torch
 
 from egoray import storage
 from egoray.data.synth import synthesize
-from egoray.models.vlm import VLMOptions, choose_examples, clip_prompts, embed_prompt, generate, pixel_values, \
-    prompt_segments
-from egoray.pipelines.narrate_vlm import VLMNarrateActor
+from egoray.models.vlm import (
+    VLMOptions,
+    choose_examples,
+    clip_prompts,
+    embed_prompt,
+    generate,
+    pixel_values,
+    prompt_segments,
+)
+from egoray.stages.vlm import VLMStage
 
 HERE = Path(__file__).resolve().parent
 
@@ -45,7 +52,7 @@ def make_clips(root: Path, videos: int) -> list[dict]:
     return rows
 
 
-def reference(actor: VLMNarrateActor, rows: list[dict]) -> list[str]:
+def reference(actor: VLMStage, rows: list[dict]) -> list[str]:
     """One clip at a time, every clip's frames decoded for each use, as the sample script does."""
     o, out = actor.options, []
     for r in rows:
@@ -57,7 +64,7 @@ def reference(actor: VLMNarrateActor, rows: list[dict]) -> list[str]:
             visual = clip_prompts(actor.vlm.model, pixel_values(actor.vlm, frames))
         segments = prompt_segments(o.question, o.answer_prefix, [e["text"] for e in examples])
         prompt = embed_prompt(actor.vlm, segments, visual[:-1], visual[-1])
-        out.append(generate(actor.vlm, o, [prompt], seed=0)[0][0][0])
+        out.append(generate(actor.vlm, o, [prompt])[0][0][0])
     return out
 
 
@@ -69,7 +76,8 @@ def main() -> None:
     options = VLMOptions(model="tiny:blip2", num_frames=8, n=1, do_sample=False, max_new_tokens=12)
     with tempfile.TemporaryDirectory() as tmp:
         rows = make_clips(Path(tmp), args.videos)
-        actor = VLMNarrateActor(options.model_dump(), threads=torch.get_num_threads(), gpu=False)
+        actor = VLMStage(options)
+        actor.setup()
         reference(actor, rows[:2])  # warm-up both paths
         actor(pa.Table.from_pylist(rows[:2]))
         t0 = time.perf_counter()

@@ -9,9 +9,9 @@ same loss, same optimizer, one process on the CPU, batch 128.
 reference (seed 001): a ``torch.utils.data.Dataset`` whose ``__getitem__`` slices the video's
     features out of one HDF5 file (``h5py``), ``torch.load``s the narration's embedding file and
     mean-pools the window; a ``DataLoader`` with 2 worker processes (one per core).
-ours: ``load_bank`` reads the ``video_features`` output once, ``FeatureBank.pool`` pools every
-    window with one cumulative sum, text embeddings come from one table; batches are index
-    slices (``epoch_batches``) — the loop the Ray Train workers run.
+ours: each video's features are read once (``FeatureStore``) and ``pool`` pools every
+    window of that video with one cumulative sum (what the pair-building pass does per video),
+    text embeddings come from one table; batches are slices of a shuffled order.
 
 Reported: examples/s of each over the same number of epochs (steady state), our one-time load
 and pooling, both ratios, and the data path alone (batches produced, no model) on each side.
@@ -108,7 +108,7 @@ class ReferenceDataset:
 def _model_and_opt(seed: int = 0):
     import torch
 
-    from egoray.train.dual_encoder import DualEncoder, DualEncoderConfig
+    from egoray.models.dual_encoder import DualEncoder, DualEncoderConfig
 
     torch.manual_seed(seed)
     # seed 001's ClipModel: FEATURE_DIM = 1536 for hidden and output of both heads
@@ -117,7 +117,7 @@ def _model_and_opt(seed: int = 0):
 
 
 def _step(model, opt, video, text) -> float:
-    from egoray.train.dual_encoder import contrastive_loss
+    from egoray.models.dual_encoder import contrastive_loss
 
     ve, te, scale, _ = model(video, text)
     loss = contrastive_loss(ve, te, scale)
@@ -149,22 +149,29 @@ def run_reference(root: Path, epochs: int, batch: int, workers: int, train: bool
 def run_ours(root: Path, inputs: dict, epochs: int, batch: int, train: bool = True) -> dict:
     import torch
 
-    from egoray.train.bank import load_bank
-    from egoray.train.distributed import epoch_batches
+    from egoray.features.windows import FeatureStore, pool
 
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    bank = load_bank(str(root / "ours"))
+    # what the pair-building pass does per video (here in one process): read the video's features
+    # once, pool all its windows at once
+    store = FeatureStore(str(root / "ours"))
     meta = inputs["meta"]
-    rows = bank.index_of([m["uid"] for m in meta])
-    ts = np.array([m["ts"] for m in meta])
-    video = torch.from_numpy(bank.pool(rows, ts - OFFSET, ts + OFFSET))
+    by_video: dict[str, list[int]] = {}
+    for i, m in enumerate(meta):
+        by_video.setdefault(m["uid"], []).append(i)
+    pooled = np.zeros((len(meta), VIDEO_DIM), np.float32)
+    for uid, items in by_video.items():
+        ts = np.array([meta[i]["ts"] for i in items])
+        pooled[items] = pool(store.get(uid), ts - OFFSET, ts + OFFSET)
+    video = torch.from_numpy(pooled)
     text = torch.from_numpy(inputs["text"])
     setup = time.perf_counter() - t0
     model, opt = _model_and_opt()
     seen, t0 = 0, time.perf_counter()
     for epoch in range(1, epochs + 1):
-        for idx in epoch_batches(len(meta), batch, 0, 1, 0, epoch):
+        perm = np.random.default_rng(epoch).permutation(len(meta))
+        for idx in (perm[s:s + batch] for s in range(0, len(meta) - batch + 1, batch)):
             i = torch.from_numpy(idx)
             v, t = video[i], text[i]
             if train:
@@ -207,8 +214,8 @@ def bench_narrator(args: argparse.Namespace) -> None:
     import torch
     import transformers
 
+    from egoray.models.narrator import Narrator, NarratorConfig
     from egoray.models.tiny import resolve_model
-    from egoray.train.narrator import Narrator, NarratorConfig
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -17,11 +16,9 @@ class UsageError(Exception):
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run (or resume) the job a config describes."""
-    from egoray.config import load_config
-    from egoray.pipelines import job_module
+    from egoray.pipelines import job_module, load_config
 
     config = load_config(args.config, args.overrides)
-    os.environ["EGORAY_JOB"] = config.job  # names the job in metrics that workers record
     if args.dry_run:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
@@ -202,11 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from egoray.config import ConfigError
     from egoray.data.raw import InputError
     from egoray.runtime import OutputConflict
+    from egoray.settings import apply_driver_defaults
     from egoray.storage import StorageError
     from egoray.submit import SubmitError
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # before anything imports ray
+    apply_driver_defaults()  # before anything imports ray
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may come after options (`run cfg.yaml --overwrite a=1`): argparse leaves them over.
@@ -219,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as e:
         print(f"egoray: config error: {e}", file=sys.stderr)
         return 2
-    except (InputError, StorageError, OutputConflict, SubmitError, ValueError) as e:
+    except (InputError, StorageError, OutputConflict, SubmitError) as e:
         print(f"egoray: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

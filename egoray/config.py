@@ -126,30 +126,6 @@ def read_yaml(url: str) -> dict[str, Any]:
     return data
 
 
-def load_config(url: str, overrides: list[str] | None = None) -> JobConfig:
-    """Read a YAML job config, apply overrides and validate it against its job's model."""
-    data = apply_overrides(read_yaml(url), list(overrides or []))
-    return validate_config(data, source=url)
-
-
-def validate_config(data: dict[str, Any], source: str = "<config>") -> JobConfig:
-    from egoray.pipelines import config_class, job_names
-
-    job = data.get("job")
-    if not job:
-        raise ConfigError(f"{source}: key 'job' is missing (one of: {', '.join(job_names())})")
-    try:
-        model = config_class(job)
-    except KeyError:
-        raise ConfigError(
-            f"{source}: key 'job': unknown job {job!r} (one of: {', '.join(job_names())})"
-        ) from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"{source}: " + describe_errors(e)) from None
-
-
 def describe_errors(e: ValidationError) -> str:
     """One line per problem, each naming the dotted key."""
     lines = []

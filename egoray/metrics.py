@@ -56,13 +56,14 @@ def add_async(job: str, units: Mapping[str, float]) -> None:
         if _actor is None:
             _actor = _metrics_actor()
         _actor.add.remote(job, {}, dict(units))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         log.warning("egoray metrics not recorded: %s", e)
 
 
 def job_for_metrics() -> str | None:
-    """The job whose counters workers should add to: set by ``egoray run`` on a cluster only."""
-    return os.environ.get("EGORAY_JOB") if os.environ.get("RAY_ADDRESS") else None
+    """The job whose counters a worker adds to: in its runtime env only when the job joined a
+    cluster (:func:`egoray.runtime.ensure_ray`)."""
+    return os.environ.get("EGORAY_JOB") or None
 
 
 def record(job: str, stages: Mapping[str, Mapping[str, Any]], units: Mapping[str, float] | None = None) -> None:
@@ -74,5 +75,5 @@ def record(job: str, stages: Mapping[str, Mapping[str, Any]], units: Mapping[str
         if not ray.is_initialized() or not os.environ.get("RAY_ADDRESS"):
             return
         ray.get(_metrics_actor().add.remote(job, {k: dict(v) for k, v in stages.items()}, dict(units or {})), timeout=60)
-    except Exception as e:  # noqa: BLE001 - metrics must never fail a job
+    except Exception as e:
         log.warning("egoray metrics not recorded: %s", e)

@@ -1,14 +1,17 @@
-"""Runtime: reach Ray, keep the shard ledger, write the run manifest.
+"""Runtime: reach Ray, claim an output directory, keep the run manifest (and the shard ledger).
 
-A job splits its work into deterministic shards. A shard's tables are written under their final
-names (each write atomic, see :mod:`egoray.storage`) and then a marker ``_shards/<id>.json`` is
-written last, holding that shard's per-stage counts and timings. A restarted job skips shards
-whose marker exists and rewrites the others in full, so a run killed at any moment and started
-again ends with exactly the output of an uninterrupted run.
+Streaming jobs (:mod:`egoray.executor`) resume through Ray Data's checkpointing; what stays here
+is what every job shares: the output claim (a different config into the same output is refused,
+``--overwrite`` only clears egoray outputs), ``run.json``, and Ray start-up. The
+:class:`ShardLedger` remains for the jobs whose unit of work is not a row of a Ray Dataset:
+ingest (one Ray task per video bucket, reading every input file) and eval (one marker per section).
+A ledger shard's tables are written first and its marker ``_shards/<id>.json`` last, so a
+restarted job skips shards with a marker and rewrites the others in full.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import sys
@@ -23,9 +26,11 @@ import pyarrow as pa
 
 from egoray import storage
 from egoray.config import JobConfig, RayOptions
+from egoray.settings import Settings, apply_driver_defaults
+from egoray.stages.base import StageCounts
 
 SHARDS_DIR = "_shards"
-PLAN_FILE = "_plan.json"
+JOB_FILE = "_job.json"
 MANIFEST_FILE = "run.json"
 
 PACKAGES = ("egoray", "ray", "pyarrow", "numpy", "pydantic", "h5py", "av", "fsspec", "s3fs", "msgspec", "torch",
@@ -33,88 +38,103 @@ PACKAGES = ("egoray", "ray", "pyarrow", "numpy", "pydantic", "h5py", "av", "fssp
 
 
 class OutputConflict(RuntimeError):
-    """The output directory holds a run of a different config."""
+    """The output directory holds a run of a different config, or is not an egoray output."""
 
 
-def ensure_ray(options: RayOptions | None = None, dashboard: bool = False) -> bool:
-    """Connect to ``RAY_ADDRESS`` if set, else start a local Ray sized to this machine.
+def ensure_ray(options: RayOptions | None = None, dashboard: bool = False, job: str | None = None) -> bool:
+    """Join the cluster at ``RAY_ADDRESS`` if set, else start egoray's own local Ray.
 
-    Returns True when this call started (and so should later shut down) Ray.
+    Without ``RAY_ADDRESS`` a new local instance is always started (``address="local"``), never
+    a ``ray start`` head that happens to run on this machine (or the stale address file a killed
+    one leaves behind). Either way every worker gets :class:`egoray.settings.Settings` through
+    the runtime env. Returns True when this call started (and so should later shut down) Ray.
     """
-    _quiet_ray_defaults()
+    apply_driver_defaults()
     import ray
 
     if ray.is_initialized():
         return False
     options = options or RayOptions()
     address = os.environ.get("RAY_ADDRESS")
+    # the job name goes to workers only on a cluster, where they add to its metrics
+    runtime_env = Settings.from_environ(job=job if address else None).runtime_env()
     if address:
-        ray.init(address=address, log_to_driver=True)
+        # a driver submitted through the Jobs API already runs in the job's runtime env (which
+        # `egoray submit` built from the same settings); Ray refuses a second one
+        submitted = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+        ray.init(address=address, runtime_env=None if submitted else runtime_env, log_to_driver=True)
     else:
         ray.init(
+            address="local",
             num_cpus=options.num_cpus or os.cpu_count() or 1,
             object_store_memory=options.object_store_mb * 2**20 if options.object_store_mb else None,
             include_dashboard=options.dashboard if options.dashboard is not None else dashboard,
+            runtime_env=runtime_env,
             log_to_driver=True,
         )
     return True
 
 
-def _quiet_ray_defaults() -> None:
-    """Environment defaults for a local Ray (a user's own setting wins).
+def input_signatures(urls: Iterable[str]) -> dict[str, str]:
+    """Size/modification stamp of each input file (of every Parquet file under a directory)."""
+    out: dict[str, str] = {}
+    for url in urls:
+        files = storage.listdir(url, ".parquet") if _is_dir(url) else [url]
+        for f in files:
+            out[f] = storage.signature(f)
+    return out
 
-    Ray's ``uv run`` hook would copy the working directory into a fresh environment for every
-    worker: slow, and relative paths would point elsewhere. Our workers use the driver's Python.
+
+def _is_dir(url: str) -> bool:
+    fs, path = storage.filesystem(url)
+    try:
+        return bool(fs.isdir(path))
+    except Exception:
+        return False
+
+
+def is_egoray_output(url: str) -> bool:
+    return storage.exists(storage.join(url, JOB_FILE)) or storage.exists(storage.join(url, MANIFEST_FILE)) \
+        or storage.exists(storage.join(url, SHARDS_DIR))
+
+
+def claim_output(config: JobConfig, overwrite: bool = False, inputs: Mapping[str, str] | None = None) -> bool:
+    """Make ``config.output`` this job's: returns True when it resumes an earlier run.
+
+    A different config, or inputs (``{url: signature}``) that changed since the earlier run, are
+    refused: rows already written came from them. ``overwrite`` clears the directory first, but
+    only an egoray output (or an empty directory): a mistyped ``output`` must not delete a
+    user's data. Half-written temporaries of a killed run are removed.
     """
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-
-
-@dataclass
-class StageCounts:
-    """What one stage saw: ``n_in == n_out + rejected`` always holds for a finished stage."""
-
-    n_in: int = 0
-    n_out: int = 0
-    rejected: int = 0
-    seconds: float = 0.0
-
-    def add(self, other: StageCounts) -> None:
-        self.n_in += other.n_in
-        self.n_out += other.n_out
-        self.rejected += other.rejected
-        self.seconds += other.seconds
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"in": self.n_in, "out": self.n_out, "rejected": self.rejected, "seconds": round(self.seconds, 4)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StageCounts:
-        return cls(int(d["in"]), int(d["out"]), int(d["rejected"]), float(d.get("seconds", 0.0)))
-
-
-class StageTimer:
-    """Collects per-stage counts inside one shard: ``with timer.stage("x") as c: c.n_in = ...``."""
-
-    def __init__(self) -> None:
-        self.stages: dict[str, StageCounts] = {}
-
-    class _Ctx:
-        def __init__(self, counts: StageCounts) -> None:
-            self.counts = counts
-
-        def __enter__(self) -> StageCounts:
-            self.t0 = time.perf_counter()
-            return self.counts
-
-        def __exit__(self, *exc: object) -> None:
-            self.counts.seconds += time.perf_counter() - self.t0
-
-    def stage(self, name: str) -> StageTimer._Ctx:
-        return self._Ctx(self.stages.setdefault(name, StageCounts()))
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {k: v.to_dict() for k, v in self.stages.items()}
+    output = config.output
+    job_url = storage.join(output, JOB_FILE)
+    inputs = dict(inputs or {})
+    if overwrite and storage.exists(output):
+        if storage.listdir(output) + storage.listdirs(output) and not is_egoray_output(output):
+            raise OutputConflict(f"{output} is not empty and holds no egoray output; refusing to delete it "
+                                 "(pick an empty or new output directory)")
+        storage.remove(output, recursive=True)
+    resumed = False
+    if storage.exists(job_url):
+        plan = storage.read_json(job_url)
+        if plan.get("fingerprint") != config.fingerprint():
+            raise OutputConflict(f"{output} holds the output of a different config (fingerprint "
+                                 f"{plan.get('fingerprint')} vs {config.fingerprint()}); pick another output "
+                                 "or re-run with --overwrite")
+        before = plan.get("inputs", {})
+        changed = sorted(u for u in set(before) | set(inputs) if before.get(u) != inputs.get(u))
+        if changed:
+            raise OutputConflict(f"{output} was written from an earlier version of {', '.join(changed[:3])}"
+                                 f"{' and more' if len(changed) > 3 else ''}; pick another output or re-run "
+                                 "with --overwrite")
+        resumed = True
+    elif storage.exists(output) and storage.listdir(output) + storage.listdirs(output) \
+            and not is_egoray_output(output):
+        raise OutputConflict(f"{output} is not empty and holds no egoray output; pick an empty or new directory")
+    storage.makedirs(output)
+    storage.remove_temporaries(output)
+    storage.write_json(job_url, {"job": config.job, "fingerprint": config.fingerprint(), "inputs": inputs})
+    return resumed
 
 
 class ShardLedger:
@@ -141,41 +161,17 @@ class ShardLedger:
         inputs: list[str] | None = None,
         items: Iterable[str] | None = None,
     ) -> None:
-        """Record the plan, refusing to mix outputs of different configs or changed inputs.
+        """Claim the output (:func:`claim_output`) and record the plan.
 
-        ``inputs`` are input file URLs whose size/modification stamp must not change between a
-        run and its resumption (shards already written came from the old file); ``items`` are the
-        ids of the work items (videos, texts, groups), whose set must not change either.
+        ``inputs`` are input URLs whose size/modification stamp must not change between a run and
+        its resumption (shards already written came from the old files); ``items`` are the ids of
+        the work items, whose set must not change either.
         """
-        plan_url = storage.join(self.shards_url, PLAN_FILE)
-        signatures = {u: storage.signature(u) for u in inputs or []}
+        signatures = input_signatures(inputs or [])
         if items is not None:
-            import hashlib
-
-            signatures["<items>"] = hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
-        if overwrite:
-            storage.remove(self.output, recursive=True)
-        elif storage.exists(plan_url):
-            plan = storage.read_json(plan_url)
-            if plan.get("fingerprint") != config.fingerprint():
-                raise OutputConflict(
-                    f"{self.output} holds the output of a different config "
-                    f"(fingerprint {plan.get('fingerprint')} vs {config.fingerprint()}); "
-                    "pick another output or re-run with --overwrite"
-                )
-            changed = [u for u, sig in signatures.items() if plan.get("inputs", {}).get(u) != sig]
-            if changed:
-                what = ", ".join("the set of input items" if u == "<items>" else u for u in changed)
-                raise OutputConflict(
-                    f"{self.output} was written from an earlier version of {what}; "
-                    "pick another output or re-run with --overwrite"
-                )
-        storage.makedirs(self.output)
-        storage.remove_temporaries(self.output)
-        storage.write_json(
-            plan_url,
-            {"job": config.job, "fingerprint": config.fingerprint(), "inputs": signatures, "shards": shard_ids},
-        )
+            signatures["<the set of input items>"] = hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
+        claim_output(config, overwrite, signatures)
+        storage.write_json(storage.join(self.shards_url, "_plan.json"), {"shards": shard_ids})
 
     def completed(self) -> dict[str, dict[str, Any]]:
         """Markers of the complete shards, keyed by shard id."""
@@ -293,28 +289,11 @@ def wait_all(refs: list, desc: str, unit: str = "shard") -> list:
     return [results[i] for i in range(len(refs))]
 
 
-def waves(shard_ids: list[str], done: Iterable[str], per_wave: int) -> list[list[str]]:
-    """The shards still to do, in order, cut into waves of ``per_wave`` (processed together)."""
-    finished = set(done)
-    todo = [s for s in shard_ids if s not in finished]
-    return [todo[i:i + per_wave] for i in range(0, len(todo), per_wave)]
-
-
-def assign_shards(items: list[dict[str, Any]], key: str, num_shards: int) -> tuple[list[str], dict[str, list]]:
-    """Shard ids ``0000..`` and the items of each, by CRC-32 of ``item[key]`` (deterministic)."""
-    shard_ids = [f"{b:04d}" for b in range(num_shards)]
-    by_shard: dict[str, list] = {s: [] for s in shard_ids}
-    for item, b in zip(items, bucket_of([str(i[key]) for i in items], num_shards), strict=True):
-        by_shard[shard_ids[b]].append(item)
-    return shard_ids, by_shard
-
-
-def finish(config: JobConfig, ledger: ShardLedger, shard_ids: list[str], done_before: Mapping[str, Any],
+def finish(manifest: RunManifest, ledger: ShardLedger, shard_ids: list[str], done_before: Mapping[str, Any],
            wall0: float, tables: Iterable[str], extra: Mapping[str, Any] | None = None) -> RunManifest:
-    """Build the manifest of a sharded job from all markers (status, counts, shards, timings)."""
+    """Complete the manifest of a sharded job (started when the job started) from all markers."""
     markers = ledger.completed()
     missing = sorted(set(shard_ids) - set(markers))
-    manifest = RunManifest.start(config)
     manifest.add_stages(markers[s] for s in shard_ids if s in markers)
     manifest.shards = {"total": len(shard_ids), "completed": len(markers), "resumed": len(done_before),
                        "written_now": len(shard_ids) - len(done_before) - len(missing), "missing": missing}
@@ -323,32 +302,18 @@ def finish(config: JobConfig, ledger: ShardLedger, shard_ids: list[str], done_be
     manifest.extra["tables"] = {name: sum(m["rows"].get(name, 0) for m in markers.values()) for name in tables}
     manifest.extra.update(extra or {})
     manifest.status = "complete" if not missing else "incomplete"
-    record_metrics(config, markers, done_before)
+    record_metrics(manifest, markers, done_before)
     return manifest
 
 
-def record_metrics(config: JobConfig, markers: Mapping[str, Any], done_before: Mapping[str, Any]) -> None:
+def record_metrics(manifest: RunManifest, markers: Mapping[str, Any], done_before: Mapping[str, Any]) -> None:
     """Export what this run added (shards it committed) as Ray metrics (:mod:`egoray.metrics`)."""
     from egoray.metrics import record
 
     new = [m for s, m in markers.items() if s not in done_before]
-    this_run = RunManifest.start(config)
-    this_run.add_stages(new)
-    record(config.job, {k: v.to_dict() for k, v in this_run.stages.items()},
+    this_run: dict[str, StageCounts] = {}
+    for marker in new:
+        for name, counts in marker.get("stages", {}).items():
+            this_run.setdefault(name, StageCounts()).add(StageCounts.from_dict(counts))
+    record(manifest.job, {k: v.to_dict() for k, v in this_run.items()},
            {u: sum(m.get(u, 0) or 0 for m in new) for u in ("frames", "captions", "paraphrases")})
-
-
-def dataset_from_table(table: Any, batch_size: int, workers: int) -> Any:
-    """A Ray Dataset over an Arrow table, cut into enough blocks for ``workers`` actors to share.
-
-    ``ray.data.from_arrow(table)`` makes one block, and one block is processed by one actor:
-    the rest of the pool would sit idle.
-    """
-    import math
-
-    import ray
-
-    n = table.num_rows
-    blocks = max(1, min(math.ceil(n / max(1, batch_size)), workers * 4))
-    step = math.ceil(n / blocks) if n else 1
-    return ray.data.from_arrow([table.slice(i, step) for i in range(0, max(n, 1), step)])

@@ -55,6 +55,20 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(url))
 
 
+def arrow_filesystem(url: str) -> tuple[Any, str]:
+    """A pyarrow filesystem for ``url`` and the path inside it, for Ray Data readers and writers.
+
+    S3 goes through the same s3fs settings as everything else here (endpoint, no listing cache),
+    so Ray Data sees exactly the objects our own reads and writes see.
+    """
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(url)
+    if not is_remote(url):
+        return pafs.LocalFileSystem(), path
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
 def absolute(url: str) -> str:
     """A local path made absolute (workers may run in another directory); URLs unchanged."""
     if "://" in url and not url.startswith("file://"):
@@ -181,6 +195,17 @@ def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
         return pa.concat_tables(tables, promote_options="default")
     with _call(url, fs.open, path, "rb") as f:
         return pq.read_table(f, columns=columns)
+
+
+def parquet_schema(url: str) -> pa.Schema:
+    """The schema of a Parquet file or of a folder's first file: metadata only, no rows."""
+    fs, path = filesystem(url)
+    files = listdir(url, ".parquet") if _call(url, fs.isdir, path) else [url]
+    if not files:
+        raise StorageError(f"{url}: no .parquet files")
+    fs, path = filesystem(files[0])
+    with _call(files[0], fs.open, path, "rb") as f:
+        return pq.read_schema(f)
 
 
 def write_hdf5_shard(

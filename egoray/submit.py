@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from egoray.config import load_config
+from egoray.pipelines import load_config
+from egoray.settings import Settings
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # `ray dashboard cluster.yaml` forwards the head's dashboard here
 EXCLUDES = ["/.venv", "/.git", "/out", "/data", "/egoray-demo", "/benchmarks/_work", "__pycache__", "*.h5", "*.mp4"]  # gitignore syntax: "/x" = top level only
@@ -51,7 +52,7 @@ def client(address: str | None = None) -> Any:
 
     try:
         return JobSubmissionClient(address)
-    except Exception as e:  # noqa: BLE001 - turned into one clear line
+    except Exception as e:
         raise _explain(e, address) from None
 
 
@@ -78,7 +79,7 @@ def _call(address: str | None, fn: str, *args: Any, **kwargs: Any) -> Any:
     c = client(address)
     try:
         return getattr(c, fn)(*args, **kwargs)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _explain(e, getattr(c, "_address", address or DEFAULT_ADDRESS)) from None
 
 
@@ -94,8 +95,8 @@ def submit(config_path: str, overrides: list[str], address: str | None = None,
         raise SubmitError(f"{config_path} is outside the working directory {root}, which is what the cluster "
                           "receives; put the config inside it") from None
     entrypoint = " ".join(shlex.quote(x) for x in ["python", f"jobs/{config.job}.py", str(relative), *overrides])
-    env_vars = {k: v for k, v in os.environ.items()
-                if k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "EGORAY_CACHE")}
+    # the job's driver and workers get the same settings as every egoray run (never credentials)
+    env_vars = Settings.from_environ(job=config.job).worker_env()
     runtime_env = {"working_dir": str(root), "excludes": EXCLUDES, "env_vars": env_vars}
     c = client(address)
     deadline = time.monotonic() + 90
@@ -103,7 +104,7 @@ def submit(config_path: str, overrides: list[str], address: str | None = None,
         try:
             return c.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id,
                                 metadata={"egoray_job": config.job, "config": str(relative)})
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             # a head that has just started answers before its job agent registers: wait for it
             if "No available agent" in str(e) and time.monotonic() < deadline:
                 time.sleep(2)
@@ -132,7 +133,7 @@ def logs(job_id: str, address: str | None = None, follow: bool = False) -> Any:
 
     try:
         asyncio.run(tail())
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _explain(e, address or DEFAULT_ADDRESS) from None
     return None
 

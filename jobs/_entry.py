@@ -17,7 +17,8 @@ def main(job: str, argv: list[str] | None = None) -> int:
     if root not in sys.path:
         sys.path.insert(0, root)
     from egoray.cli import main as cli_main
-    from egoray.config import ConfigError, load_config
+    from egoray.config import ConfigError
+    from egoray.pipelines import load_config
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:

@@ -100,8 +100,7 @@ def s3_server():
 @pytest.fixture(scope="session")
 def ingested_small(ray_session, synth_small, tmp_path_factory) -> Path:
     """The ingest output of ``synth_small`` (narrations of six videos)."""
-    from egoray.config import validate_config
-    from egoray.pipelines import ingest
+    from egoray.pipelines import ingest, validate_config
 
     out = tmp_path_factory.mktemp("ingested_small")
     config = validate_config({"job": "ingest", "input": str(synth_small / "narration.json"),

@@ -14,8 +14,7 @@ import pytest
 
 from egoray import storage
 from egoray.cli import main
-from egoray.config import validate_config
-from egoray.pipelines import ingest
+from egoray.pipelines import ingest, validate_config
 from tests.conftest import ROOT
 
 DEMO_INGEST = str(ROOT / "configs" / "demo" / "ingest.yaml")
@@ -141,7 +140,26 @@ def test_help_and_version(argv, capsys):
     assert "egoray" in capsys.readouterr().out
 
 
+def test_a_demo_config_runs_with_only_input_and_output(synth_small, tmp_path, ray_session):
+    assert main(["run", DEMO_INGEST, f"input={synth_small / 'narration.json'}", f"output={tmp_path / 'o'}"]) == 0
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["status"] == "complete" and run["config"]["splits"] is None
+    assert run["started_at"] <= run["finished_at"]
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only our own errors (bad input, storage, config) become one line; a bug is not hidden."""
+    from egoray.pipelines import ingest as ingest_module
+
+    def broken(config, overwrite=False):
+        raise ValueError("a bug in egoray")
+
+    monkeypatch.setattr(ingest_module, "run", broken)
+    with pytest.raises(ValueError, match="a bug in egoray"):
+        main(["run", DEMO_INGEST, f"output={tmp_path / 'o'}"])
+
+
 def test_demo_refuses_unknown_steps(capsys):
-    assert main(["demo", "--out", "/nonexistent/never", "--skip", "qa", "nope"]) == 1
+    assert main(["demo", "--out", "/nonexistent/never", "--skip", "qa", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown demo step(s) ['nope']" in err and "train_narrator" in err

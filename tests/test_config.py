@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from egoray.config import ConfigError, JobConfig, apply_overrides, load_config, parse_override
+from egoray.config import ConfigError, JobConfig, apply_overrides, parse_override
+from egoray.pipelines import load_config
 from tests.conftest import ROOT
 
 SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))

@@ -3,8 +3,9 @@ import zlib
 import pyarrow as pa
 import pytest
 
-from egoray.config import validate_config
-from egoray.runtime import OutputConflict, RunManifest, ShardLedger, StageCounts, StageTimer, bucket_of
+from egoray.pipelines import validate_config
+from egoray.runtime import OutputConflict, RunManifest, ShardLedger, bucket_of, claim_output
+from egoray.stages.base import StageCounts, StageTimer
 
 
 def _config(output, **kw):
@@ -33,6 +34,7 @@ def test_ledger_commit_and_resume(tmp_path):
 
 def test_prepare_removes_half_written_files(tmp_path):
     config = _config(tmp_path / "out")
+    ShardLedger(config.output).prepare(config, ["00-0000"])  # a run that was killed mid-write
     (tmp_path / "out" / "narrations").mkdir(parents=True)
     stale = tmp_path / "out" / "narrations" / ".part-00-0000.parquet.tmp-0123abcd"
     stale.write_bytes(b"partial")
@@ -87,3 +89,33 @@ def test_changed_item_set_is_refused(tmp_path):
     ShardLedger(config.output).prepare(config, ["0000"], items=["a", "b"])  # same set: fine
     with pytest.raises(OutputConflict, match="set of input items"):
         ShardLedger(config.output).prepare(config, ["0000"], items=["a", "b", "c"])
+
+
+def test_overwrite_refuses_a_directory_that_is_not_an_egoray_output(tmp_path):
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("years of work")
+    config = _config(mine)
+    with pytest.raises(OutputConflict, match="not an egoray output|holds no egoray output"):
+        claim_output(config, overwrite=True)
+    with pytest.raises(OutputConflict, match="holds no egoray output"):
+        claim_output(config)  # nor is it written into
+    assert (mine / "chapter1.tex").read_text() == "years of work"
+    # an egoray output is cleared by --overwrite; an empty directory is fine
+    out = tmp_path / "out"
+    assert claim_output(_config(out)) is False
+    (out / "narrations").mkdir()
+    (out / "narrations" / "part.parquet").write_bytes(b"x")
+    assert claim_output(_config(out)) is True
+    assert claim_output(_config(out), overwrite=True) is False
+    assert not (out / "narrations").exists()
+
+
+def test_run_manifest_started_at_is_when_the_job_started(tmp_path):
+    import time
+
+    m = RunManifest.start(_config(tmp_path / "out"))
+    time.sleep(1.1)
+    m.status = "complete"
+    d = m.to_dict()
+    assert d["started_at"] < d["finished_at"]

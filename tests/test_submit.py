@@ -172,3 +172,23 @@ def test_a_wrong_or_missing_token_is_one_clear_message(head, tmp_path, token):
     assert ("was refused" if token else "is missing") in message
     assert "RAY_AUTH_TOKEN" in message and "RAY_AUTH_TOKEN_PATH" in message and "~/.ray/auth_token" in message
     assert "Traceback" not in out.stderr
+
+
+def test_run_starts_its_own_ray_beside_a_head_or_its_leftovers(head, synth_small, tmp_path):
+    """Without RAY_ADDRESS, `egoray run` starts its own local Ray: it neither joins a `ray start`
+    head running on the machine nor trips over the address file a killed head left behind."""
+    current = Path("/tmp/ray/ray_current_cluster")
+    saved = current.read_text() if current.exists() else None
+    current.parent.mkdir(parents=True, exist_ok=True)
+    current.write_text("127.0.0.1:1")  # a head that is gone
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        out = _egoray(["run", str(ROOT / "configs" / "demo" / "ingest.yaml"), f"input={synth_small / 'narration.json'}",
+                       f"output={tmp_path / 'o'}", "ray.num_cpus=1"], env)
+    finally:
+        if saved is None:
+            current.unlink(missing_ok=True)
+        else:
+            current.write_text(saved)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["status"] == "complete"

@@ -1,63 +1,18 @@
-"""Reader for Ego4D ``em_train_narrations.pkl`` with a restricted unpickler.
+"""Reader for Ego4D ``em_train_narrations.pkl`` with the restricted unpickler.
 
-Pickle can run arbitrary code through the globals it imports. Our unpickler imports nothing:
-builtin containers and scalars are pickle opcodes and need no import, a few harmless builtins
-(set, frozenset, complex, ...) are allowed, and any other global becomes an inert
-:class:`ForeignObject` that only remembers its name. Records holding one are rejected with
-reason ``unknown_pickle_class``; nothing foreign is ever constructed.
+The file goes through :mod:`egoray.data.safe_pickle`, which constructs nothing foreign: a
+record holding a foreign class is rejected with reason ``unknown_pickle_class``.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
 import re
 from typing import Any
 
 import pyarrow as pa
 
 from egoray.data.raw import InputError, RawRows
-
-_SAFE_BUILTINS = {"set", "frozenset", "complex", "bytearray", "slice", "range"}
-
-
-class ForeignObject:
-    """Stand-in for an instance of a class the file referenced but we refuse to import."""
-
-    qualname = "?"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # REDUCE calls the "class"
-        pass
-
-    def __setstate__(self, state: Any) -> None:  # BUILD: drop the state, run nothing
-        pass
-
-    def __repr__(self) -> str:
-        return f"<foreign {self.qualname}>"
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
-            import builtins
-
-            return getattr(builtins, name)
-        if (module, name) == ("_codecs", "encode"):  # how protocol 2 spells bytes
-            import codecs
-
-            return codecs.encode
-        return type("Foreign", (ForeignObject,), {"qualname": f"{module}.{name}"})
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent ids are not allowed")
-
-
-def safe_load(data: bytes, name: str = "em_train_narrations.pkl") -> Any:
-    """Unpickle with the restricted unpickler; a broken file raises :class:`InputError`."""
-    try:
-        return _RestrictedUnpickler(io.BytesIO(data)).load()
-    except Exception as e:  # any unpickling failure: truncated, garbage, bad opcode
-        raise InputError(f"{name}: not a readable pickle ({type(e).__name__}: {e})") from None
+from egoray.data.safe_pickle import ForeignObject, safe_load
 
 
 def foreign_in(value: Any, depth: int = 0) -> str | None:

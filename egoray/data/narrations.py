@@ -19,7 +19,7 @@ from pydantic import Field
 from egoray.config import StrictModel
 from egoray.data import text as text_ops
 from egoray.data.schema import NARRATIONS, REJECTS, SUMMARIES
-from egoray.runtime import StageTimer
+from egoray.stages.base import StageTimer
 
 Split = Literal["train", "val", "test"]
 _NULL = pa.scalar(None, pa.string())
@@ -213,3 +213,46 @@ def input_files(url: str) -> list[str]:
         source = url
     files = storage.listdir(source, ".parquet")
     return files or [source]
+
+
+def narrations_source(url: str) -> str:
+    """An ingest output's ``narrations/`` folder, or ``url`` itself (any table in the schema)."""
+    from egoray import storage
+
+    source = storage.join(url, "narrations")
+    return source if storage.exists(source) else url
+
+
+def check_narrations(url: str, needed: tuple[str, ...] = ("narration_id", "video_uid", "text", "t_start", "t_end")
+                     ) -> str:
+    """The narrations table a job reads (checked from its schema: no rows are read here)."""
+    from egoray import storage
+    from egoray.data.raw import InputError
+
+    source = narrations_source(url)
+    if not storage.exists(source):
+        raise InputError(f"input not found: {url}")
+    try:
+        names = storage.parquet_schema(source).names
+    except storage.StorageError as e:
+        raise InputError(f"cannot read narrations: {e}") from None
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise InputError(f"{source}: not a narrations table (missing {missing})")
+    return source
+
+
+class SplitFilter:
+    """Keeps the rows of some splits (a picklable batch function for Ray Data)."""
+
+    def __init__(self, splits: list[str]) -> None:
+        self.splits = pa.array(list(splits), pa.string())
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if "split" not in batch.column_names:
+            return batch
+        return batch.filter(pc.fill_null(pc.is_in(batch["split"], value_set=self.splits), False))
+
+
+def split_filter(splits: list[str] | None) -> SplitFilter | None:
+    return SplitFilter(splits) if splits else None

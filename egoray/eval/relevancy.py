@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import io
-import pickle
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +16,7 @@ import pyarrow.csv as pacsv
 
 from egoray import storage
 from egoray.data.raw import InputError
+from egoray.data.safe_pickle import safe_load
 
 
 @dataclass
@@ -102,17 +102,17 @@ def ek100_relevancy(videos_csv: str, sentences_csv: str | None = None) -> Releva
 
 def load_relevancy(url: str) -> np.ndarray:
     """A relevancy matrix from ``.npy``/``.npz`` or a pickle (EK-100 ships
-    ``caption_relevancy_EPIC_100_retrieval_test.pkl``). Pickles run code when loaded: only
-    load ones you trust."""
+    ``caption_relevancy_EPIC_100_retrieval_test.pkl``), read by the restricted unpickler: a
+    pickle that would run code is refused."""
     data = storage.read_bytes(url)
     try:
         if url.endswith(".npz"):
-            archive = np.load(io.BytesIO(data))
+            archive = np.load(io.BytesIO(data), allow_pickle=False)
             matrix = archive[archive.files[0]]
         elif url.endswith(".npy"):
             matrix = np.load(io.BytesIO(data), allow_pickle=False)
         else:
-            matrix = np.asarray(pickle.loads(data), dtype=np.float32)
+            matrix = np.asarray(safe_load(data, url, numpy_arrays=True), dtype=np.float32)
     except Exception as e:
         raise InputError(f"{url}: cannot read a relevancy matrix ({type(e).__name__}: {e})") from None
     if matrix.ndim != 2:

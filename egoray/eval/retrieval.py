@@ -38,6 +38,22 @@ def ranks_of_first_relevant(sim: np.ndarray, relevant: np.ndarray) -> np.ndarray
     return above.sum(axis=1)
 
 
+def blockwise_ranks(queries: np.ndarray, candidates: np.ndarray, query_codes: np.ndarray | None = None,
+                    candidate_codes: np.ndarray | None = None, block: int = 2048) -> np.ndarray:
+    """:func:`ranks_of_first_relevant` of ``queries @ candidates.T`` without holding the whole matrix:
+    ``block`` query rows at a time. Relevant: the same code (codes given), else the same index."""
+    ranks = []
+    for start in range(0, len(queries), block):
+        rows = slice(start, min(len(queries), start + block))
+        sim = queries[rows].astype(np.float64) @ candidates.T.astype(np.float64)
+        if query_codes is None:
+            relevant = np.arange(rows.start, rows.stop)
+        else:
+            relevant = query_codes[rows, None] == candidate_codes[None, :]
+        ranks.append(ranks_of_first_relevant(sim, relevant))
+    return np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
+
+
 def recall_at(ranks: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     """``R@k`` (fraction of queries whose first relevant candidate ranks in the top k) and
     ``median_rank`` (1-based)."""

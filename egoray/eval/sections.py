@@ -123,35 +123,58 @@ def _encode(model: Any, video: np.ndarray | None = None, text: np.ndarray | None
         return model.encode_text(torch.from_numpy(text).to(param)).float().numpy()
 
 
-def retrieval(cfg: RetrievalSection) -> SectionResult:
-    """R@k / median rank per instance, and MIR mAP / nDCG with a graded relevancy."""
-    from egoray.data.narrations import load_narrations
+def read_pooled(url: str, columns: list[str]) -> tuple[pa.Table, list[dict[str, Any]], int]:
+    """The usable rows of a pooled table (built per video by the eval job), the rejects, all rows."""
+    from egoray.stages.base import DETAIL, REASON, STAGE, pending
+
+    files = storage.listdir(url, ".parquet")
+    if not files:
+        return pa.table({c: [] for c in columns}), [], 0
+    table = storage.read_parquet(url)
+    ok = pending(table)
+    bad = table.filter(pa.array(~ok))
+    rejects = [_reject(r["id"], r[STAGE] or "pairs", r[REASON], r[DETAIL] or "")
+               for r in bad.select(["id", STAGE, REASON, DETAIL]).to_pylist()]
+    return table.filter(pa.array(ok)).select([c for c in columns if c in table.column_names]), rejects, table.num_rows
+
+
+def _matrix(column: Any) -> np.ndarray:
+    from egoray.stages.text import embedding_matrix
+
+    return embedding_matrix(column)
+
+
+def _dense(codes: np.ndarray) -> np.ndarray:
+    """Label codes (stable hashes, -1 unknown) as 0..K-1 (unknown stays -1)."""
+    out = np.full(len(codes), -1, dtype=np.int64)
+    known = codes >= 0
+    out[known] = np.unique(codes[known], return_inverse=True)[1].ravel()
+    return out
+
+
+def retrieval(cfg: RetrievalSection, pairs: str) -> SectionResult:
+    """R@k / median rank per instance, and MIR mAP / nDCG with a graded relevancy.
+
+    ``pairs``: the held-out narrations with their text embedding and pooled video feature, built
+    per video by the eval job (:func:`egoray.train.data.build_pairs`).
+    """
     from egoray.eval.relevancy import ek100_relevancy, label_relevancy
-    from egoray.eval.retrieval import chance_recall_at_1, mir_metrics, retrieval_metrics
-    from egoray.pipelines.train_dual_encoder import load_dual_encoder
-    from egoray.train.bank import load_bank
-    from egoray.train.pairs import read_labels, resolve_windows, text_matrix
+    from egoray.eval.retrieval import blockwise_ranks, chance_recall_at_1, mir_metrics, recall_at
+    from egoray.models.dual_encoder import load_dual_encoder
 
     model = load_dual_encoder(cfg.model)
-    bank = load_bank(cfg.video_features)
-    narrations = load_narrations(cfg.narrations, cfg.splits)
-    if narrations.num_rows == 0:
-        raise InputError(f"{cfg.narrations}: no narrations in splits {cfg.splits}")
-    w = resolve_windows(narrations, bank, cfg.offset_sec, read_labels(cfg.labels), stage="retrieval")
-    text, found = text_matrix(cfg.text_features, w.ids)
-    rejects = list(w.rejects) + [_reject(w.ids[i], "retrieval", "no_text_embedding")
-                                 for i in np.flatnonzero(~found)]
-    keep = np.flatnonzero(found)
-    if len(keep) < 2:
-        raise InputError(f"only {len(keep)} held-out narrations have features and embeddings; need 2")
-    video = _encode(model, video=bank.pool(w.rows[keep], w.t1[keep], w.t2[keep]))
-    text_emb = _encode(model, text=text[keep])
-    sim = text_emb @ video.T
-    metrics: dict[str, Any] = {"items": int(len(keep))}
-    metrics.update({f"t2v_{k}": v for k, v in retrieval_metrics(sim).items()})
-    metrics.update({f"v2t_{k}": v for k, v in retrieval_metrics(sim.T).items()})
-    metrics["chance_R@1"] = chance_recall_at_1(np.arange(len(keep)))
-    ids = [w.ids[i] for i in keep]
+    table, rejects, total = read_pooled(pairs, ["id", "text", "video", "embedding", "verb_code", "noun_code"])
+    if table.num_rows < 2:
+        raise InputError(f"only {table.num_rows} held-out narrations have features and embeddings; need 2")
+    video = _encode(model, video=_matrix(table["video"]))
+    text_emb = _encode(model, text=_matrix(table["embedding"]))
+    n = table.num_rows
+    metrics: dict[str, Any] = {"items": int(n)}
+    metrics.update({f"t2v_{k}": v for k, v in recall_at(blockwise_ranks(text_emb, video)).items()})
+    metrics.update({f"v2t_{k}": v for k, v in recall_at(blockwise_ranks(video, text_emb)).items()})
+    metrics["chance_R@1"] = chance_recall_at_1(np.arange(n))
+    ids = table["id"].to_pylist()
+    texts = table["text"].to_pylist()
     if cfg.ek100 is not None:
         rel = ek100_relevancy(cfg.ek100.videos_csv, cfg.ek100.sentences_csv)
         rows = {nid: i for i, nid in enumerate(ids)}
@@ -163,21 +186,22 @@ def retrieval(cfg: RetrievalSection) -> SectionResult:
         mir = mir_metrics(video[v_idx] @ text_emb[s_idx].T, rel.matrix)
         metrics.update({f"ek100_{k}": v for k, v in mir.items()})
     else:
-        verb, noun = w.verb[keep], w.noun[keep]
+        verb = _dense(table["verb_code"].to_numpy(zero_copy_only=False))
+        noun = _dense(table["noun_code"].to_numpy(zero_copy_only=False))
         labelled = (verb >= 0) & (noun >= 0)
         if labelled.sum() >= 2:
             nouns = np.zeros((len(noun), int(noun.max()) + 1), dtype=bool)
             nouns[np.flatnonzero(labelled), noun[labelled]] = True
             sel = np.flatnonzero(labelled)
             rel = label_relevancy(verb[sel], nouns[sel], verb[sel], nouns[sel])
-            metrics.update({f"mir_{k}": v for k, v in mir_metrics(sim.T[np.ix_(sel, sel)], rel).items()})
+            sim = video[sel] @ text_emb[sel].T
+            metrics.update({f"mir_{k}": v for k, v in mir_metrics(sim, rel).items()})
             chance_sim = np.zeros_like(rel)  # every candidate tied: the worst-case ordering
             metrics["mir_avg_mAP_constant_scores"] = mir_metrics(chance_sim, rel)["avg_mAP"]
             metrics["mir_items"] = int(len(sel))
-    best = np.argmax(sim, axis=1)
-    samples = [{"query": w.texts[keep[i]], "top_match": w.texts[keep[j]], "correct": bool(i == j)}
-               for i, j in enumerate(best[:12])]
-    counts = {"in": int(narrations.num_rows), "out": int(len(keep)), "rejected": len(rejects)}
+    best = np.argmax(text_emb[:12] @ video.T, axis=1)
+    samples = [{"query": texts[i], "top_match": texts[j], "correct": bool(i == j)} for i, j in enumerate(best)]
+    counts = {"in": int(total), "out": int(n), "rejected": len(rejects)}
     return SectionResult(metrics, counts, rejects, samples, pairs=(video, text_emb))
 
 
@@ -189,7 +213,7 @@ def _class_key(cid: str) -> tuple[int, int, str]:
 
 def _prompt_matrix(url: str) -> tuple[list[str], np.ndarray]:
     """Class ids in order and the [classes, templates, d] prompt embeddings of a class_prompts output."""
-    from egoray.train.bank import load_text_embeddings
+    from egoray.stages.text import load_text_embeddings
 
     ids, mat = load_text_embeddings(url)
     by_class: dict[str, dict[int, int]] = {}
@@ -206,11 +230,20 @@ def _prompt_matrix(url: str) -> tuple[list[str], np.ndarray]:
     return order, mat[rows]
 
 
-def zeroshot(cfg: ZeroShotSection) -> SectionResult:
-    """Top-1/top-5 accuracy (one label per clip) or mAP (a list of labels per clip)."""
+def zeroshot_clips(batch: pa.Table) -> pa.Table:
+    """Clip rows (``video_uid, t_start, t_end, label``) keyed ``<video_uid>_<t_start>_<t_end>``."""
+    ids = [f"{v}_{a:.3f}_{b:.3f}" for v, a, b in zip(batch["video_uid"].to_pylist(), batch["t_start"].to_pylist(),
+                                                    batch["t_end"].to_pylist(), strict=True)]
+    return batch.append_column("id", pa.array(ids, pa.string()))
+
+
+def zeroshot(cfg: ZeroShotSection, clips: str) -> SectionResult:
+    """Top-1/top-5 accuracy (one label per clip) or mAP (a list of labels per clip).
+
+    ``clips``: the labelled clips with their pooled video feature, built per video by the eval job.
+    """
+    from egoray.data.labels import read_labels as read_class_list
     from egoray.eval.zeroshot import class_embeddings, expand_templates, multilabel_map, read_class_names, topk_accuracy
-    from egoray.pipelines.text_features import read_labels as read_class_list
-    from egoray.train.bank import load_bank
 
     if cfg.class_prompts:
         class_ids, prompts = _prompt_matrix(cfg.class_prompts)
@@ -227,7 +260,7 @@ def zeroshot(cfg: ZeroShotSection) -> SectionResult:
     n_cls, n_tpl, dim = prompts.shape
     model = None
     if cfg.model:
-        from egoray.pipelines.train_dual_encoder import load_dual_encoder
+        from egoray.models.dual_encoder import load_dual_encoder
 
         model = load_dual_encoder(cfg.model)
         if model.config.text_dim != dim:
@@ -236,40 +269,21 @@ def zeroshot(cfg: ZeroShotSection) -> SectionResult:
         prompts = _encode(model, text=prompts.reshape(-1, dim)).reshape(n_cls, n_tpl, -1)
     classes = class_embeddings(prompts.reshape(n_cls * n_tpl, -1), n_cls)
 
-    try:
-        clips = storage.read_parquet(cfg.clips)
-    except storage.StorageError as e:
-        raise InputError(f"cannot read clips: {e}") from None
-    need = {"video_uid", "t_start", "t_end", "label"}
-    if not need <= set(clips.column_names):
-        raise InputError(f"{cfg.clips}: needs columns {sorted(need)}; found {clips.column_names}")
-    rows = clips.to_pylist()
-    if cfg.video_splits:
-        from egoray.data.splits import read_splits
-
-        by_video = read_splits(cfg.video_splits)
-        rows = [r for r in rows if by_video.get(r["video_uid"]) in cfg.splits]
-    bank = load_bank(cfg.video_features)
-    bank_rows = bank.index_of([r["video_uid"] for r in rows])
-    rejects, keep, targets = [], [], []
-    multilabel = isinstance(rows[0]["label"], list) if rows else False
+    table, rejects, total = read_pooled(clips, ["id", "video_uid", "t_start", "t_end", "label", "video"])
+    rows = table.to_pylist()
+    keep, targets = [], []
+    multilabel = pa.types.is_list(table["label"].type) if table.num_rows else False
     for i, r in enumerate(rows):
-        rid = f"{r['video_uid']}_{r['t_start']:.3f}_{r['t_end']:.3f}"
         labels = r["label"] if isinstance(r["label"], list) else [r["label"]]
         known = [index.get(str(x).lower()) for x in labels]
-        if bank_rows[i] < 0:
-            rejects.append(_reject(rid, "zeroshot", "no_video_features", f"video {r['video_uid']}"))
-        elif None in known or not known:
-            rejects.append(_reject(rid, "zeroshot", "unknown_label", f"{labels} not in the class list"))
+        if None in known or not known:
+            rejects.append(_reject(r["id"], "zeroshot", "unknown_label", f"{labels} not in the class list"))
         else:
             keep.append(i)
             targets.append(known)
     if not keep:
         raise InputError(f"{cfg.clips}: no clip has video features and a known class")
-    k = np.array(keep)
-    t0 = np.array([rows[i]["t_start"] for i in keep], dtype=np.float64)
-    t1 = np.array([rows[i]["t_end"] for i in keep], dtype=np.float64)
-    video = bank.pool(bank_rows[k], t0, t1)
+    video = _matrix(table["video"].take(pa.array(keep, pa.int64())))
     if model is not None:
         video = _encode(model, video=video)
     elif video.shape[1] != classes.shape[1]:
@@ -293,7 +307,7 @@ def zeroshot(cfg: ZeroShotSection) -> SectionResult:
     best = scores.argmax(1)
     samples = [{"clip": f"{rows[i]['video_uid'][:8]} {rows[i]['t_start']:.1f}-{rows[i]['t_end']:.1f}s",
                 "label": str(rows[i]["label"]), "predicted": label_of[best[j]]} for j, i in enumerate(keep[:12])]
-    counts = {"in": len(rows), "out": len(keep), "rejected": len(rejects)}
+    counts = {"in": int(total), "out": len(keep), "rejected": len(rejects)}
     return SectionResult(metrics, counts, rejects, samples)
 
 
@@ -368,49 +382,41 @@ def captioning(cfg: CaptioningSection) -> SectionResult:
     return SectionResult(metrics, counts, rejects, samples)
 
 
-def mcq(cfg: MCQSection) -> SectionResult:
-    """Options scored by the cosine of the moment's video embedding and "question answer" text."""
-    from egoray.eval.mcq import mcq_accuracy
-    from egoray.pipelines.train_dual_encoder import load_dual_encoder
-    from egoray.train.bank import load_bank
+def mcq(cfg: MCQSection, moments: str) -> SectionResult:
+    """Options scored by the cosine of the moment's video embedding and "question answer" text.
 
-    try:
-        qa = storage.read_parquet(storage.join(cfg.qa, "qa"))
-    except storage.StorageError as e:
-        raise InputError(f"cannot read qa: {e}") from None
+    ``moments``: the questions with their moment's pooled video feature, built per video by the
+    eval job.
+    """
+    from egoray.eval.mcq import mcq_accuracy
+    from egoray.models.dual_encoder import load_dual_encoder
+
     encoder = text_encoder_of(cfg.text_features)
     model = load_dual_encoder(cfg.model)
-    bank = load_bank(cfg.video_features)
-    rows = qa.to_pylist()
-    bank_rows = bank.index_of([r["video_uid"] for r in rows])
-    rejects = [_reject(r["group_id"], "mcq", "no_video_features", f"video {r['video_uid']}")
-               for r, b in zip(rows, bank_rows, strict=True) if b < 0]
-    keep = [i for i, b in enumerate(bank_rows) if b >= 0]
-    if not keep:
+    table, rejects, total = read_pooled(moments, ["id", "question", "answer", "wrong_answers", "video"])
+    if table.num_rows == 0:
         raise InputError(f"{cfg.qa}: no question's video has features")
-    n_opt = {1 + len(rows[i]["wrong_answers"]) for i in keep}
+    rows = table.select(["question", "answer", "wrong_answers"]).to_pylist()
+    n_opt = {1 + len(r["wrong_answers"]) for r in rows}
     if len(n_opt) != 1:
         raise InputError(f"{cfg.qa}: questions have different numbers of options {sorted(n_opt)}")
-    texts = [f"{rows[i]['question']} {a}" for i in keep for a in [rows[i]["answer"], *rows[i]["wrong_answers"]]]
+    texts = [f"{r['question']} {a}" for r in rows for a in [r["answer"], *r["wrong_answers"]]]
     text = _encode(model, text=encoder.encode(texts).astype(np.float32))
-    k = np.array(keep)
-    video = _encode(model, video=bank.pool(bank_rows[k], np.array([rows[i]["t_start"] for i in keep]),
-                                          np.array([rows[i]["t_end"] for i in keep])))
-    options = text.reshape(len(keep), n_opt.pop(), -1)
+    video = _encode(model, video=_matrix(table["video"]))
+    options = text.reshape(len(rows), n_opt.pop(), -1)
     scores = np.einsum("qd,qod->qo", video, options)
-    metrics = mcq_accuracy(scores, np.zeros(len(keep), dtype=np.int64))
-    samples = [{"question": rows[i]["question"], "answer": rows[i]["answer"],
-                "wrong_answers": " | ".join(rows[i]["wrong_answers"]),
-                "chosen": [rows[i]["answer"], *rows[i]["wrong_answers"]][int(scores[j].argmax())]}
-               for j, i in enumerate(keep[:8])]
-    counts = {"in": len(rows), "out": len(keep), "rejected": len(rejects)}
+    metrics = mcq_accuracy(scores, np.zeros(len(rows), dtype=np.int64))
+    samples = [{"question": r["question"], "answer": r["answer"], "wrong_answers": " | ".join(r["wrong_answers"]),
+                "chosen": [r["answer"], *r["wrong_answers"]][int(scores[j].argmax())]}
+               for j, r in enumerate(rows[:8])]
+    counts = {"in": int(total), "out": len(rows), "rejected": len(rejects)}
     return SectionResult(metrics, counts, rejects, samples)
 
 
 def gap(cfg: GapSection, dual_pairs: tuple[np.ndarray, np.ndarray] | None) -> SectionResult:
     """Gap metrics and plots of each configured source of pairs."""
     from egoray.eval.gap import modality_gap, plot_gap
-    from egoray.train.bank import embedding_matrix
+    from egoray.stages.text import embedding_matrix
 
     metrics: dict[str, Any] = {}
     plots: dict[str, bytes] = {}

@@ -86,31 +86,38 @@ class HFEngine:
         prompts: list[str],
         params: GenerationParams,
         schema: dict[str, Any] | None = None,
-        n: int = 1,
-        seed: int | None = None,
+        seeds: list[list[int]] | None = None,
     ) -> list[list[str]]:
-        """``n`` completions for each prompt (prompt text excluded), in prompt order."""
+        """``len(seeds[i])`` completions of prompt ``i`` (prompt text excluded), in prompt order.
+
+        With sampling, sample ``s`` of prompt ``i`` is drawn with its own generator seeded by
+        ``seeds[i][s]`` (:mod:`egoray.models.sampling`): what a prompt gets does not depend on the
+        other prompts of the batch. Without ``seeds``: one sample each, seeded by ``params.seed``.
+        """
         import torch
+
+        from egoray.models.sampling import sampling_kwargs
 
         if not prompts:
             return []
-        torch.manual_seed(params.seed if seed is None else seed)
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
+        seeds = seeds if seeds is not None else [[params.seed] for _ in prompts]
+        n = len(seeds[0])
+        if any(len(s) != n for s in seeds) or len(seeds) != len(prompts):
+            raise ValueError("seeds must give the same number of samples for every prompt")
+        expanded = [p for p in prompts for _ in range(n)]
+        enc = self.tokenizer(expanded, return_tensors="pt", padding=True, truncation=True,
                              max_length=self.max_prompt_tokens, return_token_type_ids=False).to(self.device)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": params.max_new_tokens,
-            "do_sample": params.do_sample,
-            "num_return_sequences": n,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
-        if params.do_sample:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p)
-            if params.top_k:
-                kwargs["top_k"] = params.top_k
+        kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        sample = sampling_kwargs([s for row in seeds for s in row], params.do_sample, params.temperature,
+                                 params.top_k, params.top_p)
+        processors = list(sample.pop("logits_processor", []))
         if schema is not None:
             import xgrammar as xgr
 
-            kwargs["logits_processor"] = [xgr.contrib.hf.LogitsProcessor(self._grammar(schema))]
+            processors.insert(0, xgr.contrib.hf.LogitsProcessor(self._grammar(schema)))
+        kwargs.update(sample)
+        if processors:
+            kwargs["logits_processor"] = processors
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         if not self.seq2seq:

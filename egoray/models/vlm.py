@@ -159,19 +159,32 @@ def pad_batch(vlm: LoadedVLM, sequences: list[Any]) -> tuple[Any, Any]:
     return embeds, mask
 
 
-def generate(vlm: LoadedVLM, options: VLMOptions, prompts: list[Any], seed: int) -> tuple[list[list[str]], list[list[float]]]:
-    """``options.n`` narrations per prompt and each one's mean token NLL under the unmodified model."""
+def generate(vlm: LoadedVLM, options: VLMOptions, prompts: list[Any], seeds: list[list[int]] | None = None
+             ) -> tuple[list[list[str]], list[list[float]]]:
+    """``options.n`` narrations per prompt and each one's mean token NLL under the unmodified model.
+
+    With sampling, narration ``s`` of prompt ``i`` is drawn with its own generator seeded by
+    ``seeds[i][s]`` (:mod:`egoray.models.sampling`): independent of the other prompts of the batch.
+    """
     import torch
 
-    torch.manual_seed(seed)
+    from egoray.models.sampling import sampling_kwargs
+
+    n = options.n
+    seeds = seeds if seeds is not None else [[options.seed + i * n + s for s in range(n)] for i in range(len(prompts))]
     embeds, mask = pad_batch(vlm, prompts)
+    if options.do_sample:  # one row per (prompt, sample), each with its own generator
+        embeds, mask = embeds.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+        decoding: dict[str, Any] = {"num_return_sequences": 1,
+                                    **sampling_kwargs([x for row in seeds for x in row], True, options.temperature,
+                                                      0, options.top_p)}
+    else:
+        decoding = {"do_sample": False, "num_beams": options.num_beams, "num_return_sequences": n}
     with torch.no_grad():
         out = vlm.model.language_model.generate(
             inputs_embeds=embeds, attention_mask=mask, max_new_tokens=options.max_new_tokens,
-            do_sample=options.do_sample, top_p=options.top_p if options.do_sample else None,
-            temperature=options.temperature if options.do_sample else None, num_beams=options.num_beams,
-            num_return_sequences=options.n, output_logits=True, return_dict_in_generate=True,
-            pad_token_id=vlm.tokenizer.pad_token_id, eos_token_id=vlm.tokenizer.eos_token_id)
+            output_logits=True, return_dict_in_generate=True,
+            pad_token_id=vlm.tokenizer.pad_token_id, eos_token_id=vlm.tokenizer.eos_token_id, **decoding)
     steps = len(out.logits)
     new = out.sequences[:, -steps:]  # encoder-decoder outputs start with the decoder start token
     logits = torch.stack(out.logits, dim=1).float()  # [rows, steps, vocab], before sampling warpers
@@ -183,7 +196,6 @@ def generate(vlm: LoadedVLM, options: VLMOptions, prompts: list[Any], seed: int)
         end = ids.index(eos) if eos in ids else len(ids)
         texts.append(vlm.tokenizer.decode(ids[:end], skip_special_tokens=True).strip())
         nlls.append(float(-logp[row, :max(1, end)].mean()))  # an immediate EOS scores the EOS itself
-    n = options.n
     return [texts[i:i + n] for i in range(0, len(texts), n)], [nlls[i:i + n] for i in range(0, len(nlls), n)]
 
 

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
+
+from pydantic import ValidationError
+
+from egoray.config import ConfigError, JobConfig, apply_overrides, describe_errors, read_yaml
 
 JOBS: dict[str, str] = {
     "ingest": "egoray.pipelines.ingest",
@@ -32,3 +37,25 @@ def job_module(name: str) -> ModuleType:
 
 def config_class(name: str) -> type:
     return job_module(name).Config
+
+
+def load_config(url: str, overrides: list[str] | None = None) -> JobConfig:
+    """Read a YAML job config, apply overrides and validate it against its job's model."""
+    data = apply_overrides(read_yaml(url), list(overrides or []))
+    return validate_config(data, source=url)
+
+
+def validate_config(data: dict[str, Any], source: str = "<config>") -> JobConfig:
+    job = data.get("job")
+    if not job:
+        raise ConfigError(f"{source}: key 'job' is missing (one of: {', '.join(job_names())})")
+    try:
+        model = config_class(job)
+    except KeyError:
+        raise ConfigError(
+            f"{source}: key 'job': unknown job {job!r} (one of: {', '.join(job_names())})"
+        ) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: " + describe_errors(e)) from None

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from egoray import storage
-from egoray.config import load_config
+from egoray.config import ConfigError
 from egoray.data.synth import synthesize
-from egoray.pipelines import job_module
+from egoray.pipelines import job_module, load_config
 from egoray.runtime import ensure_ray
 
 
@@ -64,7 +64,7 @@ STEPS: list[Step] = [
           "video_features={out}/video_features", "video_splits={data}/splits.json"]),
     Step("narrate (VLM, in-context examples)", "demo/narrate_vlm.yaml",
          ["input={data}/clips.parquet", "videos={data}/videos", "output={out}/narrate_vlm",
-          "video_splits={data}/splits.json", "vlm.in_context.pool={out}/narrations"]),
+          "video_splits={data}/splits.json", "vlm.in_context.k=2", "vlm.in_context.pool={out}/narrations"]),
     Step("eval + report", "demo/eval.yaml",
          ["input={out}", "output={out}/eval",
           "retrieval.model={out}/dual_encoder", "retrieval.narrations={out}/narrations",
@@ -102,7 +102,7 @@ def run_demo(out: str, videos: int = 8, seed: int = 0, skip: tuple[str, ...] = (
     """Synthesize data under ``out/data`` and run every step (but ``skip``); returns the manifests."""
     unknown = sorted(set(skip) - {step.key for step in STEPS})
     if unknown:
-        raise ValueError(f"unknown demo step(s) {unknown}; steps: {', '.join(step.key for step in STEPS)}")
+        raise ConfigError(f"unknown demo step(s) {unknown}; steps: {', '.join(step.key for step in STEPS)}")
     t0 = time.perf_counter()
     out = out.rstrip("/")
     data = storage.join(out, "data")

@@ -24,9 +24,12 @@ from pydantic import Field, model_validator
 
 from egoray import storage
 from egoray.config import JobConfig
+from egoray.data.raw import InputError
 from egoray.data.schema import REJECTS
 from egoray.eval import sections
-from egoray.runtime import ShardLedger, finish
+from egoray.runtime import RunManifest, ShardLedger, ensure_ray, finish
+
+WORK_PAIRS = "_work/retrieval_pairs.npz"
 
 
 class Config(JobConfig):
@@ -58,53 +61,148 @@ class Config(JobConfig):
         return ids
 
 
-def _compute(config: Config, section: str, cache: dict[str, Any]) -> sections.SectionResult:
+def pooled_inputs(config: Config, section: str) -> str | None:
+    """The per-video pooled table a section reads, built by a Ray Data pass into ``_work/<section>``."""
+    from egoray.executor import Source, read
+    from egoray.train.data import build_pairs, text_features_source
+
     if section == "retrieval":
-        cache["retrieval"] = sections.retrieval(config.retrieval)
-        return cache["retrieval"]
+        r = config.retrieval
+        items, _ = text_features_source(r.text_features, r.splits)
+        return build_pairs(config.output, "retrieval", items, r.video_features, r.offset_sec, r.labels)
     if section == "zeroshot":
-        return sections.zeroshot(config.zeroshot)
+        z = config.zeroshot
+        keep = None
+        if z.video_splits:
+            from egoray.data.splits import read_splits
+
+            keep = [v for v, split in read_splits(z.video_splits).items() if split in z.splits]
+        need = {"video_uid", "t_start", "t_end", "label"}
+        names = set(storage.parquet_schema(z.clips).names) if storage.exists(z.clips) else set()
+        if not need <= names:
+            raise InputError(f"{z.clips}: needs columns {sorted(need)}; found {sorted(names)}")
+
+        def clips() -> Any:
+            ds = read(Source(z.clips, columns=sorted(need))).map_batches(sections.zeroshot_clips,
+                                                                         batch_format="pyarrow")
+            return ds.map_batches(KeepVideos(keep), batch_format="pyarrow") if keep is not None else ds
+
+        return build_pairs(config.output, "zeroshot", clips, z.video_features, 0.0)
+    if section == "mcq":
+        m = config.mcq
+        qa = storage.join(m.qa, "qa")
+        if not storage.listdir(qa, ".parquet"):
+            raise InputError(f"cannot read qa: no qa/ table under {m.qa}")
+
+        def moments() -> Any:
+            return read(Source(qa, columns=["group_id", "video_uid", "t_start", "t_end", "question", "answer",
+                                            "wrong_answers"])).map_batches(_group_id, batch_format="pyarrow")
+
+        return build_pairs(config.output, "mcq", moments, m.video_features, 0.0)
+    return None
+
+
+class KeepVideos:
+    """Rows of some videos only (a picklable batch function)."""
+
+    def __init__(self, videos: list[str]) -> None:
+        self.videos = pa.array(sorted(videos), pa.string())
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow.compute as pc
+
+        return batch.filter(pc.is_in(pc.cast(batch["video_uid"], pa.string()), value_set=self.videos))
+
+
+def _group_id(batch: pa.Table) -> pa.Table:
+    return batch.append_column("id", batch["group_id"])
+
+
+def _compute(config: Config, section: str, pooled: str | None) -> sections.SectionResult:
+    if section == "retrieval":
+        result = sections.retrieval(config.retrieval, pooled)
+        if config.gap and "dual_encoder" in config.gap.sources:  # the gap section's pairs
+            import io
+
+            import numpy as np
+
+            buf = io.BytesIO()
+            np.savez(buf, video=result.pairs[0], text=result.pairs[1])
+            storage.write_bytes(storage.join(config.output, WORK_PAIRS), buf.getvalue())
+        return result
+    if section == "zeroshot":
+        return sections.zeroshot(config.zeroshot, pooled)
     if section.startswith("captioning-"):
         name = section[len("captioning-"):]
         return sections.captioning(next(c for c in config.captioning if c.name == name))
     if section == "mcq":
-        return sections.mcq(config.mcq)
+        return sections.mcq(config.mcq, pooled)
     pairs = None
     if "dual_encoder" in config.gap.sources:
-        pairs = (cache.get("retrieval") or sections.retrieval(config.retrieval)).pairs
+        import io
+
+        import numpy as np
+
+        url = storage.join(config.output, WORK_PAIRS)
+        if not storage.exists(url):
+            raise InputError("gap source dual_encoder needs the retrieval section's pairs; run retrieval first")
+        with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as data:
+            pairs = (data["video"], data["text"])
     return sections.gap(config.gap, pairs)
 
 
+def compute_section(config: Config, section: str, pooled: str | None) -> tuple[str, dict[str, Any]]:
+    """One section, computed and committed by a worker (its inputs and rejects stay there)."""
+    t0 = time.perf_counter()
+    result = _compute(config, section, pooled)
+    plots = []
+    for name, png in result.plots.items():
+        storage.write_bytes(storage.join(config.output, "plots", name), png)
+        plots.append(f"plots/{name}")
+    rejects = pa.Table.from_pylist(result.rejects, schema=REJECTS)
+    ShardLedger(config.output).commit(section, {"rejects": rejects},
+                                      {section: {**result.counts, "seconds": time.perf_counter() - t0}},
+                                      extra={"metrics": result.metrics, "samples": result.samples, "plots": plots,
+                                             "seconds": time.perf_counter() - t0})
+    return _headline(result.metrics), {"seconds": time.perf_counter() - t0}
+
+
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    import ray
+
+    from egoray.executor import io_cpus, unwrap
+
     wall0 = time.perf_counter()
+    manifest = RunManifest.start(config)
     ledger = ShardLedger(config.output)
     ids = config.section_ids()
     ledger.prepare(config, ids, overwrite=overwrite)
     done = ledger.completed()
-    cache: dict[str, Any] = {}
-    for section in ids:
-        if section in done:
-            print(f"[eval] {section}: done in an earlier run", flush=True)
-            continue
-        t0 = time.perf_counter()
-        print(f"[eval] {section} ...", flush=True)
-        result = _compute(config, section, cache)
-        plots = []
-        for name, png in result.plots.items():
-            storage.write_bytes(storage.join(config.output, "plots", name), png)
-            plots.append(f"plots/{name}")
-        rejects = pa.Table.from_pylist(result.rejects, schema=REJECTS)
-        ledger.commit(section, {"rejects": rejects}, {section: {**result.counts, "seconds": time.perf_counter() - t0}},
-                      extra={"metrics": result.metrics, "samples": result.samples, "plots": plots,
-                             "seconds": time.perf_counter() - t0})
-        print(f"[eval] {section}: {_headline(result.metrics)} ({time.perf_counter() - t0:.1f}s)", flush=True)
-    markers = ledger.completed()
-    metrics = {s: markers[s]["metrics"] for s in ids if s in markers}
-    storage.write_json(storage.join(config.output, "metrics.json"), metrics)
-    storage.write_json(storage.join(config.output, "samples.json"),
-                       {s: markers[s].get("samples", []) for s in ids if s in markers})
-    manifest = finish(config, ledger, ids, done, wall0, ["rejects"], extra={"metrics": metrics})
-    manifest.write()
+    started = ensure_ray(config.ray, job=config.job)
+    try:
+        for section in ids:
+            if section in done:
+                print(f"[eval] {section}: done in an earlier run", flush=True)
+                continue
+            print(f"[eval] {section} ...", flush=True)
+            t0 = time.perf_counter()
+            pooled = pooled_inputs(config, section)
+            task = ray.remote(compute_section).options(num_cpus=min(1.0, max(io_cpus(), 0.5)))
+            try:
+                headline, _ = ray.get(task.remote(config, section, pooled))
+            except Exception as e:
+                raise unwrap(e) from None
+            print(f"[eval] {section}: {headline} ({time.perf_counter() - t0:.1f}s)", flush=True)
+        markers = ledger.completed()
+        metrics = {s: markers[s]["metrics"] for s in ids if s in markers}
+        storage.write_json(storage.join(config.output, "metrics.json"), metrics)
+        storage.write_json(storage.join(config.output, "samples.json"),
+                           {s: markers[s].get("samples", []) for s in ids if s in markers})
+        finish(manifest, ledger, ids, done, wall0, ["rejects"], extra={"metrics": metrics})
+        manifest.write()
+    finally:
+        if started:
+            ray.shutdown()
     if config.report and manifest.status == "complete":
         from egoray.eval.report import write_report
 

@@ -29,7 +29,8 @@ from egoray.data.em_pkl import read_em_pickle
 from egoray.data.narrations import CleanOptions, build_narrations, clean_summaries
 from egoray.data.raw import InputError
 from egoray.data.splits import read_splits
-from egoray.runtime import RunManifest, ShardLedger, StageTimer, bucket_of, ensure_ray, record_metrics, wait_all
+from egoray.runtime import RunManifest, ShardLedger, bucket_of, ensure_ray, record_metrics, wait_all
+from egoray.stages.base import StageTimer
 
 Format = Literal["auto", "ego4d_json", "em_pkl", "ek100_csv"]
 

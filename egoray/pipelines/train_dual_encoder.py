@@ -1,8 +1,10 @@
 """``train_dual_encoder`` job: CLIP-style projection heads over precomputed video and text features.
 
 Inputs: an ingest output (narrations with splits), a ``video_features`` output (per-time-step
-features of whole videos) and a ``text_features`` output over the same narrations. Each training
-pair is a narration's text embedding and the mean video feature of a window around it; the loss
+features of whole videos) and a ``text_features`` output over the same narrations (it carries
+each narration's video, times and split). Each training pair is a narration's text embedding and
+the mean video feature of a window around it, built by a Ray Data pass grouped by video (each
+video's features read once) into ``_work/pairs`` and streamed to the Ray Train workers; the loss
 is symmetric InfoNCE with a learnable temperature (clamped to ≤ 100), optionally EgoNCE (extra
 positives sharing verb and noun) and auxiliary pairs (rephrased / narrator texts of the same
 windows) with their own temperature. Training runs on Ray Train (DeepSpeed ZeRO or DDP) and
@@ -10,7 +12,7 @@ resumes from its latest checkpoint. Output::
 
     OUTPUT/model/model.pt              weights + head config (``load_dual_encoder``)
     OUTPUT/metrics/part-0000.parquet   per-epoch loss and held-out retrieval metrics
-    OUTPUT/rejects/part-0000.parquet   narrations without features or text embedding
+    OUTPUT/rejects/*.parquet           narrations without video features
     OUTPUT/train/                      Ray Train checkpoints
     OUTPUT/run.json
 """
@@ -18,31 +20,29 @@ resumes from its latest checkpoint. Output::
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
 from pydantic import Field
 
-from egoray import storage
 from egoray.config import JobConfig, StrictModel, Url
-from egoray.data.narrations import load_narrations
 from egoray.data.raw import InputError
-from egoray.eval.retrieval import chance_recall_at_1, ranks_of_first_relevant, recall_at
-from egoray.train.bank import load_bank
-from egoray.train.distributed import TrainerOptions, load_exported
-from egoray.train.dual_encoder import DualEncoder, DualEncoderConfig
+from egoray.eval.retrieval import blockwise_ranks, chance_recall_at_1, recall_at
+from egoray.models.dual_encoder import DualEncoder, DualEncoderConfig, load_dual_encoder
+from egoray.stages.pairs import caption_codes
+from egoray.train.distributed import TrainerOptions
 from egoray.train.job import launch, prepare
-from egoray.train.pairs import read_labels, resolve_windows, text_matrix
+
+__all__ = ["AuxSource", "Config", "evaluate", "load_dual_encoder", "run"]
+
+PAIR_COLUMNS = ["id", "text", "video", "embedding", "verb_code", "noun_code"]
 
 
 class AuxSource(StrictModel):
-    """Extra texts for the same kind of windows (LaViLa's rephrased / pseudo narrations)."""
+    """Extra texts for the same kind of windows (LaViLa's rephrased / pseudo narrations): a
+    ``text_features`` output over a rephrase or narrate output, which carries each text's window."""
 
-    text_features: Url = Field(description="text_features output over the extra texts")
-    windows: Url = Field(description="table with id_col, video_uid, t_start, t_end (rephrase / narrate output)")
-    id_col: str = "narration_id"
+    text_features: Url = Field(description="text_features output over the extra texts (video_uid, t_start, t_end kept)")
 
 
 class Config(JobConfig):
@@ -50,7 +50,7 @@ class Config(JobConfig):
 
     job: Literal["train_dual_encoder"] = "train_dual_encoder"
     video_features: Url
-    text_features: Url
+    text_features: Url = Field(description="text_features output over the narrations of `input`")
     labels: Url | None = Field(None, description="video_uid,t_start,t_end,verb,noun for narrations without them")
     offset_sec: float = Field(1.0, ge=0, description="window = [t_start - offset, t_end + offset]")
     train_splits: list[str] = ["train"]
@@ -64,76 +64,13 @@ class Config(JobConfig):
     train: TrainerOptions = TrainerOptions()
 
 
-def build_data(config: Config) -> tuple[dict[str, np.ndarray], list[dict], dict[str, int]]:
-    """Arrays the workers train on (train/eval pairs, aux pairs), rejects, and counts."""
-    bank = load_bank(config.video_features)
-    narrations = load_narrations(config.input, config.train_splits + config.eval_splits)
-    if narrations.num_rows == 0:
-        raise InputError(f"{config.input}: no narrations in splits {config.train_splits + config.eval_splits}")
-    w = resolve_windows(narrations, bank, config.offset_sec, read_labels(config.labels))
-    text, found = text_matrix(config.text_features, w.ids)
-    rejects = list(w.rejects) + [
-        {"record_id": w.ids[i], "stage": "pairs", "reason": "no_text_embedding", "detail": "", "input": ""}
-        for i in np.flatnonzero(~found)]
-    keep = np.flatnonzero(found)
-    video = bank.pool(w.rows[keep], w.t1[keep], w.t2[keep])
-    split = w.split[keep]
-    is_train = np.isin(split, config.train_splits)
-    texts = np.asarray(w.texts, dtype=object)[keep]
-    data = {
-        "video": video[is_train], "text": text[keep][is_train],
-        "verb": w.verb[keep][is_train], "noun": w.noun[keep][is_train],
-        "eval_video": video[~is_train], "eval_text": text[keep][~is_train],
-        "eval_verb": w.verb[keep][~is_train], "eval_noun": w.noun[keep][~is_train],
-        "eval_caption": _caption_codes(texts[~is_train]),
-    }
-    aux_video, aux_text = [], []
-    for source in config.aux:
-        v, t = _aux_pairs(source, bank, config.offset_sec)
-        aux_video.append(v)
-        aux_text.append(t)
-    dim = text.shape[1]
-    data["aux_video"] = np.concatenate(aux_video) if aux_video else np.zeros((0, bank.dim), np.float32)
-    data["aux_text"] = np.concatenate(aux_text) if aux_text else np.zeros((0, dim), np.float32)
-    counts = {"in": narrations.num_rows, "out": int(len(keep)), "rejected": len(rejects),
-              "train": int(is_train.sum()), "eval": int((~is_train).sum()), "aux": int(len(data["aux_video"]))}
-    if counts["train"] < 2:
-        raise InputError(f"only {counts['train']} training pairs (splits {config.train_splits}); need at least 2")
-    return data, rejects, counts
-
-
-def _caption_codes(texts: np.ndarray) -> np.ndarray:
-    norm = [" ".join(str(t).lower().split()) for t in texts]
-    vocab = {t: i for i, t in enumerate(sorted(set(norm)))}
-    return np.array([vocab[t] for t in norm], dtype=np.int64)
-
-
-def _aux_pairs(source: AuxSource, bank: Any, offset: float) -> tuple[np.ndarray, np.ndarray]:
-    """(video windows, text embeddings) of every aux text whose id (or id before ``#``) has a window."""
-    from egoray.train.bank import load_text_embeddings
-
-    try:
-        windows = storage.read_parquet(source.windows, columns=[source.id_col, "video_uid", "t_start", "t_end"])
-    except (storage.StorageError, KeyError, pa.ArrowInvalid) as e:
-        raise InputError(f"aux windows {source.windows}: {e}") from None
-    where = {k: i for i, k in enumerate(windows[source.id_col].cast(pa.string()).to_pylist())}
-    ids, mat = load_text_embeddings(source.text_features)
-    pos = np.fromiter((where.get(i, where.get(i.rsplit("#", 1)[0], -1)) for i in ids), np.int64, len(ids))
-    ok = np.flatnonzero(pos >= 0)
-    videos = np.asarray(windows["video_uid"].to_pylist(), dtype=object)[pos[ok]]
-    rows = bank.index_of(list(videos))
-    has = rows >= 0
-    t_start = windows["t_start"].to_numpy(zero_copy_only=False)[pos[ok]][has]
-    t_end = windows["t_end"].to_numpy(zero_copy_only=False)[pos[ok]][has]
-    return bank.pool(rows[has], t_start - offset, t_end + offset), mat[ok][has]
-
-
 def evaluate(model: DualEncoder, data: dict[str, np.ndarray]) -> dict[str, float]:
     """Held-out text→video and video→text retrieval: per instance, per caption, per verb+noun.
 
     Several held-out narrations can share a caption (or an action label), so besides exact
     instance recall we count a hit when the top item has the same caption / verb+noun, and
-    report the chance level of each, computed from the data.
+    report the chance level of each, computed from the data. Similarities are computed
+    ``block`` rows at a time.
     """
     import torch
 
@@ -145,46 +82,67 @@ def evaluate(model: DualEncoder, data: dict[str, np.ndarray]) -> dict[str, float
     with torch.no_grad():
         v = model.encode_video(torch.from_numpy(data["eval_video"]).to(param)).float().cpu().numpy()
         t = model.encode_text(torch.from_numpy(data["eval_text"]).to(param)).float().cpu().numpy()
-    sim = t @ v.T
     out: dict[str, float] = {"eval_items": float(n)}
-    for name, rel in (("", None), ("_caption", data["eval_caption"]), ("_label", None)):
-        if name == "_label":
-            known = (data["eval_verb"] >= 0) & (data["eval_noun"] >= 0)
-            if not known.all():
-                continue
-            rel = (data["eval_verb"][:, None] == data["eval_verb"][None, :]) & \
-                  (data["eval_noun"][:, None] == data["eval_noun"][None, :])
-        elif name == "_caption":
-            rel = rel[:, None] == rel[None, :]
-        else:
-            rel = np.arange(n)
-        for direction, s, r in (("t2v", sim, rel), ("v2t", sim.T, rel if rel.ndim == 1 else rel.T)):
-            for k, value in recall_at(ranks_of_first_relevant(s, r)).items():
+    verb, noun = data["eval_verb"], data["eval_noun"]
+    variants: list[tuple[str, np.ndarray | None]] = [("", None), ("_caption", data["eval_caption"])]
+    if ((verb >= 0) & (noun >= 0)).all():
+        variants.append(("_label", np.unique(np.stack([verb, noun], 1), axis=0, return_inverse=True)[1].ravel()))
+    for name, codes in variants:
+        for direction, q, c in (("t2v", t, v), ("v2t", v, t)):
+            for k, value in recall_at(blockwise_ranks(q, c, codes, codes)).items():
                 out[f"{direction}_{k}{name}"] = value
-        out[f"chance_R@1{name}"] = chance_recall_at_1(rel)
+        out[f"chance_R@1{name}"] = _chance(codes, n)
     return out
+
+
+def _chance(codes: np.ndarray | None, n: int) -> float:
+    """Expected R@1 of a random ranking: the mean share of candidates relevant to a query."""
+    if codes is None:
+        return chance_recall_at_1(np.arange(n))
+    _, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+    return float((counts[inverse] / n).mean())
+
+
+def _stack(column: Any) -> np.ndarray:
+    return np.stack([np.asarray(x, np.float32) for x in column]) if len(column) else np.zeros((0, 0), np.float32)
+
+
+def eval_arrays(shard: Any) -> dict[str, np.ndarray]:
+    """The whole held-out set, as arrays (every worker reads all of it)."""
+    video, text, verb, noun, captions = [], [], [], [], []
+    for b in shard.iter_batches(batch_size=4096, batch_format="numpy"):
+        video.append(_stack(b["video"]))
+        text.append(_stack(b["embedding"]))
+        verb.append(b["verb_code"].astype(np.int64))
+        noun.append(b["noun_code"].astype(np.int64))
+        captions += [str(x) for x in b["text"]]
+    if not video:
+        return {"eval_video": np.zeros((0, 0), np.float32)}
+    return {"eval_video": np.concatenate(video), "eval_text": np.concatenate(text),
+            "eval_verb": np.concatenate(verb), "eval_noun": np.concatenate(noun),
+            "eval_caption": caption_codes(captions)}
 
 
 def _train_loop(loop: dict[str, Any]) -> None:
     """One Ray Train worker: shard the pairs, train, evaluate, checkpoint every few epochs."""
-    import ray
     import ray.train
     import torch
 
-    from egoray.train.distributed import Engine, effective_batch, epoch_batches, gather_with_grad, report, resume
-    from egoray.train.dual_encoder import contrastive_loss, same_label
+    from egoray.models.dual_encoder import contrastive_loss, same_label
+    from egoray.train.distributed import Engine, effective_batch, gather_with_grad, report, resume
 
     options = TrainerOptions(**loop["train"])
     torch.manual_seed(options.seed)
     torch.set_num_threads(max(1, int(options.cpus_per_worker)))
-    data = ray.get(loop["data"])  # read-only views of the object store: never written
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     model = DualEncoder(DualEncoderConfig(**loop["model"]))
     model.gradient_checkpointing = options.gradient_checkpointing
-    n = len(data["video"])
-    batch = effective_batch(n, world, options.batch_size)
+    data = eval_arrays(ray.train.get_dataset_shard("eval"))
+    train_shard = ray.train.get_dataset_shard("train")
+    n_aux = loop["n_aux"]
+    aux_shard = ray.train.get_dataset_shard("aux") if n_aux else None
+    batch = effective_batch(loop["n_train"], world, options.batch_size)
     engine = Engine(model, options, batch)
     state = resume(engine)
     start = int(state.get("epoch", 0))
@@ -193,30 +151,31 @@ def _train_loop(loop: dict[str, Any]) -> None:
         # every rank evaluates: under ZeRO-3 a forward pass gathers weights collectively
         initial = evaluate(engine.module, data)
         history.append({"epoch": 0, "loss": None, **(initial if rank == 0 else {})})
-    video, text = torch.from_numpy(data["video"]), torch.from_numpy(data["text"])
-    verb, noun = torch.from_numpy(data["verb"]), torch.from_numpy(data["noun"])
-    aux_v, aux_t = torch.from_numpy(data["aux_video"]), torch.from_numpy(data["aux_text"])
-    n_aux = len(aux_v)
     export = {"kind": "dual_encoder", "config": loop["model"]}
+    aux_batch = max(1, min(batch, n_aux // world)) if n_aux else 0
     for epoch in range(start + 1, options.epochs + 1):
         engine.train()
         t0 = time.perf_counter()
         losses, seen = [], 0
-        rng = np.random.default_rng(options.seed * 7919 + epoch * 31 + rank)
-        for idx in epoch_batches(n, batch, rank, world, options.seed, epoch):
-            i = torch.from_numpy(idx)
-            vin, tin = video[i], text[i]
-            use_aux = n_aux >= 2 and loop["aux_weight"] > 0
+        use_aux = n_aux >= 2 * world and aux_batch >= 2 and loop["aux_weight"] > 0
+        aux_batches = _cycle(aux_shard, aux_batch, options.seed + epoch) if use_aux else None
+        for b in train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
+                                          local_shuffle_buffer_size=max(batch, 8 * batch),
+                                          local_shuffle_seed=options.seed * 100_003 + epoch * 31 + rank):
+            vin, tin = torch.from_numpy(_stack(b["video"])), torch.from_numpy(_stack(b["embedding"]))
+            verb, noun = torch.from_numpy(b["verb_code"].astype(np.int64)), torch.from_numpy(b["noun_code"].astype(np.int64))
+            size = len(vin)
             if use_aux:  # one forward for both kinds of pairs (DDP allows one forward per backward)
-                j = torch.from_numpy(rng.choice(n_aux, size=min(batch, n_aux), replace=False))
-                vin, tin = torch.cat([vin, aux_v[j]]), torch.cat([tin, aux_t[j]])
+                a = next(aux_batches)
+                vin = torch.cat([vin, torch.from_numpy(_stack(a["video"]))])
+                tin = torch.cat([tin, torch.from_numpy(_stack(a["embedding"]))])
             ve, te, scale, aux_scale = engine(engine.to_input(vin), engine.to_input(tin))
-            ave, ate = ve[len(idx):], te[len(idx):]
-            ve, te = ve[:len(idx)], te[:len(idx)]
+            ave, ate = ve[size:], te[size:]
+            ve, te = ve[:size], te[:size]
             positives = None
             if loop["egonce"]:
-                positives = same_label(gather_with_grad(verb[i]) if loop["gather"] else verb[i],
-                                       gather_with_grad(noun[i]) if loop["gather"] else noun[i])
+                positives = same_label(gather_with_grad(verb) if loop["gather"] else verb,
+                                       gather_with_grad(noun) if loop["gather"] else noun)
             if loop["gather"]:
                 ve, te = gather_with_grad(ve), gather_with_grad(te)
             loss = contrastive_loss(ve, te, scale, positives)
@@ -226,7 +185,7 @@ def _train_loop(loop: dict[str, Any]) -> None:
                 loss = loss + loop["aux_weight"] * contrastive_loss(ave, ate, aux_scale)
             engine.step(loss)
             losses.append(float(loss.detach()))
-            seen += len(idx)
+            seen += size
         seconds = time.perf_counter() - t0
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else None,
                    "examples": seen * world, "examples_per_s": seen * world / max(seconds, 1e-9)}
@@ -246,23 +205,46 @@ def _train_loop(loop: dict[str, Any]) -> None:
         report(engine, {"epoch": start}, {**state, "resumed_from": start}, export)
 
 
+def _cycle(shard: Any, batch: int, seed: int) -> Any:
+    """Batches of the aux shard, again and again (aux sets are smaller than the main one)."""
+    epoch = 0
+    while True:
+        yielded = False
+        for b in shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
+                                    local_shuffle_buffer_size=8 * batch, local_shuffle_seed=seed + epoch):
+            yielded = True
+            yield b
+        if not yielded:
+            return
+        epoch += 1
+
+
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    from egoray.train.data import build_pairs, pairs_dataset, text_features_source
+
     wall0 = time.perf_counter()
-    ledger = prepare(config, overwrite)
-    data, rejects, counts = build_data(config)
-    print(f"[train_dual_encoder] {counts['train']} training pairs, {counts['eval']} held-out, "
-          f"{counts['aux']} auxiliary, {counts['rejected']} rejected", flush=True)
-    model = config.model.model_copy(update={"video_dim": data["video"].shape[1], "text_dim": data["text"].shape[1]})
-    loop = {"model": model.model_dump(), "egonce": config.egonce, "aux_weight": config.aux_weight,
-            "gather": config.gather_negatives and config.train.num_workers > 1}
-    return launch(config, config.train, ledger, _train_loop, loop, data, rejects, counts, wall0)
+    splits = config.train_splits + config.eval_splits
+    items, inputs = text_features_source(config.text_features, splits)
+    aux_items = [text_features_source(a.text_features) for a in config.aux]
+    ledger = prepare(config, overwrite, inputs + [u for _, us in aux_items for u in us])
 
+    def pairs() -> dict[str, Any]:
+        url = build_pairs(config.output, "pairs", items, config.video_features, config.offset_sec, config.labels)
+        aux = [build_pairs(config.output, f"aux{i}", build, config.video_features, config.offset_sec)
+               for i, (build, _) in enumerate(aux_items)]
+        datasets = {"train": pairs_dataset(url, config.train_splits, PAIR_COLUMNS),
+                    "eval": pairs_dataset(url, config.eval_splits, PAIR_COLUMNS)}
+        if aux:
+            datasets["aux"] = pairs_dataset(aux, [], PAIR_COLUMNS)
+        return {"url": url, "aux": aux, "datasets": datasets, "split": ["train", "aux"]}
 
-def load_dual_encoder(url: str) -> DualEncoder:
-    """A trained dual encoder from a ``train_dual_encoder`` output (or its model.pt)."""
-    blob = load_exported(url)
-    if blob.get("kind") != "dual_encoder":
-        raise InputError(f"{url}: holds a {blob.get('kind')!r} model, not a dual encoder")
-    model = DualEncoder(DualEncoderConfig(**blob["config"]))
-    model.load_state_dict(blob["state_dict"])
-    return model.eval()
+    def loop(counts: dict[str, Any]) -> dict[str, Any]:
+        if counts["train"] < 2:
+            raise InputError(f"only {counts['train']} training pairs (splits {config.train_splits}); need at least 2")
+        dims = counts["dims"]
+        model = config.model.model_copy(update={"video_dim": dims["video"], "text_dim": dims["embedding"]})
+        return {"model": model.model_dump(), "egonce": config.egonce, "aux_weight": config.aux_weight,
+                "gather": config.gather_negatives and config.train.num_workers > 1,
+                "n_train": counts["train"], "n_aux": counts["aux"]}
+
+    return launch(config, config.train, ledger, _train_loop, pairs, loop, wall0)

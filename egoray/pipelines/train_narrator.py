@@ -2,13 +2,14 @@
 
 Inputs: an ingest output (narrations with splits) and a ``video_features`` output. For each
 narration, ``num_frames`` features spread over ``[t_start - offset, t_end + offset]`` are the
-video tokens; the LM is trained teacher-forced to produce the narration, and only the attention
-pooler and the cross-attention blocks learn. Runs on Ray Train (DeepSpeed ZeRO or DDP) and
-resumes from its latest checkpoint. Output::
+video tokens, sampled by a Ray Data pass grouped by video into ``_work/pairs`` and streamed to
+the Ray Train workers; the LM is trained teacher-forced to produce the narration, and only the
+attention pooler and the cross-attention blocks learn. Runs on Ray Train (DeepSpeed ZeRO or DDP)
+and resumes from its latest checkpoint. Output::
 
     OUTPUT/model/model.pt              pooler + cross-attention weights and the narrator config
     OUTPUT/metrics/part-0000.parquet   per-epoch train loss and held-out loss
-    OUTPUT/rejects/part-0000.parquet   narrations without video features
+    OUTPUT/rejects/*.parquet           narrations without video features
     OUTPUT/train/                      Ray Train checkpoints
     OUTPUT/run.json
 """
@@ -16,20 +17,17 @@ resumes from its latest checkpoint. Output::
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from egoray.config import JobConfig, Url
-from egoray.data.narrations import load_narrations
 from egoray.data.raw import InputError
-from egoray.train.bank import load_bank
+from egoray.models.narrator import TRAINED_PREFIXES, NarratorConfig
+from egoray.stages.video import from_npy
 from egoray.train.distributed import TrainerOptions
 from egoray.train.job import launch, prepare
-from egoray.train.narrator import TRAINED_PREFIXES, NarratorConfig
-from egoray.train.pairs import resolve_windows
 
 
 class Config(JobConfig):
@@ -45,22 +43,17 @@ class Config(JobConfig):
     train: TrainerOptions = TrainerOptions(strategy="ddp", epochs=5, batch_size=16, lr=3e-4)
 
 
-def build_data(config: Config) -> tuple[dict[str, Any], list[dict], dict[str, int]]:
-    bank = load_bank(config.video_features)
-    narrations = load_narrations(config.input, config.train_splits + config.eval_splits)
-    if narrations.num_rows == 0:
-        raise InputError(f"{config.input}: no narrations in splits {config.train_splits + config.eval_splits}")
-    w = resolve_windows(narrations, bank, config.offset_sec)
-    frames = bank.sample(w.rows, w.t1, w.t2, config.model.num_frames)
-    is_train = np.isin(w.split, config.train_splits)
-    texts = np.asarray(w.texts, dtype=object)
-    data = {"frames": frames[is_train], "texts": list(texts[is_train]),
-            "eval_frames": frames[~is_train], "eval_texts": list(texts[~is_train])}
-    counts = {"in": narrations.num_rows, "out": len(w.ids), "rejected": len(w.rejects),
-              "train": int(is_train.sum()), "eval": int((~is_train).sum())}
-    if counts["train"] < 2:
-        raise InputError(f"only {counts['train']} training narrations (splits {config.train_splits})")
-    return data, w.rejects, counts
+def frames_of(column: Any) -> np.ndarray:
+    return np.stack([from_npy(b) for b in column])
+
+
+def eval_set(shard: Any) -> tuple[np.ndarray, list[str]]:
+    """Every held-out (frames, text), read by each worker."""
+    frames, texts = [], []
+    for b in shard.iter_batches(batch_size=1024, batch_format="numpy"):
+        frames.append(frames_of(b["frames"]))
+        texts += [str(t) for t in b["text"]]
+    return (np.concatenate(frames) if frames else np.zeros((0, 1, 1), np.float32)), texts
 
 
 def eval_loss(model: Any, frames: np.ndarray, texts: list[str], batch: int = 64) -> float | None:
@@ -84,53 +77,52 @@ def eval_loss(model: Any, frames: np.ndarray, texts: list[str], batch: int = 64)
 
 
 def _train_loop(loop: dict[str, Any]) -> None:
-    import ray
     import ray.train
     import torch
 
-    from egoray.train.distributed import Engine, effective_batch, epoch_batches, report, resume
-    from egoray.train.narrator import Narrator
+    from egoray.models.narrator import Narrator
+    from egoray.train.distributed import Engine, effective_batch, report, resume
 
     options = TrainerOptions(**loop["train"])
     torch.manual_seed(options.seed)
     torch.set_num_threads(max(1, int(options.cpus_per_worker)))
-    data = ray.get(loop["data"])
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     model = Narrator(NarratorConfig(**loop["model"]))
     model.set_gradient_checkpointing(options.gradient_checkpointing)
-    n = len(data["texts"])
-    batch = effective_batch(n, world, options.batch_size)
+    eval_frames, eval_texts = eval_set(ray.train.get_dataset_shard("eval"))
+    train_shard = ray.train.get_dataset_shard("train")
+    batch = effective_batch(loop["n_train"], world, options.batch_size)
     engine = Engine(model, options, batch, save_prefixes=TRAINED_PREFIXES)
     state = resume(engine)
     start = int(state.get("epoch", 0))
     history = list(state.get("history", []))
     if start == 0:
         # every rank evaluates: under ZeRO-3 a forward pass gathers weights collectively
-        initial = eval_loss(engine.module, data["eval_frames"], data["eval_texts"])
+        initial = eval_loss(engine.module, eval_frames, eval_texts)
         history.append({"epoch": 0, "loss": None, "eval_loss": initial if rank == 0 else None})
-    frames = torch.from_numpy(data["frames"])
-    texts = data["texts"]
     export = {"kind": "narrator", "config": loop["model"]}
     for epoch in range(start + 1, options.epochs + 1):
         engine.train()
         t0 = time.perf_counter()
         losses, seen = [], 0
-        for idx in epoch_batches(n, batch, rank, world, options.seed, epoch):
-            b = model.tokenize([texts[i] for i in idx])
-            out = engine(engine.to_input(frames[torch.from_numpy(idx)]), engine.to_input(b["input_ids"]),
+        for batch_rows in train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
+                                                   local_shuffle_buffer_size=8 * batch,
+                                                   local_shuffle_seed=options.seed * 100_003 + epoch * 31 + rank):
+            b = model.tokenize([str(t) for t in batch_rows["text"]])
+            frames = torch.from_numpy(frames_of(batch_rows["frames"]))
+            out = engine(engine.to_input(frames), engine.to_input(b["input_ids"]),
                          engine.to_input(b["attention_mask"]), engine.to_input(b["labels"]))
             engine.step(out.loss)
             losses.append(float(out.loss.detach()))
-            seen += len(idx)
+            seen += len(frames)
         seconds = time.perf_counter() - t0
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else None, "examples": seen * world,
                    "examples_per_s": seen * world / max(seconds, 1e-9)}
         with engine.gathered():
             gates = [float(torch.tanh(b.attn_gate.detach().float()).abs().mean()) for b in engine.module.xattn]
             metrics["mean_abs_gate"] = float(np.mean(gates))
-        held_out = eval_loss(engine.module, data["eval_frames"], data["eval_texts"])
+        held_out = eval_loss(engine.module, eval_frames, eval_texts)
         if rank == 0:
             metrics["eval_loss"] = held_out
         history.append(metrics)
@@ -145,11 +137,35 @@ def _train_loop(loop: dict[str, Any]) -> None:
 
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    from egoray.train.data import build_pairs, narrations_dataset, pairs_dataset
+
     wall0 = time.perf_counter()
-    ledger = prepare(config, overwrite)
-    data, rejects, counts = build_data(config)
-    print(f"[train_narrator] {counts['train']} training narrations, {counts['eval']} held-out, "
-          f"{counts['rejected']} rejected", flush=True)
-    model = config.model.model_copy(update={"video_dim": int(data["frames"].shape[-1])})
-    return launch(config, config.train, ledger, _train_loop, {"model": model.model_dump()}, data, rejects, counts,
-                  wall0)
+    items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
+    ledger = prepare(config, overwrite, inputs)
+    columns = ["id", "text", "frames"]
+
+    def pairs() -> dict[str, Any]:
+        url = build_pairs(config.output, "pairs", items, config.video_features, config.offset_sec,
+                          num_frames=config.model.num_frames)
+        return {"url": url, "aux": [], "split": ["train"],
+                "datasets": {"train": pairs_dataset(url, config.train_splits, columns),
+                             "eval": pairs_dataset(url, config.eval_splits, columns)}}
+
+    def loop(counts: dict[str, Any]) -> dict[str, Any]:
+        if counts["train"] < 2:
+            raise InputError(f"only {counts['train']} training narrations (splits {config.train_splits})")
+        width = _feature_dim(config.video_features)
+        model = config.model.model_copy(update={"video_dim": width})
+        return {"model": model.model_dump(), "n_train": counts["train"]}
+
+    return launch(config, config.train, ledger, _train_loop, pairs, loop, wall0)
+
+
+def _feature_dim(url: str) -> int:
+    """The width of the video features (from their index: no features are read)."""
+    from egoray import storage
+
+    index = storage.read_parquet(storage.join(url, "index"), columns=["dim"])
+    if index.num_rows == 0:
+        raise InputError(f"{url}: the feature index is empty")
+    return int(index["dim"][0].as_py())

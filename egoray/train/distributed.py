@@ -20,8 +20,8 @@ from pydantic import Field
 
 from egoray import storage
 from egoray.config import StrictModel
+from egoray.models.checkpoint import MODEL_FILE, load_weights
 
-MODEL_FILE = "model.pt"
 STATE_TAG = "state"
 
 
@@ -171,7 +171,7 @@ class Engine:
                                                           load_module_strict=self.save_prefixes is None)
             # DeepSpeed hands back its own bookkeeping too; ours sits under one key
             return dict((client_state or {}).get("egoray", {}))
-        blob = torch.load(os.path.join(directory, "ddp_state.pt"), map_location=self.device, weights_only=False)
+        blob = load_weights(os.path.join(directory, "ddp_state.pt"), "ddp_state.pt", self.device)
         self.module.load_state_dict(blob["model"], strict=self.save_prefixes is None)
         self.optimizer.load_state_dict(blob["optimizer"])
         return dict(blob["client_state"])
@@ -248,18 +248,20 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def fit(train_fn: Callable[[dict], None], loop_config: dict[str, Any], options: TrainerOptions,
-        output: str) -> Any:
-    """Run ``train_fn`` on ``options.num_workers`` Ray Train workers; returns the Ray Train Result."""
+        output: str, datasets: dict[str, Any] | None = None, split: list[str] | None = None) -> Any:
+    """Run ``train_fn`` on ``options.num_workers`` Ray Train workers; returns the Ray Train Result.
+
+    ``datasets`` are Ray Datasets the workers read with ``ray.train.get_dataset_shard``: those
+    named in ``split`` are split between the workers (equal rows each, so every worker takes the
+    same number of steps), the others are read whole by every worker (held-out sets).
+    """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from egoray.settings import Settings
+
     backend = options.backend if options.backend != "auto" else ("nccl" if options.use_gpu else "gloo")
     storage_path, filesystem = _storage(output)
-    # Settings only, never credentials: a runtime_env is visible in the dashboard. Workers get
-    # credentials the way every Ray worker does (their node's environment, instance profile).
-    worker_env = {"env_vars": {k: v for k, v in os.environ.items()
-                               if k in ("DS_ACCELERATOR", "EGORAY_CACHE", "EGORAY_DS_SHM_COMM", "AWS_ENDPOINT_URL",
-                                        "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")}}
     trainer = TorchTrainer(
         train_fn,
         train_loop_config=loop_config,
@@ -271,7 +273,9 @@ def fit(train_fn: Callable[[dict], None], loop_config: dict[str, Any], options: 
             name="train", storage_path=storage_path, storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=options.keep_checkpoints),
-            worker_runtime_env=worker_env if worker_env["env_vars"] else None),
+            worker_runtime_env=Settings.from_environ().runtime_env()),
+        datasets=datasets or {},
+        dataset_config=ray.train.DataConfig(datasets_to_split=list(split or [])),
     )
     return trainer.fit()
 
@@ -296,16 +300,3 @@ def fetch_model(checkpoint: Any, output: str) -> dict[str, Any]:
             client_state = json.load(f)
     storage.write_json(storage.join(output, "model", "client_state.json"), client_state)
     return client_state
-
-
-def load_exported(url: str) -> dict[str, Any]:
-    """The exported blob (kind, config, state_dict, ...) of a training job's output or model folder."""
-    import io
-
-    candidates = [storage.join(url, "model", MODEL_FILE), storage.join(url, MODEL_FILE), url]
-    for candidate in candidates:
-        if candidate.endswith(".pt") and storage.exists(candidate):
-            return torch.load(io.BytesIO(storage.read_bytes(candidate)), map_location="cpu", weights_only=False)
-    from egoray.data.raw import InputError
-
-    raise InputError(f"no trained model under {url} (looked for {candidates[0]})")

@@ -1,4 +1,9 @@
-"""The driver half every training job shares: plan, run Ray Train, export, write run.json."""
+"""The driver half every training job shares: pairs, Ray Train, export, ``run.json``.
+
+The driver claims the output, has the workers build the pairs (:mod:`egoray.train.data`), takes
+their counts, starts Ray Train over the pair datasets, and writes what the rank-0 worker
+exported. It never holds a pair.
+"""
 
 from __future__ import annotations
 
@@ -10,62 +15,76 @@ import pyarrow as pa
 
 from egoray import storage
 from egoray.config import JobConfig
-from egoray.data.schema import REJECTS
-from egoray.runtime import RunManifest, ShardLedger, StageCounts, ensure_ray
+from egoray.data.raw import InputError
+from egoray.runtime import RunManifest, ShardLedger, ensure_ray
+from egoray.stages.base import StageCounts
 from egoray.train.distributed import TrainerOptions, fetch_model, fit
-from egoray.train.pairs import reason_counts
 
 
-def prepare(config: JobConfig, overwrite: bool) -> ShardLedger:
-    """Refuse an output written by another config (``--overwrite`` clears it, checkpoints too)."""
+def prepare(config: JobConfig, overwrite: bool, inputs: list[str] | None = None) -> ShardLedger:
+    """Refuse an output written by another config or from changed inputs (``--overwrite`` clears
+    it, checkpoints too)."""
     ledger = ShardLedger(config.output)
-    ledger.prepare(config, ["train"], overwrite=overwrite)
+    ledger.prepare(config, ["train"], overwrite=overwrite, inputs=inputs)
     return ledger
 
 
 def launch(config: JobConfig, options: TrainerOptions, ledger: ShardLedger, train_fn: Callable[[dict], None],
-           loop: dict[str, Any], data: dict[str, Any], rejects: list[dict], counts: dict[str, int],
+           pairs: Callable[[], dict[str, Any]], loop: Callable[[dict[str, Any]], dict[str, Any]],
            wall0: float) -> dict[str, Any]:
-    """Train on Ray (``data`` goes to the object store once), then export the model and metrics."""
-    if counts["train"] // options.num_workers < 2:
-        from egoray.data.raw import InputError
+    """Build the pairs, train on Ray, export the model and metrics, write ``run.json``.
 
-        raise InputError(f"{counts['train']} training items cannot feed {options.num_workers} workers "
-                         "(each needs at least 2); add data or lower train.num_workers")
-    started = ensure_ray(config.ray, dashboard=True)
+    ``pairs()`` (Ray running) returns ``url`` (the main pairs), ``aux`` (more pair folders),
+    ``datasets`` and ``split`` for :func:`fit`; ``loop(counts)`` the train loop's config.
+    """
+    from egoray.metrics import record
+    from egoray.train.data import count_pairs, write_rejects
+
+    manifest = RunManifest.start(config)
+    started = ensure_ray(config.ray, dashboard=True, job=config.job)
     try:
-        import ray
-
-        result = fit(train_fn, {**loop, "data": ray.put(data), "train": options.model_dump()}, options,
-                     config.output)
+        built = pairs()
+        counts = count_pairs(built["url"])
+        splits = counts["splits"]
+        train_splits = getattr(config, "train_splits", ["train"])
+        n_train = sum(v for k, v in splits.items() if k in train_splits)
+        n_eval = sum(splits.values()) - n_train
+        n_aux = sum(sum(count_pairs(u)["splits"].values()) for u in built["aux"])
+        info = {"in": counts["total"], "out": sum(splits.values()), "rejected": sum(counts["rejected"].values()),
+                "train": n_train, "eval": n_eval, "aux": n_aux, "dims": counts["dims"]}
+        print(f"[{config.job}] {n_train} training pairs, {n_eval} held-out, {n_aux} auxiliary, "
+              f"{info['rejected']} rejected", flush=True)
+        if n_train // options.num_workers < 2:
+            raise InputError(f"{n_train} training items cannot feed {options.num_workers} workers "
+                             "(each needs at least 2); add data or lower train.num_workers")
+        if info["rejected"]:
+            write_rejects(built["url"], config.output)
+        loop_config = {**loop(info), "train": options.model_dump()}
+        result = fit(train_fn, loop_config, options, config.output, built["datasets"], built["split"])
+        if result.checkpoint is None:
+            raise RuntimeError("training finished without a checkpoint")
+        state = fetch_model(result.checkpoint, config.output)
+        history = state["history"]
+        storage.write_parquet(storage.join(config.output, "metrics", "part-0000.parquet"), pa.Table.from_pylist(history))
+        manifest.stages["pairs"] = StageCounts(info["in"], info["out"], info["rejected"])
+        trained = sum(h.get("examples") or 0 for h in history)
+        manifest.stages["train"] = StageCounts(n_train, n_train, 0, sum(h["examples"] / h["examples_per_s"]
+                                                                        for h in history if h.get("examples_per_s")))
+        manifest.timings = {"wall_this_run": time.perf_counter() - wall0}
+        manifest.extra.update({
+            "reject_reasons": counts["rejected"], "pairs": {k: v for k, v in info.items() if k != "dims"},
+            "epochs": state["epoch"], "resumed_from_epoch": state.get("resumed_from", 0),
+            "examples_trained": trained, "initial_metrics": history[0],
+            "final_metrics": {k: v for k, v in history[-1].items() if v is not None},
+            "model": storage.join(config.output, "model", "model.pt")})
+        manifest.status = "complete"
+        manifest.write()
+        resumed = state.get("resumed_from", 0)
+        record(config.job, {}, {"examples_trained": sum(h.get("examples") or 0 for h in history
+                                                         if h.get("epoch", 0) > resumed)})
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
-    state = fetch_model(result.checkpoint, config.output)
-    history = state["history"]
-    storage.write_parquet(storage.join(config.output, "metrics", "part-0000.parquet"), pa.Table.from_pylist(history))
-    storage.write_parquet(ledger.table_url("rejects", "0000"), pa.Table.from_pylist(rejects, schema=REJECTS))
-    manifest = RunManifest.start(config)
-    manifest.stages["pairs"] = StageCounts(counts["in"], counts["out"], counts["rejected"])
-    trained = sum(h.get("examples") or 0 for h in history)
-    manifest.stages["train"] = StageCounts(counts["train"], counts["train"], 0,
-                                           sum(h["examples"] / h["examples_per_s"] for h in history
-                                               if h.get("examples_per_s")))
-    manifest.timings = {"wall_this_run": time.perf_counter() - wall0}
-    manifest.extra.update({
-        "reject_reasons": reason_counts(rejects), "pairs": counts, "epochs": state["epoch"],
-        "resumed_from_epoch": state.get("resumed_from", 0), "examples_trained": trained,
-        "initial_metrics": history[0], "final_metrics": {k: v for k, v in history[-1].items() if v is not None},
-        "model": storage.join(config.output, "model", "model.pt")})
-    manifest.status = "complete"
-    manifest.write()
-    from egoray.metrics import record
-
-    resumed = state.get("resumed_from", 0)
-    record(config.job, {}, {"examples_trained": sum(h.get("examples") or 0 for h in history
-                                                     if h.get("epoch", 0) > resumed)})
     return manifest.to_dict()

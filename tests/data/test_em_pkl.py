@@ -4,8 +4,9 @@ import pickle
 
 import pytest
 
-from egoray.data.em_pkl import read_em_pickle, safe_load
+from egoray.data.em_pkl import read_em_pickle
 from egoray.data.raw import InputError
+from egoray.data.safe_pickle import safe_load
 
 
 class _Evil:

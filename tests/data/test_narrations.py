@@ -3,7 +3,7 @@ import pytest
 
 from egoray.data.narrations import CleanOptions, build_narrations
 from egoray.data.raw import RawRows
-from egoray.runtime import StageTimer
+from egoray.stages.base import StageTimer
 
 
 def _raw(rows):

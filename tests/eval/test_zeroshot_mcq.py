@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 
 from egoray.eval.mcq import mcq_accuracy
-from egoray.eval.zeroshot import (average_precision, class_embeddings, expand_templates, multilabel_map,
-                                  read_class_names, topk_accuracy)
+from egoray.eval.zeroshot import (
+    average_precision,
+    class_embeddings,
+    expand_templates,
+    multilabel_map,
+    read_class_names,
+    topk_accuracy,
+)
 
 LABELS = Path(__file__).resolve().parent.parent / "fixtures" / "labels"
 

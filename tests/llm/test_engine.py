@@ -35,7 +35,7 @@ def test_left_padding_does_not_change_greedy_outputs(llama):
 def test_json_schema_constrains_every_output(llama):
     params = GenerationParams(max_new_tokens=160, temperature=1.0)
     prompts = [f"Narrations: the camera wearer cuts onion number {i}. JSON:" for i in range(6)]
-    outs = llama.generate(prompts, params, schema=qa_schema(), seed=3)
+    outs = llama.generate(prompts, params, schema=qa_schema(), seeds=[[3 + i] for i in range(6)])
     assert len(outs) == 6
     for (text,) in outs:
         obj = json.loads(text)  # valid JSON although the weights are random
@@ -43,7 +43,7 @@ def test_json_schema_constrains_every_output(llama):
         parsed = validate_qa(text)
         assert parsed.ok, (parsed, text)
         assert parsed.value[0].endswith("?") and len(parsed.value[1].split()) <= 5
-    wrong = llama.generate(prompts[:3], params, schema=wrong_answers_schema(3), n=2, seed=4)
+    wrong = llama.generate(prompts[:3], params, schema=wrong_answers_schema(3), seeds=[[4, 5], [6, 7], [8, 9]])
     assert [len(w) for w in wrong] == [2, 2, 2]
     for group in wrong:
         for text in group:
@@ -51,24 +51,38 @@ def test_json_schema_constrains_every_output(llama):
             assert validate_wrong_answers(text, "xyzzy").reason in (None, "duplicate_wrong_answers")
 
 
-def test_sampling_is_seeded(llama):
-    params = GenerationParams(max_new_tokens=8, temperature=1.0)
-    a = llama.generate(["hello there"], params, seed=11)
-    assert llama.generate(["hello there"], params, seed=11) == a
-    assert llama.generate(["hello there"], params, n=4, seed=12)[0] != a[0] * 4
+def test_sampling_is_seeded_per_row_whatever_the_batch(llama):
+    """A prompt's samples depend on its own seeds only: alone, in another batch, in another order."""
+    params = GenerationParams(max_new_tokens=12, temperature=1.0)
+    prompts = [f"the camera wearer picks up cup {i}" + " and walks" * (i % 3) for i in range(6)]
+    seeds = [[100 + i, 200 + i] for i in range(6)]
+    together = llama.generate(prompts, params, seeds=seeds)
+    alone = [llama.generate([p], params, seeds=[s])[0] for p, s in zip(prompts, seeds, strict=True)]
+    reversed_order = llama.generate(prompts[::-1], params, seeds=seeds[::-1])[::-1]
+    assert together == alone == reversed_order
+    assert together[0][0] != together[0][1]  # two seeds, two samples
+    assert llama.generate([prompts[0]], params, seeds=[[999, 200]])[0][0] != together[0][0]
+
+
+def test_row_seeds_are_stable_and_distinct():
+    from egoray.models.sampling import row_seed
+
+    assert row_seed(0, "question", "g:1", 0, 0) == row_seed(0, "question", "g:1", 0, 0)
+    seeds = {row_seed(0, "question", f"g:{i}", s, a) for i in range(50) for s in range(3) for a in range(2)}
+    assert len(seeds) == 300 and all(0 <= x < 2**63 for x in seeds)
 
 
 def test_seq2seq_returns_n_per_prompt():
     t5 = HFEngine("tiny:t5")
     outs = t5.generate(["paraphrase: the camera wearer cuts an onion </s>", "paraphrase: hi </s>"],
-                       GenerationParams(max_new_tokens=6, temperature=1.0), n=3, seed=1)
+                       GenerationParams(max_new_tokens=6, temperature=1.0), seeds=[[1, 2, 3], [4, 5, 6]])
     assert [len(o) for o in outs] == [3, 3]
     assert t5.seq2seq and t5.tokenizer.padding_side == "right"
 
 
 def test_vllm_processor_config_is_built_from_the_engine_config():
     from egoray.llm.engine import EngineConfig
-    from egoray.llm.stage import vllm_processor_config
+    from egoray.vllm_stage import vllm_processor_config
 
     cfg = vllm_processor_config(
         EngineConfig(kind="vllm", model="org/model", batch_size=32, num_actors=3, gpus_per_actor=2,
@@ -83,7 +97,7 @@ def test_vllm_processor_config_is_built_from_the_engine_config():
 def test_generated_tokens_are_counted_without_padding(llama):
     params = GenerationParams(max_new_tokens=6, do_sample=True, seed=3)
     llama.generated_tokens = 0
-    outs = llama.generate(["c opens the door", "c"], params, n=2)
+    outs = llama.generate(["c opens the door", "c"], params, seeds=[[1, 2], [3, 4]])
     counted = llama.generated_tokens
     assert len(outs) == 2 and all(len(o) == 2 for o in outs)
     assert 0 < counted <= 2 * 2 * 6  # at most max_new_tokens per sequence; padding is not counted

@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from egoray.llm.prompts import QAPrompts, RephrasePrompts, SummaryPrompts
-from egoray.llm.summary import parse_summary, summary_prompt
+from egoray.llm.steps import parse_summary, summary_prompt
 
 
 def test_templates_are_checked_for_fields():

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from egoray.models.vlm import (VLMOptions, choose_examples, clip_prompts, embed_prompt, generate, load_vlm,
-                               pixel_values, prompt_segments)
+from egoray.models.vlm import (
+    VLMOptions,
+    choose_examples,
+    clip_prompts,
+    embed_prompt,
+    generate,
+    load_vlm,
+    pixel_values,
+    prompt_segments,
+)
 
 QUESTION, ANSWER = "Question: What is the camera wearer doing?", "Answer:"
 
@@ -65,10 +73,13 @@ def test_generation_returns_n_texts_with_scores(vlm):
         prompts = [embed_prompt(vlm, prompt_segments(QUESTION, ANSWER, ["C cuts"]), visual[:1], visual[1]),
                    embed_prompt(vlm, prompt_segments(QUESTION, ANSWER, []), visual[:0], visual[2])]
     options = VLMOptions(n=3, do_sample=True, max_new_tokens=6)
-    texts, nlls = generate(vlm, options, prompts, seed=1)
+    seeds = [[1, 2, 3], [4, 5, 6]]
+    texts, nlls = generate(vlm, options, prompts, seeds)
     assert [len(t) for t in texts] == [3, 3] and all(isinstance(x, str) for t in texts for x in t)
     assert all(0 < x < 20 for n in nlls for x in n)
-    assert generate(vlm, options, prompts, seed=1)[0] == texts  # seeded: reproducible
+    assert generate(vlm, options, prompts, seeds)[0] == texts  # seeded: reproducible
+    # per-row seeds: a prompt's narrations are the same alone as in a batch
+    assert generate(vlm, options, prompts[1:], seeds[1:])[0] == texts[1:]
 
 
 def test_examples_by_verb_noun_ratio_never_the_query_itself():

@@ -31,7 +31,11 @@ def test_demo_end_to_end(demo_run):
     clips = storage.read_parquet(str(out / "data" / "clips.parquet")).to_pylist()
     narrate = json.loads((out / "narrate" / "run.json").read_text())
     assert narrate["stages"]["narrate"]["out"] == sum(c["video_uid"] in held_out for c in clips) > 0
-    assert narrate["tables"]["captions"] == 5 * narrate["stages"]["narrate"]["out"]
+    assert narrate["units"]["captions"] == 5 * narrate["stages"]["narrate"]["out"]
+    # every model job ran its stages on one actor pool for the whole job: one model load per actor
+    for name in ("text_features", "video_features", "narrate"):
+        job = json.loads((out / name / "run.json").read_text())
+        assert job["model_loads"] == job["actors"], name
     captions = storage.read_parquet(str(out / "narrate" / "captions"))
     nll = captions["nll"].to_numpy()
     assert (nll > 0).all() and (nll < 50).all()

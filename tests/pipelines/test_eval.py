@@ -8,11 +8,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from egoray import storage
-from egoray.config import ConfigError, load_config
+from egoray.config import ConfigError
 from egoray.eval import sections
-from egoray.pipelines import job_module
+from egoray.pipelines import job_module, load_config
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "demo" / "eval.yaml")
+
+
+def _pooled(tmp_path, section: str, **sections_config):
+    """The per-video pooled input of one section, built by the eval job's Ray Data pass."""
+    from egoray.pipelines.eval import Config, pooled_inputs
+
+    config = Config(input=str(tmp_path), output=str(tmp_path / f"eval-{section}"), **sections_config)
+    return config, pooled_inputs(config, section)
 
 
 def test_rerun_resumes_finished_sections(demo_run, capsys):
@@ -39,9 +47,10 @@ def test_mcq_ranks_answers_with_the_dual_encoder(demo_run, tmp_path):
     rows.append({**rows[0], "group_id": "lost", "video_uid": "no-such-video"})
     (tmp_path / "qa" / "qa").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "qa" / "qa" / "part-0000.parquet")
-    result = sections.mcq(sections.MCQSection(qa=str(tmp_path / "qa"), model=str(out / "dual_encoder"),
-                                              video_features=str(out / "video_features"),
-                                              text_features=str(out / "text_features")))
+    config, moments = _pooled(tmp_path, "mcq", mcq=sections.MCQSection(
+        qa=str(tmp_path / "qa"), model=str(out / "dual_encoder"), video_features=str(out / "video_features"),
+        text_features=str(out / "text_features")))
+    result = sections.mcq(config.mcq, moments)
     assert result.counts == {"in": 7, "out": 6, "rejected": 1}
     assert result.rejects[0]["reason"] == "no_video_features"
     assert result.metrics["questions"] == 6 and result.metrics["chance"] == 0.25
@@ -55,7 +64,8 @@ def test_retrieval_with_ek100_style_relevancy_csv(demo_run, tmp_path):
         "model": str(out / "dual_encoder"), "narrations": str(out / "narrations"),
         "video_features": str(out / "video_features"), "text_features": str(out / "text_features"),
         "labels": str(out / "data" / "clips.parquet")})
-    plain = sections.retrieval(base)
+    _, pairs = _pooled(tmp_path, "retrieval", retrieval=base)
+    plain = sections.retrieval(base, pairs)
     # the held-out narrations written as an EK-100 annotation CSV (verb class, noun class set)
     narrations = storage.read_parquet(str(out / "narrations" / "narrations")).to_pylist()
     clips = storage.read_parquet(str(out / "data" / "clips.parquet")).to_pylist()
@@ -68,7 +78,8 @@ def test_retrieval_with_ek100_style_relevancy_csv(demo_run, tmp_path):
         clip = next(c for c in clips if c["video_uid"] == n["video_uid"] and c["t_start"] <= n["t_start"] <= c["t_end"])
         lines.append(f'{n["narration_id"]},"{n["text"]}",{verbs[clip["verb"]]},"[{nouns[clip["noun"]]}]"')
     (tmp_path / "ek.csv").write_text("\n".join(lines) + "\n")
-    ek = sections.retrieval(base.model_copy(update={"ek100": sections.EK100Relevancy(videos_csv=str(tmp_path / "ek.csv"))}))
+    ek = sections.retrieval(base.model_copy(update={"ek100": sections.EK100Relevancy(videos_csv=str(tmp_path / "ek.csv"))}),
+                            pairs)
     m = ek.metrics
     assert 0 < m["ek100_avg_mAP"] <= 1 and 0 < m["ek100_avg_nDCG"] <= 1
     assert m["t2v_R@1"] == plain.metrics["t2v_R@1"]  # the same model and pairs
@@ -114,10 +125,11 @@ def test_zeroshot_multilabel_clips_report_map(demo_run, tmp_path):
              "label": [c["label"], clips[(i + 1) % len(clips)]["label"]]} for i, c in enumerate(clips[:12])]
     rows.append({**rows[0], "label": ["juggle plates"]})
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "clips.parquet")
-    result = sections.zeroshot(sections.ZeroShotSection(
+    config, clips_pooled = _pooled(tmp_path, "zeroshot", zeroshot=sections.ZeroShotSection(
         classes=str(out / "data" / "labels.txt"), text_features=str(out / "text_features"),
         model=str(out / "dual_encoder"), clips=str(tmp_path / "clips.parquet"),
         video_features=str(out / "video_features")))
+    result = sections.zeroshot(config.zeroshot, clips_pooled)
     assert result.counts == {"in": 13, "out": 12, "rejected": 1}
     assert result.rejects[0]["reason"] == "unknown_label"
     m = result.metrics

@@ -10,14 +10,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from egoray import storage
-from egoray.config import validate_config
-from egoray.pipelines import captions, text_features, video_features
+from egoray.data.labels import read_labels
+from egoray.pipelines import captions, text_features, validate_config, video_features
 from tests.conftest import FIXTURES
+from tests.killing import assert_no_leftovers, kill_mid_run
 
 
 def test_text_features_of_narrations(ingested_small, tmp_path):
     config = validate_config({"job": "text_features", "input": str(ingested_small), "output": str(tmp_path / "t"),
-                              "encoder": {"model": "tiny:sentence", "normalize": True}, "num_shards": 3})
+                              "encoder": {"model": "tiny:sentence", "normalize": True}, "batch_size": 16,
+                              "rows_per_file": 20})
     manifest = text_features.run(config)
     narrations = storage.read_parquet(str(ingested_small / "narrations"))
     emb = storage.read_parquet(str(tmp_path / "t" / "embeddings"))
@@ -27,11 +29,31 @@ def test_text_features_of_narrations(ingested_small, tmp_path):
     mat = np.array(emb["embedding"].to_pylist(), dtype=np.float32)
     assert mat.shape == (narrations.num_rows, 64)
     np.testing.assert_allclose(np.linalg.norm(mat, axis=1), 1.0, atol=1e-5)
+    # each embedding carries its narration's video, times and split (what training pairs need)
+    by_id = {r["narration_id"]: r for r in narrations.to_pylist()}
+    for row in emb.select(["id", "video_uid", "t_start", "split"]).to_pylist():
+        assert (row["video_uid"], row["t_start"], row["split"]) == tuple(by_id[row["id"]][k] for k in
+                                                                        ("video_uid", "t_start", "split"))
+    # written from the workers, in several batches, counted and with one model load per actor
+    assert manifest["batches"] >= 2 and manifest["model_loads"] == {"encode": 1}
+    assert manifest["items"] == narrations.num_rows
+
+    # SIGKILL of the driver mid-run, then the same job again: the rows of the uninterrupted run
+    again = config.model_copy(update={"output": str(tmp_path / "killed")})
+    assert kill_mid_run(again, tmp_path) >= 1
+    resumed = text_features.run(again)
+    assert resumed["stages"]["encode"]["in"] == narrations.num_rows and resumed["items_this_run"] < resumed["items"]
+    got = storage.read_parquet(str(tmp_path / "killed" / "embeddings"))
+    assert got.num_rows == len(set(got["id"].to_pylist())) == emb.num_rows  # no duplicates, nothing lost
+    want = {r["id"]: r["embedding"] for r in emb.to_pylist()}
+    for row in got.to_pylist():  # the same vectors (batches differ: padding may move the last bits)
+        np.testing.assert_allclose(row["embedding"], want[row["id"]], atol=1e-5)
+    assert_no_leftovers(tmp_path / "killed")
 
 
 def test_kinetics_class_list_is_read_in_id_order():
     # the Kinetics JSON (name -> id) through the same reader as the Charades run below
-    pairs = text_features.read_labels(str(FIXTURES / "labels" / "kinetics_classnames.json"))
+    pairs = read_labels(str(FIXTURES / "labels" / "kinetics_classnames.json"))
     assert len(pairs) == 400 and len({label for _, label in pairs}) == 400
     assert not any('"' in label for _, label in pairs)
 
@@ -41,11 +63,11 @@ def test_class_prompts_to_hdf5(labels, tmp_path, ray_session):
     templates = ["The person in this video is doing {label}", "{label}"]
     config = validate_config({"job": "text_features", "input": str(FIXTURES / "labels" / labels),
                               "output": str(tmp_path / "c"), "templates": templates, "storage": "hdf5",
-                              "encoder": {"kind": "open_clip", "clip": {"name": "tiny-clip"}}, "num_shards": 2})
+                              "encoder": {"kind": "open_clip", "clip": {"name": "tiny-clip"}}, "rows_per_file": 100})
     manifest = text_features.run(config)
     n_classes = 157 if labels.endswith(".txt") else 400
     index = storage.read_parquet(str(tmp_path / "c" / "index"))
-    assert index.num_rows == manifest["tables"]["index"] == 2 * n_classes
+    assert index.num_rows == manifest["units"]["texts"] == 2 * n_classes
     for file in set(index["file"].to_pylist()):
         arrays = storage.read_hdf5_shard(str(tmp_path / "c" / file))
         ids = [x.decode() for x in arrays["ids"]]
@@ -57,7 +79,7 @@ def test_class_prompts_to_hdf5(labels, tmp_path, ray_session):
 
 
 def _video_config(src, out, **kw):
-    return validate_config({"job": "video_features", "input": str(src), "output": str(out), "num_shards": 2,
+    return validate_config({"job": "video_features", "input": str(src), "output": str(out), "rows_per_file": 2,
                             "sampling": {"fps": 1.875, "clip_mean": True}, **kw})
 
 
@@ -88,12 +110,19 @@ def test_video_features(synth_videos, tmp_path, ray_session):
     first = means.to_pylist()[0]
     np.testing.assert_allclose(first["embedding"], video_features.read_features(str(out), first["key"]).mean(0),
                                atol=1e-5)
-    # deterministic: a second run gives the same arrays
+    # SIGKILL of the driver mid-run (two actors), the same job again: the same arrays, each once
     again = tmp_path / "vf2"
-    video_features.run(_video_config(src, again))
-    key = videos[0]["video_uid"]
-    np.testing.assert_array_equal(video_features.read_features(str(again), key),
-                                  video_features.read_features(str(out), key))
+    two = _video_config(src, again, rows_per_file=1, num_actors=2, cpus_per_actor=0.5)
+    assert kill_mid_run(two, tmp_path) >= 1
+    resumed = video_features.run(two)
+    assert resumed["stages"]["decode_encode"] == {**c, "seconds": resumed["stages"]["decode_encode"]["seconds"]}
+    got = storage.read_parquet(str(again / "index"))
+    assert sorted(got["key"].to_pylist()) == sorted(r["key"] for r in index)  # no duplicates, nothing lost
+    for v in videos:
+        np.testing.assert_allclose(video_features.read_features(str(again), v["video_uid"]),
+                                   video_features.read_features(str(out), v["video_uid"]), atol=1e-5)
+    assert sorted(storage.read_parquet(str(again / "rejects"))["record_id"].to_pylist()) == ["corrupt", "empty", "zero"]
+    assert_no_leftovers(again)
 
 
 def test_clip_windows_from_a_table(synth_videos, tmp_path, ray_session):
@@ -104,7 +133,7 @@ def test_clip_windows_from_a_table(synth_videos, tmp_path, ray_session):
     out = tmp_path / "clips"
     manifest = video_features.run(validate_config({
         "job": "video_features", "input": str(synth_videos / "windows.parquet"), "output": str(out),
-        "sampling": {"num_frames": 4}, "num_shards": 1}))
+        "sampling": {"num_frames": 4}}))
     assert manifest["stages"]["decode_encode"]["out"] == 3
     index = {r["key"]: r for r in storage.read_parquet(str(out / "index")).to_pylist()}
     assert {r["n"] for r in index.values()} == {4}
@@ -115,8 +144,9 @@ def test_captions_job(synth_videos, tmp_path, ray_session):
     out = tmp_path / "cap"
     config = validate_config({"job": "captions", "input": str(synth_videos), "output": str(out),
                               "sampling": {"fps": 0.5}, "caption": {"seq_len": 8},
-                              "summary_params": {"max_new_tokens": 16}, "num_shards": 2})
+                              "summary_params": {"max_new_tokens": 16}})
     manifest = captions.run(config)
+    assert manifest["model_loads"] == {"caption": 1, "generate": 1, "embed_summary": 1}
     videos = pq.read_table(synth_videos / "videos.parquet").to_pylist()
     assert manifest["stages"]["caption"]["in"] == len(videos) == manifest["stages"]["caption"]["out"]
     s = manifest["stages"]["summary"]
@@ -130,9 +160,20 @@ def test_captions_job(synth_videos, tmp_path, ray_session):
         positions = [row["frame_captions"].index(k) for k in kept]
         assert positions == sorted(positions)
         assert row["summary"] and len(row["image_embedding"]) == len(row["summary_embedding"]) == 64
-    rejects = storage.read_parquet(str(out / "rejects")).to_pylist()
+    rejects = storage.read_parquet(str(out / "rejects")).to_pylist() if (out / "rejects").exists() else []
     for r in rejects:
         assert r["stage"] == "summary" and json.loads(r["input"])["kept_captions"]
+    # two actors per stage, SIGKILL mid-run, the same job again: the captions and summaries of the
+    # one-actor run (CoCa sampled per video and frame, the summary per video and attempt)
+    two = config.model_copy(update={"output": str(tmp_path / "cap2"), "num_actors": 2, "cpus_per_actor": 0.5,
+                                    "rows_per_file": 1})
+    assert kill_mid_run(two, tmp_path) >= 1
+    captions.run(two)
+    got = storage.read_parquet(str(tmp_path / "cap2" / "captions"))
+    key = ["video_uid", "frame_captions", "kept_captions", "summary"]
+    assert sorted(got.select(key).to_pylist(), key=lambda r: r["video_uid"]) == \
+        sorted(table.select(key).to_pylist(), key=lambda r: r["video_uid"])
+    assert_no_leftovers(tmp_path / "cap2")
     # the eval job's modality gap of this output: CoCa frame mean vs summary embedding
     from egoray.eval import sections
 

@@ -7,9 +7,8 @@ import pyarrow.compute as pc
 import pytest
 
 from egoray import storage
-from egoray.config import validate_config
 from egoray.data.raw import InputError
-from egoray.pipelines import ingest
+from egoray.pipelines import ingest, validate_config
 from tests.conftest import EK100_CSV
 
 

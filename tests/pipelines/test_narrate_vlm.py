@@ -13,10 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from egoray import storage
-from egoray.config import load_config
-from egoray.pipelines import job_module
-from egoray.pipelines.narrate_vlm import check_videos, load_pool
+from egoray.pipelines import job_module, load_config
+from egoray.stages.vlm import FolderClips, check_video, load_pool
+from egoray.video.decode import VideoError
 from egoray.video.frame_rate import frame_timing
+from tests.killing import assert_no_leftovers, kill_mid_run
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "demo" / "narrate_vlm.yaml")
 
@@ -42,7 +43,7 @@ def write_vfr_video(path: Path, frames: int = 40) -> None:
 
 def _overrides(out: Path, clips: Path, tmp: Path, *extra: str) -> list[str]:
     return [f"input={clips}", f"videos={out / 'data' / 'videos'}", f"output={tmp / 'narrate_vlm'}",
-            "video_splits=null", f"vlm.in_context.pool={out / 'narrations'}", *extra]
+            "video_splits=null", "vlm.in_context.k=2", f"vlm.in_context.pool={out / 'narrations'}", *extra]
 
 
 def test_vlm_narration_with_in_context_examples_and_bad_videos(demo_run, tmp_path):
@@ -63,6 +64,7 @@ def test_vlm_narration_with_in_context_examples_and_bad_videos(demo_run, tmp_pat
     manifest = job_module("narrate").run(config)
     assert manifest["status"] == "complete" and manifest["backend"] == "vlm"
     assert manifest["stages"]["narrate"] == {**manifest["stages"]["narrate"], "in": 5, "out": 4, "rejected": 1}
+    assert manifest["model_loads"] == {"narrate": 1}
     rejects = storage.read_parquet(str(tmp_path / "narrate_vlm" / "rejects")).to_pylist()
     assert [(r["record_id"], r["reason"]) for r in rejects] == [("broken", "unreadable")]
     # the variable-frame-rate clip was narrated from a constant-rate copy
@@ -75,16 +77,33 @@ def test_vlm_narration_with_in_context_examples_and_bad_videos(demo_run, tmp_pat
     total = pickle.loads((tmp_path / "narrate_vlm" / "total.pkl").read_bytes())
     assert len(total) == 4 and all(len(t[3]) == config.vlm.n for t in total)
 
+    # two actors, SIGKILL of the driver mid-run, the same job again: the narrations of the
+    # one-actor run (examples chosen per clip, every narration seeded by its clip and sample)
+    two = config.model_copy(update={"output": str(tmp_path / "two"), "num_actors": 2, "cpus_per_actor": 0.5,
+                                    "batch_size": 1, "rows_per_file": 1})
+    assert kill_mid_run(two, tmp_path) >= 1
+    again = job_module("narrate").run(two)
+    assert again["stages"]["narrate"] == {**manifest["stages"]["narrate"], "seconds": again["stages"]["narrate"]["seconds"]}
+    got = storage.read_parquet(str(tmp_path / "two" / "captions"))
+    assert sorted(zip(got["caption_id"].to_pylist(), got["text"].to_pylist(), strict=True)) == \
+        sorted(zip(captions["caption_id"].to_pylist(), captions["text"].to_pylist(), strict=True))
+    assert_no_leftovers(tmp_path / "two")
+
 
 def test_vfr_videos_are_rejected_unless_reencoded_and_pool_text_is_cleaned(demo_run, tmp_path):
     out = demo_run[0]
     write_vfr_video(tmp_path / "vfr.mp4")
     base = _overrides(out, out / "data" / "clips.parquet", tmp_path)
     config = load_config(CONFIG, [*base, "reencode_vfr=false"])
-    usable, info = check_videos([str(tmp_path / "vfr.mp4")], config)
-    assert usable == {} and info[str(tmp_path / "vfr.mp4")][0] == "variable_frame_rate"
+    with pytest.raises(VideoError) as e:
+        check_video(str(tmp_path / "vfr.mp4"), reencode=False, tolerance=config.vfr_tolerance, cfr_dir=None)
+    assert e.value.reason == "variable_frame_rate"
+    copy = check_video(str(tmp_path / "vfr.mp4"), reencode=True, tolerance=config.vfr_tolerance,
+                       cfr_dir=str(tmp_path / "cfr"))
+    assert copy == str(tmp_path / "cfr" / "vfr.mp4") and not frame_timing(copy).variable
     # in-context examples: training narrations only, tags cleaned, each with its video
-    pool = load_pool(config)
+    videos = {p.stem: str(p) for p in (out / "data" / "videos").glob("*.mp4")}
+    pool = load_pool(str(out / "narrations"), config.vlm.in_context, videos)
     train = [n for n in storage.read_parquet(str(out / "narrations" / "narrations")).to_pylist()
              if n["split"] == "train"]
     assert len(pool) == len(train) and all(p["path"] for p in pool)
@@ -92,9 +111,10 @@ def test_vfr_videos_are_rejected_unless_reencoded_and_pool_text_is_cleaned(demo_
 
 
 def test_a_folder_of_videos_gives_whole_video_or_dense_clips(demo_run, tmp_path):
-    """Folder input: one clip per readable video (its probed length), or dense tiles; bad files
-    keep their reason for the rejects."""
-    from egoray.pipelines.narrate_vlm import _tile, list_clips
+    """Folder input: one clip per readable video (its probed length), or dense tiles; a video that
+    cannot be probed keeps one clip, marked with its reason for the rejects."""
+    from egoray.stages.base import REASON, pending
+    from egoray.video.decode import probe
 
     out = demo_run[0]
     folder = tmp_path / "videos"
@@ -102,21 +122,13 @@ def test_a_folder_of_videos_gives_whole_video_or_dense_clips(demo_run, tmp_path)
     good = sorted((out / "data" / "videos").glob("*.mp4"))[0]
     (folder / good.name).write_bytes(good.read_bytes())
     (folder / "broken.mp4").write_bytes(b"garbage" * 50)
-    write_vfr_video(folder / "vfr.mp4")
-    for mode, expect_windows in (("table", 1), ("dense", None)):
-        config = load_config(CONFIG, [f"input={folder}", "videos=null", f"output={tmp_path / mode}",
-                                      "video_splits=null", "vlm.in_context.k=0", "reencode_vfr=false",
-                                      f"windows.mode={mode}", "windows.length=4", "windows.stride=4"])
-        clips = list_clips(config)
-        assert sorted(c["video_uid"] for c in clips) == sorted(["broken", "vfr", good.stem])
-        assert all(c["t_start"] == 0.0 and c["t_end"] is None for c in clips)
-        usable, info = check_videos([c["path"] for c in clips], config)
-        assert info[str(folder / "broken.mp4")][0] == "unreadable"
-        assert info[str(folder / "vfr.mp4")][0] == "variable_frame_rate"
-        tiled = [c for c in _tile(clips, info, config) if c["video_uid"] == good.stem]
-        duration = info[str(folder / good.name)][2]
-        if expect_windows == 1:
-            assert len(tiled) == 1 and tiled[0]["t_end"] == pytest.approx(duration)
-        else:
-            assert len(tiled) == int(duration // 4) and all(c["t_end"] - c["t_start"] == pytest.approx(4) for c in tiled)
-            assert len({c["window_id"] for c in tiled}) == len(tiled)
+    videos = pa.table({"video_uid": [good.stem, "broken"], "path": [str(folder / good.name), str(folder / "broken.mp4")]})
+    duration = probe(str(folder / good.name)).duration
+    whole = FolderClips(dense=False, length=4, stride=4)(videos)
+    assert whole.num_rows == 2 and pending(whole).tolist() == [True, False]
+    assert whole[REASON].to_pylist()[1] == "unreadable"
+    assert whole["t_start"][0].as_py() == 0.0 and whole["t_end"][0].as_py() == pytest.approx(duration)
+    dense = FolderClips(dense=True, length=4, stride=4)(videos)
+    tiles = [r for r in dense.to_pylist() if r["video_uid"] == good.stem]
+    assert len(tiles) == int(duration // 4) and all(r["t_end"] - r["t_start"] == pytest.approx(4) for r in tiles)
+    assert len({r["window_id"] for r in tiles}) == len(tiles)

@@ -6,15 +6,15 @@ import pyarrow.compute as pc
 import pytest
 
 from egoray import storage
-from egoray.config import validate_config
 from egoray.data.grouping import group_narrations
 from egoray.data.narrations import load_narrations
-from egoray.pipelines import qa
+from egoray.pipelines import qa, validate_config
 from egoray.pipelines.qa import EXPORT_FILE
+from tests.killing import assert_no_leftovers, kill_mid_run
 
 
 def _config(ingested, out, **kw):
-    base = {"job": "qa", "input": str(ingested), "output": str(out), "num_shards": 3, "shards_per_wave": 3,
+    base = {"job": "qa", "input": str(ingested), "output": str(out),
             "grouping": {"limit": 12}, "engine": {"model": "tiny:llama", "batch_size": 8},
             "question_params": {"max_new_tokens": 160, "temperature": 1.0},
             "wrong_answer_params": {"max_new_tokens": 160, "temperature": 1.0}}
@@ -43,7 +43,7 @@ def test_qa_job(ingested_small, tmp_path):
     manifest = qa.run(_config(ingested_small, out))
     assert manifest["status"] == "complete"
     stages = manifest["stages"]
-    assert stages["question"]["in"] == 12 == manifest["groups"]
+    assert stages["question"]["in"] == 12 == manifest["items"]
     assert stages["question"]["out"] == stages["wrong_answers"]["in"]
     for c in stages.values():
         assert c["in"] == c["out"] + c["rejected"]
@@ -64,12 +64,31 @@ def test_qa_job(ingested_small, tmp_path):
     assert first["moment_start_frame"] == pytest.approx(row["t_start"] * 30)
     assert first["moment_end_frame"] == pytest.approx(row["t_end"] * 30)
 
-    # Resume after a crash that lost one shard: nothing duplicated, nothing lost.
-    (out / "_shards" / "0001.json").unlink()
+    # a second run of a complete job does nothing
     again = qa.run(_config(ingested_small, out))
-    assert again["shards"]["resumed"] == 2 and again["shards"]["written_now"] == 1
+    assert again == json.loads((out / "run.json").read_text())
     q, r = _ids(out)
     assert len(q + r) == len(set(q + r)) == 12
+
+    # two actors, other batches, SIGKILL of the driver mid-run and the same job again: the rows of
+    # the uninterrupted one-actor run (every sample is seeded by its group, never by its batch)
+    two = _config(ingested_small, tmp_path / "qa2", engine={"model": "tiny:llama", "batch_size": 3, "num_actors": 2},
+                  rows_per_file=2)
+    assert kill_mid_run(two, tmp_path) >= 1
+    resumed = qa.run(two)
+    assert resumed["items_this_run"] < resumed["items"] == 12
+    assert _rows(tmp_path / "qa2") == _rows(out)
+    assert (tmp_path / "qa2" / EXPORT_FILE).read_text() == (out / EXPORT_FILE).read_text()
+    assert_no_leftovers(tmp_path / "qa2")
+
+
+def _rows(out):
+    """Every group's outcome: its QA set, or its reject reason and raw output."""
+    qa_rows = {r["group_id"]: (r["question"], r["answer"], tuple(r["wrong_answers"]))
+               for r in storage.read_parquet(str(out / "qa")).to_pylist()}
+    rejects = {r["record_id"]: (r["stage"], r["reason"], r["input"])
+               for r in storage.read_parquet(str(out / "rejects")).to_pylist()} if (out / "rejects").exists() else {}
+    return qa_rows, rejects
 
 
 def test_failures_are_retried_then_rejected_with_raw_output(ingested_small, tmp_path):

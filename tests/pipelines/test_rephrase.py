@@ -1,9 +1,10 @@
 from egoray import storage
-from egoray.config import validate_config
 from egoray.llm.engine import EngineConfig, GenerationParams
-from egoray.llm.summary import summarise
-from egoray.pipelines import rephrase
+from egoray.llm.prompts import SummaryPrompts
+from egoray.llm.steps import SummaryStep
+from egoray.pipelines import rephrase, validate_config
 from egoray.pipelines.rephrase import clean_paraphrases
+from tests.killing import assert_no_leftovers, kill_mid_run
 
 
 def test_clean_paraphrases():
@@ -15,7 +16,7 @@ def test_clean_paraphrases():
 
 def test_rephrase_job(ingested_small, tmp_path):
     config = validate_config({"job": "rephrase", "input": str(ingested_small), "output": str(tmp_path / "r"),
-                              "limit": 10, "k": 3, "num_shards": 2,
+                              "limit": 10, "k": 3,
                               "params": {"max_new_tokens": 10, "temperature": 1.0}})
     manifest = rephrase.run(config)
     c = manifest["stages"]["paraphrase"]
@@ -28,11 +29,29 @@ def test_rephrase_job(ingested_small, tmp_path):
         assert len(set(keys)) == len(keys)
         assert row["text"] and row["text"].lower() not in keys
 
+    # two actors, SIGKILL mid-run, the same job again: the paraphrases of the one-actor run
+    two = config.model_copy(update={"output": str(tmp_path / "r2"), "rows_per_file": 2,
+                                    "engine": config.engine.model_copy(update={"num_actors": 2, "batch_size": 3})})
+    assert kill_mid_run(two, tmp_path) >= 1
+    resumed = rephrase.run(two)["stages"]["paraphrase"]
+    assert (resumed["in"], resumed["out"], resumed["rejected"]) == (c["in"], c["out"], c["rejected"])
+    got = storage.read_parquet(str(tmp_path / "r2" / "paraphrases"))
+    assert sorted(got.select(["narration_id", "paraphrases"]).to_pylist(), key=lambda x: x["narration_id"]) == \
+        sorted(table.select(["narration_id", "paraphrases"]).to_pylist(), key=lambda x: x["narration_id"])
+    assert_no_leftovers(tmp_path / "r2")
 
-def test_summary_step_through_the_engine(ray_session):
-    outcomes = summarise({"v1": ["a hand opens a door", "a kitchen"], "v2": ["a cup"]},
-                         EngineConfig(model="tiny:llama", batch_size=4), GenerationParams(max_new_tokens=12))
-    assert set(outcomes) == {"v1", "v2"}
-    for o in outcomes.values():
-        assert (o.ok and o.value.strip() and "\n" not in o.value) or o.parsed.reason == "empty_output"
-        assert 1 <= o.attempts <= 3
+
+def test_summary_step_through_the_engine():
+    import pyarrow as pa
+
+    from egoray.stages.base import REASON, pending
+    from egoray.stages.generate import LLMStage
+
+    stage = LLMStage(EngineConfig(model="tiny:llama", batch_size=4),
+                     [SummaryStep(GenerationParams(max_new_tokens=12), SummaryPrompts())], "key")
+    stage.setup()
+    out = stage(pa.table({"key": ["v1", "v2"], "kept_captions": [["a hand opens a door", "a kitchen"], ["a cup"]]}))
+    ok = pending(out)
+    for row, good in zip(out.to_pylist(), ok, strict=True):
+        assert (good and row["summary"].strip() and "\n" not in row["summary"]) or row[REASON] == "empty_output"
+        assert 1 <= row["attempts_summary"] <= 3

@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 from egoray import storage
-from egoray.config import validate_config
-from egoray.pipelines import ingest, text_features
+from egoray.pipelines import ingest, text_features, validate_config
 from tests.conftest import ROOT
 
 
@@ -21,10 +20,10 @@ def test_ingest_then_text_features_on_s3(ray_session, synth_small, s3_server):
                                 "output": narr, "num_shards": 2}), overwrite=True)
     out = "s3://egoray-test/jobs/text_features"
     run = text_features.run(validate_config({
-        "job": "text_features", "input": narr, "output": out, "num_shards": 2,
+        "job": "text_features", "input": narr, "output": out,
         "encoder": {"kind": "sentence_transformers", "model": "tiny:sentence"}}), overwrite=True)
     n = storage.read_parquet(storage.join(narr, "narrations")).num_rows
-    assert run["status"] == "complete" and run["tables"]["embeddings"] == n
+    assert run["status"] == "complete" and run["units"]["texts"] == n
     table = storage.read_parquet(storage.join(out, "embeddings"))
     assert table.num_rows == n and set(table["id"].to_pylist()) == set(
         storage.read_parquet(storage.join(narr, "narrations"))["narration_id"].to_pylist())

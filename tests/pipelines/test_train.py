@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from egoray import storage
-from egoray.config import load_config
-from egoray.pipelines import job_module
+from egoray.pipelines import job_module, load_config
 from egoray.pipelines.demo import config_dir
 
 pytestmark = pytest.mark.slow
@@ -38,7 +37,8 @@ def _dual_encoder_overrides(root: Path, out: Path) -> list[str]:
 
 def test_dual_encoder_zero2_learns_round_trips_and_resumes(features):
     """The demo trained the dual encoder with DeepSpeed ZeRO-2 on 2 CPU workers (its config)."""
-    from egoray.pipelines.train_dual_encoder import build_data, evaluate, load_dual_encoder
+    from egoray.pipelines.train_dual_encoder import PAIR_COLUMNS, eval_arrays, evaluate, load_dual_encoder
+    from egoray.train.data import pairs_dataset
 
     out = features / "dual_encoder"
     overrides = _dual_encoder_overrides(features, out)
@@ -56,9 +56,10 @@ def test_dual_encoder_zero2_learns_round_trips_and_resumes(features):
     metrics = storage.read_parquet(str(out / "metrics"))
     assert metrics["epoch"].to_pylist() == list(range(0, run["epochs"] + 1))
 
-    # the exported model reproduces the reported held-out metrics
-    config = load_config(str(config_dir() / "demo/train_dual_encoder.yaml"), overrides)
-    data, _, _ = build_data(config)
+    # the exported model reproduces the reported held-out metrics on the held-out pairs it was
+    # evaluated on (built per video by the workers into _work/pairs, kept for resumed runs)
+    data = eval_arrays(pairs_dataset(str(out / "_work" / "pairs"), ["val", "test"], PAIR_COLUMNS))
+    assert len(data["eval_video"]) == pairs["eval"]
     again = evaluate(load_dual_encoder(str(out)), data)
     assert again["t2v_R@1"] == pytest.approx(final["t2v_R@1"])
     assert again["v2t_R@5_label"] == pytest.approx(final["v2t_R@5_label"])
@@ -143,13 +144,23 @@ def test_narrate_dense_windows(features, narrator, tmp_path):
     assert (captions["t_end"].to_numpy() - captions["t_start"].to_numpy() <= 5 + 1e-9).all()
 
 
-def test_windows_of_videos_without_features_are_rejected(features):
-    from egoray.pipelines.narrate import _frames_table
-    from egoray.train.bank import load_bank
+def test_narrate_killed_mid_run_with_two_actors_gives_the_demo_captions(features, tmp_path):
+    """The demo narrated the held-out clips with one actor; two actors, other batches and a SIGKILL
+    of the driver mid-run give the same captions (each seeded by its window and sample)."""
+    from tests.killing import assert_no_leftovers, kill_mid_run
 
-    bank = load_bank(str(features / "video_features"))
-    items = [{"window_id": "w1", "video_uid": bank.keys[0], "t_start": 0.0, "t_end": 2.0},
-             {"window_id": "w2", "video_uid": "no-such-video", "t_start": 0.0, "t_end": 2.0}]
-    table, rejects = _frames_table(items, bank, 4)
-    assert table["window_id"].to_pylist() == ["w1"]
-    assert [(r["record_id"], r["reason"]) for r in rejects] == [("w2", "no_video_features")]
+    reference = json.loads((features / "narrate" / "run.json").read_text())
+    config = load_config(str(config_dir() / "demo/narrate.yaml"), [])
+    config = type(config).model_validate({**reference["config"], "output": str(tmp_path / "n2"), "num_actors": 2,
+                                          "cpus_per_actor": 0.5, "batch_size": 3, "rows_per_file": 2})
+    assert kill_mid_run(config, tmp_path) >= 1
+    run = job_module("narrate").run(config)
+    assert run["stages"]["narrate"]["out"] == reference["stages"]["narrate"]["out"]
+    got = storage.read_parquet(str(tmp_path / "n2" / "captions")).to_pylist()
+    want = {r["caption_id"]: r for r in storage.read_parquet(str(features / "narrate" / "captions")).to_pylist()}
+    assert len(got) == len({r["caption_id"] for r in got}) == len(want)
+    for row in got:
+        assert row["text"] == want[row["caption_id"]]["text"]
+        assert row["nll"] == pytest.approx(want[row["caption_id"]]["nll"], abs=1e-4)
+    assert (tmp_path / "n2" / "total.pkl").exists()
+    assert_no_leftovers(tmp_path / "n2")

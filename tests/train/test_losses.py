@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from egoray.train.dual_encoder import DualEncoder, DualEncoderConfig, contrastive_loss, same_label
+from egoray.models.dual_encoder import DualEncoder, DualEncoderConfig, contrastive_loss, same_label
 
 
 def test_info_nce_by_hand():

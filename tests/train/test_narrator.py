@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from egoray.train.narrator import Narrator, NarratorConfig, load_lm, load_narrator
+from egoray.models.narrator import Narrator, NarratorConfig, load_lm, load_narrator
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +63,14 @@ def test_kv_cache_gives_the_same_samples(lm_and_tokenizer):
         for block in model.xattn:
             block.attn_gate.fill_(0.3)
     frames = torch.randn(3, 4, 16)
-    texts, nll = model.generate(frames, n=2, max_new_tokens=8, seed=5)
-    texts2, nll2 = model.generate(frames, n=2, max_new_tokens=8, seed=5, use_cache=False)
+    seeds = [[5, 6], [7, 8], [9, 10]]
+    texts, nll = model.generate(frames, n=2, max_new_tokens=8, seeds=seeds)
+    texts2, nll2 = model.generate(frames, n=2, max_new_tokens=8, seeds=seeds, use_cache=False)
     assert len(texts) == 3 and all(len(t) == 2 for t in texts)
     assert texts == texts2
+    # a window's captions depend on its own seeds only, not on the other windows of the batch
+    alone, _ = model.generate(frames[2:], n=2, max_new_tokens=8, seeds=seeds[2:])
+    assert alone == texts[2:]
     assert torch.allclose(torch.tensor(nll), torch.tensor(nll2), atol=1e-4)
     assert all(x > 0 for row in nll for x in row)
 

@@ -17,7 +17,6 @@ from torch import nn
 
 from egoray.config import StrictModel
 
-
 TRAINED_PREFIXES = ("pooler.", "xattn.")  # the frozen LM's weights come from the LM itself
 
 
@@ -171,27 +170,29 @@ class Narrator(nn.Module):
     @torch.no_grad()
     def generate(self, frames: torch.Tensor, n: int = 1, max_new_tokens: int = 20, top_p: float = 0.95,
                  temperature: float = 0.7, do_sample: bool = True, use_cache: bool = True,
-                 seed: int | None = None) -> tuple[list[list[str]], list[list[float]]]:
+                 seeds: list[list[int]] | None = None) -> tuple[list[list[str]], list[list[float]]]:
         """``n`` captions per window and each caption's mean negative log-likelihood per token.
 
-        The NLL is computed from the unmodified model distribution (before top-p/temperature).
+        Sample ``s`` of window ``i`` is drawn with its own generator seeded by ``seeds[i][s]``
+        (:mod:`egoray.models.sampling`), so a window's captions do not depend on its batch. The
+        NLL is computed from the unmodified model distribution (before top-p/temperature).
         """
+        from egoray.models.sampling import sampling_kwargs
+
         tok = self.tokenizer
         self.eval()
-        if seed is not None:
-            torch.manual_seed(seed)
         b = frames.shape[0]
+        seeds = seeds if seeds is not None else [[i * n + s for s in range(n)] for i in range(b)]
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        input_ids = torch.full((b, 1), bos, dtype=torch.long, device=frames.device)
+        input_ids = torch.full((b * n, 1), bos, dtype=torch.long, device=frames.device)
         self._visual.tokens = self.pooler(frames).repeat_interleave(n, dim=0)
         try:
             out = self.lm.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=do_sample,
-                top_p=top_p if do_sample else None, temperature=temperature if do_sample else None,
-                top_k=0 if do_sample else None, num_return_sequences=n, max_new_tokens=max_new_tokens,
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
                 use_cache=use_cache, output_logits=True, return_dict_in_generate=True,
                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                eos_token_id=tok.eos_token_id)
+                eos_token_id=tok.eos_token_id,
+                **sampling_kwargs([x for row in seeds for x in row], do_sample, temperature, 0, top_p))
         finally:
             self._visual.tokens = None
         new = out.sequences[:, 1:]
@@ -221,7 +222,7 @@ def load_lm(name: str) -> tuple[nn.Module, Any]:
 def load_narrator(url: str) -> Narrator:
     """A trained narrator from a ``train_narrator`` output (or its model.pt)."""
     from egoray.data.raw import InputError
-    from egoray.train.distributed import load_exported
+    from egoray.models.checkpoint import load_exported
 
     blob = load_exported(url)
     if blob.get("kind") != "narrator":

@@ -106,3 +106,16 @@ def same_label(verb: torch.Tensor, noun: torch.Tensor) -> torch.Tensor:
 
 def save_dual_encoder(model: DualEncoder) -> dict[str, Any]:
     return {"kind": "dual_encoder", "config": model.config.model_dump(), "state_dict": model.state_dict()}
+
+
+def load_dual_encoder(url: str) -> DualEncoder:
+    """A trained dual encoder from a ``train_dual_encoder`` output (or its model.pt)."""
+    from egoray.data.raw import InputError
+    from egoray.models.checkpoint import load_exported
+
+    blob = load_exported(url)
+    if blob.get("kind") != "dual_encoder":
+        raise InputError(f"{url}: holds a {blob.get('kind')!r} model, not a dual encoder")
+    model = DualEncoder(DualEncoderConfig(**blob["config"]))
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()

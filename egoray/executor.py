@@ -1,0 +1,433 @@
+"""The executor of every streaming job: read → stages → sink on Ray Data, resumable.
+
+A job declares a :class:`Pass`: a Parquet source (read by Ray Data in the workers), its stages
+(:class:`egoray.stages.Stage`, one actor pool each for the whole pass, sized by the stage's
+:class:`~egoray.stages.Resources`) and a :class:`~egoray.stages.Sink`. :func:`run_pass` runs it:
+
+- **Workers read and write.** ``read_parquet`` tasks read the source; each stage's actors load
+  their model once (``setup()``) and map batches; write tasks hand each finished batch to the
+  sink, which writes every file of that batch under the output as ``<base>.*``. The driver
+  plans and reports; no row passes through it.
+- **Resume is Ray Data's checkpointing.** With a ``CheckpointConfig`` on the item id column,
+  Ray Data records the ids of every committed write task under ``OUTPUT/_checkpoint`` with a
+  two-phase commit (a pending record before the files, renamed after) and, on the next run,
+  filters finished ids out right after the read and deletes the files of any write that never
+  committed. A job killed at any moment and started again ends with the rows of an
+  uninterrupted run, each once.
+- **Counts** come from the sink's per-batch ``_counts/<base>.json`` (committed with the batch),
+  so ``run.json`` adds up every run's work; model loads and stage seconds of *this* run come
+  from a small stats actor the stage actors report to.
+
+Inputs that need a whole-dataset step before the stages (grouping narrations, cutting videos
+into windows, a deterministic ``limit``) get it from :func:`prepare`: a Ray Data pass written
+to ``OUTPUT/_work/<name>/`` with a completion marker, which the main pass then reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from egoray import storage
+from egoray.stages.base import Sink, Stage, read_counts, write_part
+
+CHECKPOINT_DIR = "_checkpoint"
+WORK_DIR = "_work"
+DONE_FILE = "_DONE.json"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """Parquet files (or folders of them) the workers read, with the columns a job needs.
+
+    ``where`` keeps the rows a job works on (e.g. some splits): a Ray-free row filter applied in
+    the read tasks' wake, after the checkpoint filter.
+    """
+
+    paths: str | list[str]
+    columns: list[str] | None = None
+    where: Callable[[pa.Table], pa.Table] | None = None
+
+
+@dataclass
+class Pass:
+    """One streaming pass: what to read, which stages, which sink, keyed by ``id_column``."""
+
+    name: str
+    source: Source
+    stages: Sequence[Stage]
+    sink: Sink
+    id_column: str
+    rows_per_file: int = 10_000
+
+
+@dataclass
+class PassResult:
+    """What a pass did in this run and, from the committed counts, in all runs together."""
+
+    counts: list[dict[str, Any]]
+    loads: dict[str, int] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    resumed_items: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray-side wrappers
+# ---------------------------------------------------------------------------------------------
+
+
+class PassStats:
+    """Model loads and stage time of one run of a pass (a named actor the stage actors report to)."""
+
+    def __init__(self) -> None:
+        self.loads: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+
+    def loaded(self, stage: str) -> None:
+        self.loads[stage] = self.loads.get(stage, 0) + 1
+
+    def worked(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def get(self) -> tuple[dict[str, int], dict[str, float]]:
+        return self.loads, self.seconds
+
+
+class StageActor:
+    """A Ray Data actor around one stage: threads from its CPUs, ``setup()`` once, then batches."""
+
+    def __init__(self, stage: Stage, stats_actor: str | None = None) -> None:
+        import torch
+
+        from egoray.metrics import job_for_metrics
+
+        torch.set_num_threads(stage.resources.threads)
+        self.stage = stage
+        self.stats = None
+        self.metrics_job = job_for_metrics()
+        stage.setup()
+        if stats_actor:
+            import ray
+
+            with contextlib.suppress(ValueError):  # the driver may already have gone
+                self.stats = ray.get_actor(stats_actor)
+                self.stats.loaded.remote(stage.name)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
+        out = self.stage(batch)
+        if self.stats is not None:
+            self.stats.worked.remote(self.stage.name, time.perf_counter() - t0)
+        if self.metrics_job:
+            units = self.stage.units()
+            if units:
+                from egoray.metrics import add_async
+
+                add_async(self.metrics_job, units)
+        return out
+
+
+def _sink_class() -> type:
+    """A Ray Data file datasink around a :class:`Sink` (made lazily: importing it imports Ray)."""
+    from ray.data._internal.planner.plan_write_op import WRITE_UUID_KWARG_NAME
+    from ray.data.datasource import BlockBasedFileDatasink
+    from ray.data.datasource.filename_provider import _split_base_and_ext
+
+    class SinkDatasink(BlockBasedFileDatasink):
+        """Every file of one write task is named ``<base>.*`` from the task's file name: Ray Data's
+        checkpoint recovery deletes the files of an uncommitted task by that prefix."""
+
+        def __init__(self, sink: Sink, output: str, rows_per_file: int) -> None:
+            fs, path = storage.arrow_filesystem(output)
+            super().__init__(path, filesystem=fs, try_create_dir=False, min_rows_per_file=rows_per_file,
+                             file_format="parquet")
+            self.sink = sink
+            self.output = output
+
+        def write_block(self, block: Any, block_index: int, ctx: Any) -> None:
+            name = self.filename_provider.get_filename_for_task(ctx.kwargs[WRITE_UUID_KWARG_NAME], ctx.task_idx)
+            base, _ = _split_base_and_ext(name)
+            import ray
+
+            self.sink.write(block.to_arrow(), self.output, base, {"node": ray.get_runtime_context().get_node_id()})
+
+        def on_write_complete(self, write_result: Any) -> None:  # never delete the output folder
+            return None
+
+    return SinkDatasink
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side
+# ---------------------------------------------------------------------------------------------
+
+
+def io_cpus() -> float:
+    """CPUs each read/write task asks for.
+
+    On egoray's own local Ray, none: reads and writes are short I/O, and an actor pool sized to
+    the machine would otherwise leave them no CPU at all (the pass would wait forever). On a
+    cluster, a quarter: that keeps them off a head node declared with ``CPU: 0``.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return float(os.environ.get("EGORAY_IO_CPUS", "0.25"))
+    return float(os.environ.get("EGORAY_IO_CPUS", "0"))
+
+
+@contextlib.contextmanager
+def data_context(checkpoint: Any = None) -> Iterator[Any]:
+    """The Ray Data context of one pass (restored afterwards): V1 Parquet reads (their tasks
+    take our CPU request), our checkpoint config, the shuffle for one machine, Ray Data's INFO
+    lines kept out of the way."""
+    import ray.data
+    from ray.data.context import ShuffleStrategy
+
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.use_datasource_v2, ctx.checkpoint_config, ctx.print_on_execution_start, ctx.shuffle_strategy)
+    ctx.use_datasource_v2 = False
+    ctx.checkpoint_config = checkpoint
+    ctx.print_on_execution_start = False
+    if not os.environ.get("RAY_ADDRESS"):
+        # On one machine a pull-based sort shuffle (tasks) groups in about a second; the default
+        # hash shuffle starts an aggregator actor per partition first. Clusters keep the default.
+        ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    quiet_ray_data_logs()
+    try:
+        yield ctx
+    finally:
+        (ctx.use_datasource_v2, ctx.checkpoint_config, ctx.print_on_execution_start,
+         ctx.shuffle_strategy) = saved
+
+
+def quiet_ray_data_logs() -> None:
+    """Ray Data's INFO lines (plans, checkpoint loading) become debug; progress stays visible."""
+    for name in ("ray.data", "ray.data._internal.execution.streaming_executor", "ray.data.dataset",
+                 "ray.data.checkpoint.checkpoint_filter", "ray.data._internal.planner"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO)
+
+
+def read(source: Source, blocks: int | None = None) -> Any:
+    """A Ray Dataset over the source's Parquet files, read by worker tasks.
+
+    ``blocks``: at least this many blocks (the read tasks split theirs), so that a small input
+    still reaches every actor of a pool — one block goes to one actor.
+    """
+    import ray.data
+
+    paths = [source.paths] if isinstance(source.paths, str) else list(source.paths)
+    fs, _ = storage.arrow_filesystem(paths[0])
+    n_files = sum(len(storage.listdir(p, ".parquet")) or 1 for p in paths)
+    ds = ray.data.read_parquet([storage.arrow_filesystem(p)[1] for p in paths], filesystem=fs,
+                               columns=source.columns, num_cpus=io_cpus(),
+                               override_num_blocks=max(n_files, blocks or 1))
+    if source.where is not None:
+        ds = ds.map_batches(source.where, batch_format="pyarrow", batch_size=None, num_cpus=io_cpus())
+    return ds
+
+
+def cpu_share(stages: Sequence[Stage]) -> float:
+    """The factor each stage's CPU request is scaled by so that all pools fit on this machine.
+
+    Every stage's pool runs at once for the whole pass; on egoray's own local Ray, pools that
+    together ask for more CPUs than the machine has would wait for each other forever, and Ray
+    Data's own operators (the checkpoint filter of a resumed run, block splitting) need a CPU
+    too. There the requests are scaled to leave one CPU free (each actor keeps its configured
+    torch threads). On a cluster the autoscaler adds nodes instead, so nothing is scaled.
+    """
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        return 1.0
+    resources = ray.cluster_resources()
+    wanted_gpus = sum(s.resources.gpus * s.resources.actors for s in stages)
+    if wanted_gpus > resources.get("GPU", 0) + 1e-9:
+        from egoray.data.raw import InputError
+
+        raise InputError(f"the stages ask for {wanted_gpus:g} GPUs; this machine's Ray has "
+                         f"{resources.get('GPU', 0):g} (set gpus_per_actor: 0 to run on CPU)")
+    wanted = sum(s.resources.cpus * s.resources.actors for s in stages)
+    have = resources.get("CPU", 1.0)
+    budget = have - 1 if have >= 2 else have
+    if wanted <= budget:
+        return 1.0
+    print(f"[egoray] the stages' actor pools ask for {wanted:g} CPUs; this Ray has {have:g} and Ray Data needs "
+          f"one: each actor's CPU request is scaled by {budget / wanted:.2f}", flush=True)
+    return budget / wanted * 0.999
+
+
+def apply_stages(ds: Any, stages: Sequence[Stage], stats_actor: str | None = None) -> Any:
+    """One actor pool per stage, for the whole pass."""
+    import ray.data
+
+    share = cpu_share([s for s in stages if not hasattr(s, "apply_to_dataset")])
+    for stage in stages:
+        r = stage.resources
+        if hasattr(stage, "apply_to_dataset"):  # a stage that brings its own Ray Data operator (vLLM)
+            ds = stage.apply_to_dataset(ds)
+            continue
+        ds = ds.map_batches(StageActor, fn_constructor_kwargs={"stage": stage, "stats_actor": stats_actor},
+                            batch_size=r.batch_size, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(size=r.actors),
+                            num_cpus=r.cpus * share, num_gpus=r.gpus or None)
+    return ds
+
+
+def checkpoint_config(output: str, id_column: str) -> Any:
+    from ray.data.checkpoint import CheckpointConfig
+
+    url = storage.join(output, CHECKPOINT_DIR)
+    fs, path = storage.arrow_filesystem(url)
+    return CheckpointConfig(id_column=id_column, checkpoint_path=path, delete_checkpoint_on_success=False,
+                            override_filesystem=fs)
+
+
+def run_pass(p: Pass, output: str) -> PassResult:
+    """Run (or resume) a pass into ``output``; Ray must be running."""
+    import ray
+
+    t0 = time.perf_counter()
+    done_before = sum(r["items"] for r in read_counts(output))
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    stats_name = f"egoray-pass-{uuid.uuid4().hex[:12]}"
+    # on the driver's node: a worker node lost mid-job must not take the job's statistics with it
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    stats = ray.remote(num_cpus=0)(PassStats).options(name=stats_name, scheduling_strategy=here).remote()
+    try:
+        with data_context(checkpoint_config(output, p.id_column)):
+            blocks = 4 * max((s.resources.actors for s in p.stages), default=1)
+            ds = apply_stages(read(p.source, blocks), p.stages, stats_name)
+            ds.write_datasink(_sink_class()(p.sink, output, p.rows_per_file),
+                              ray_remote_args={"num_cpus": io_cpus()})
+    except Exception as e:
+        raise unwrap(e) from None
+    try:
+        loads, seconds = ray.get(stats.get.remote(), timeout=60)
+    except (ray.exceptions.RayError, TimeoutError) as e:  # statistics only: the output is complete
+        log.warning("egoray: model loads and stage times of this run are unknown (%s)", type(e).__name__)
+        loads, seconds = {}, {}
+    finally:
+        ray.kill(stats)
+    return PassResult(read_counts(output), loads, seconds, time.perf_counter() - t0, done_before)
+
+
+def unwrap(e: BaseException) -> BaseException:
+    """Our own errors (bad input, storage) raised inside a worker, as themselves."""
+    seen = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if type(cause).__module__.startswith("egoray."):
+            return cause
+        inner = getattr(cause, "cause", None)
+        cause = inner if isinstance(inner, BaseException) else (cause.__cause__ or cause.__context__)
+    return e
+
+
+def prepare(output: str, name: str, build: Callable[[], Any]) -> str:
+    """``OUTPUT/_work/<name>``, written once by the Ray Data pass ``build()`` returns.
+
+    A completion marker makes it reusable by every later run; a run killed while writing it
+    finds no marker and writes it again from scratch. Returns its URL.
+    """
+    url = storage.join(output, WORK_DIR, name)
+    done = storage.join(url, DONE_FILE)
+    if storage.exists(done):
+        return url
+    storage.remove(url, recursive=True)
+    with data_context(None):
+        fs, path = storage.arrow_filesystem(url)
+        try:
+            build().write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": io_cpus()})
+        except Exception as e:
+            raise unwrap(e) from None
+    storage.write_json(done, {"written_at": time.time()})
+    return url
+
+
+def work_files(url: str) -> list[str]:
+    """The Parquet files of a prepared ``_work`` folder (an empty one has none)."""
+    return storage.listdir(url, ".parquet")
+
+
+def clean_work(output: str) -> None:
+    """Drop the prepared inputs once a job is complete (they are rebuilt if ever needed)."""
+    storage.remove(storage.join(output, WORK_DIR), recursive=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole streaming job: claim the output, run its pass, export, write run.json
+# ---------------------------------------------------------------------------------------------
+
+
+def run_job(config: Any, overwrite: bool, inputs: Sequence[str], plan: Callable[[], Pass],
+            finish: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run (or resume) a streaming job and return its ``run.json``.
+
+    ``inputs`` are the URLs whose change refuses a resume; ``plan()`` (called with Ray running)
+    builds the pass, preparing ``_work`` inputs if it needs them; ``finish(manifest)`` (optional)
+    writes the job's exports from the committed tables and returns extra manifest fields.
+    A job whose ``run.json`` already says complete does nothing again.
+    """
+    from egoray.metrics import record
+    from egoray.runtime import MANIFEST_FILE, RunManifest, claim_output, ensure_ray, input_signatures
+    from egoray.stages.base import total_counts
+
+    wall0 = time.perf_counter()
+    manifest = RunManifest.start(config)
+    resumed = claim_output(config, overwrite, input_signatures(inputs))
+    run_url = storage.join(config.output, MANIFEST_FILE)
+    if resumed and storage.exists(run_url):
+        previous = storage.read_json(run_url)
+        if previous.get("status") == "complete":
+            print(f"[{config.job}] {config.output} is complete already; nothing to do", flush=True)
+            return previous
+    started = ensure_ray(config.ray, job=config.job)
+    try:
+        p = plan()
+        before = {r["base"] for r in read_counts(config.output)}
+        print(f"[{config.job}] {' → '.join(s.name for s in p.stages)} → {config.output}"
+              f"{' (resuming)' if before else ''}", flush=True)
+        result = run_pass(p, config.output)
+        extra = finish(manifest) if finish is not None else {}
+        stage_names = list(p.sink.stages)
+        new = [r for r in result.counts if r["base"] not in before]
+        manifest.stages = total_counts(result.counts, stage_names)
+        manifest.timings = {"wall_this_run": time.perf_counter() - wall0, "pass_this_run": result.seconds,
+                            **{f"stage_{k}": v for k, v in result.stage_seconds.items()}}
+        manifest.extra.update({
+            "items": sum(r["items"] for r in result.counts), "items_this_run": sum(r["items"] for r in new),
+            "batches": len(result.counts), "units": _sum_units(result.counts), "model_loads": result.loads,
+            "actors": {s.name: s.resources.actors for s in p.stages}, **(extra or {})})
+        for name, table in p.sink.empty_tables().items():
+            if not storage.listdir(storage.join(config.output, name), ".parquet"):
+                write_part(config.output, name, "empty", table)
+        manifest.status = "complete"
+        manifest.write()
+        clean_work(config.output)
+        record(config.job, {k: v.to_dict() for k, v in total_counts(new, stage_names).items()}, _sum_units(new))
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return manifest.to_dict()
+
+
+def _sum_units(records: Sequence[dict[str, Any]]) -> dict[str, int]:
+    units: dict[str, int] = {}
+    for r in records:
+        for k, v in r.get("units", {}).items():
+            units[k] = units.get(k, 0) + int(v)
+    return units

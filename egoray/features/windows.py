@@ -1,0 +1,136 @@
+"""Features of time windows, one video at a time: the Ray-free core of every pair-building pass.
+
+A ``video_features`` output holds per-time-step features per key (a video, or a clip window)
+in HDF5 shards with a Parquet index. Jobs that need windows of them (training pairs, narration,
+evaluation) group their items by video and, per video, read that video's features once
+(:class:`FeatureStore`) and pool or sample all its windows at once (:func:`pool`,
+:func:`sample`). Nothing here holds more than one video's features.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from egoray import storage
+from egoray.data.raw import InputError
+
+
+@dataclass
+class VideoFeatures:
+    """One key's features ``[T, D]``: feature ``k`` covers ``[t0 + k/fps, t0 + (k+1)/fps)``."""
+
+    features: np.ndarray
+    fps: float
+    t0: float = 0.0
+
+    def bounds(self, t1: np.ndarray, t2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row ranges ``[lo, hi)`` of the features inside ``[t1, t2]`` (at least one row each).
+
+        ``floor((t - t0) * fps)`` is the feature containing time t (Ego4D's convention).
+        """
+        n = len(self.features)
+        rel1 = np.floor((np.asarray(t1, np.float64) - self.t0) * self.fps).astype(np.int64)
+        rel2 = np.floor((np.asarray(t2, np.float64) - self.t0) * self.fps).astype(np.int64)
+        lo = np.clip(rel1, 0, n - 1)
+        hi = np.clip(rel2, lo, n - 1) + 1
+        return lo, hi
+
+    @property
+    def duration(self) -> float:
+        return len(self.features) / self.fps
+
+
+def pool(video: VideoFeatures, t1: np.ndarray, t2: np.ndarray) -> np.ndarray:
+    """Mean feature of each window ``[t1, t2]``: ``[N, D]`` float32 (a cumulative sum over the video)."""
+    lo, hi = video.bounds(t1, t2)
+    feats = video.features
+    if len(lo) == 0:
+        return np.zeros((0, feats.shape[1]), np.float32)
+    csum = np.zeros((feats.shape[0] + 1, feats.shape[1]), dtype=np.float64)
+    np.cumsum(feats, axis=0, out=csum[1:])
+    return ((csum[hi] - csum[lo]) / (hi - lo)[:, None]).astype(np.float32)
+
+
+def sample(video: VideoFeatures, t1: np.ndarray, t2: np.ndarray, num: int) -> np.ndarray:
+    """``num`` features spread uniformly over each window: ``[N, num, D]`` (repeats when short)."""
+    lo, hi = video.bounds(t1, t2)
+    frac = (np.arange(num) + 0.5) / num
+    idx = lo[:, None] + np.floor(frac[None, :] * (hi - lo)[:, None]).astype(np.int64)
+    return video.features[idx].astype(np.float32, copy=False)
+
+
+class FeatureStore:
+    """Reads one key's features at a time from a ``video_features`` output.
+
+    The index (one row per key) is read once; shards of a remote output are downloaded once
+    per process and kept on local disk (a few, least recently used first out), so the keys of
+    one shard cost one download.
+    """
+
+    def __init__(self, url: str, cached_shards: int = 4) -> None:
+        index_url = storage.join(url, "index")
+        if not storage.exists(index_url):
+            raise InputError(f"{url}: not a video_features output (no index/ table)")
+        try:
+            index = storage.read_parquet(index_url, columns=["key", "file", "n", "fps", "t_start"])
+        except storage.StorageError as e:
+            raise InputError(f"{url}: cannot read the feature index: {e}") from None
+        self.url = url
+        self.rows: dict[str, tuple[str, float, float]] = {
+            k: (f, float(fps) if fps else 0.0, float(t0 or 0.0))
+            for k, f, fps, t0 in zip(*(index[c].to_pylist() for c in ("key", "file", "fps", "t_start")), strict=True)}
+        self._local: OrderedDict[str, str] = OrderedDict()
+        self._tmp: Any = None
+        self.cached_shards = cached_shards
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
+
+    def get(self, key: str) -> VideoFeatures | None:
+        """The features of ``key``, or None when the output has none for it."""
+        row = self.rows.get(key)
+        if row is None:
+            return None
+        file, fps, t0 = row
+        if fps <= 0:
+            raise InputError(f"{self.url}: features were sampled by frame count, not rate; windows need sampling.fps")
+        import h5py
+
+        with h5py.File(self._path(storage.join(self.url, file)), "r") as h5:
+            feats = np.asarray(h5[key][()], dtype=np.float32)
+        if len(feats) == 0:
+            return None
+        return VideoFeatures(feats, fps, t0)
+
+    def _path(self, url: str) -> str:
+        if not storage.is_remote(url):
+            return storage.filesystem(url)[1]
+        if url in self._local:
+            self._local.move_to_end(url)
+            return self._local[url]
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="egoray-features-")
+        local = os.path.join(self._tmp.name, f"{len(self._local)}-{storage.basename(url)}")
+        fs, path = storage.filesystem(url)
+        fs.get_file(path, local)
+        self._local[url] = local
+        while len(self._local) > self.cached_shards:
+            _, old = self._local.popitem(last=False)
+            os.remove(old)
+        return local
+
+    def keys(self) -> list[str]:
+        return sorted(self.rows)
+
+    def table(self) -> pa.Table:
+        """``key, fps, t_start, duration``-less index view (for tiling every video)."""
+        keys = self.keys()
+        return pa.table({"video_uid": keys, "fps": [self.rows[k][1] for k in keys],
+                         "t0": [self.rows[k][2] for k in keys]})

@@ -1,0 +1,170 @@
+"""The generation steps of the LLM jobs: prompt, validate, columns (see :mod:`egoray.stages.generate`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from egoray.llm.engine import GenerationParams
+from egoray.llm.prompts import QAPrompts, RephrasePrompts, SummaryPrompts
+from egoray.llm.schemas import (
+    Parsed,
+    as_text,
+    qa_schema,
+    validate_qa,
+    validate_wrong_answers,
+    wrong_answers_schema,
+)
+from egoray.stages.generate import Step
+
+
+class QuestionStep(Step):
+    """A question about a group of narrations and its short answer (EgoTimeQA)."""
+
+    name = "question"
+    fields: ClassVar[list[pa.Field]] = [pa.field("question", pa.string()), pa.field("answer", pa.string())]
+
+    def __init__(self, params: GenerationParams, prompts: QAPrompts, max_question_words: int = 10,
+                 max_answer_words: int = 5, max_attempts: int = 3) -> None:
+        super().__init__(params, qa_schema(max_question_words, max_answer_words), 1, max_attempts)
+        self.prompts, self.max_q, self.max_a = prompts, max_question_words, max_answer_words
+
+    def prompt(self, row: dict[str, Any]) -> str:
+        lines = [self.prompts.narration_line.format(text=t, t_start=row["t_start"], t_end=row["t_end"])
+                 for t in row["texts"]]
+        return self.prompts.question.format(narrations="\n".join(lines))
+
+    def validate(self, row: dict[str, Any], outputs: list[str]) -> Parsed:
+        return validate_qa(outputs[0] if outputs else None, self.max_q, self.max_a)
+
+    def columns(self, row: dict[str, Any], value: Any) -> dict[str, Any]:
+        return {"question": value[0], "answer": value[1]}
+
+    def reject_input(self, row: dict[str, Any], outputs: list[str], attempts: int) -> str:
+        return json.dumps({"narrations": row["texts"], "raw_output": (outputs or [""])[0], "attempts": attempts},
+                          ensure_ascii=False)[:8000]
+
+
+class WrongAnswersStep(Step):
+    """Three plausible wrong answers, distinct from each other and from the answer."""
+
+    name = "wrong_answers"
+    fields: ClassVar[list[pa.Field]] = [pa.field("wrong_answers", pa.list_(pa.string()))]
+
+    def __init__(self, params: GenerationParams, prompts: QAPrompts, n_wrong: int = 3, max_answer_words: int = 5,
+                 max_attempts: int = 3) -> None:
+        super().__init__(params, wrong_answers_schema(n_wrong, max_answer_words), 1, max_attempts)
+        self.prompts, self.n_wrong, self.max_a = prompts, n_wrong, max_answer_words
+
+    def prompt(self, row: dict[str, Any]) -> str:
+        return self.prompts.wrong_answers.format(question=row["question"], answer=row["answer"])
+
+    def validate(self, row: dict[str, Any], outputs: list[str]) -> Parsed:
+        return validate_wrong_answers(outputs[0] if outputs else None, row["answer"], self.n_wrong, self.max_a)
+
+    def columns(self, row: dict[str, Any], value: Any) -> dict[str, Any]:
+        return {"wrong_answers": list(value)}
+
+    def reject_input(self, row: dict[str, Any], outputs: list[str], attempts: int) -> str:
+        return json.dumps({"narrations": row["texts"], "question": row["question"], "answer": row["answer"],
+                           "raw_output": (outputs or [""])[0], "attempts": attempts}, ensure_ascii=False)[:8000]
+
+
+def _key(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def clean_paraphrases(original: str, candidates: list[str]) -> list[str]:
+    """First line of each candidate, de-duplicated, without the original; order kept."""
+    seen = {_key(original)}
+    out = []
+    for cand in candidates:
+        line = next((ln.strip() for ln in (cand or "").splitlines() if ln.strip()), "")
+        line = re.sub(r"^(paraphrase|paraphrased output)\s*:\s*", "", line, flags=re.IGNORECASE)
+        line = " ".join(line.split())
+        key = _key(line)
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        out.append(line)
+    return out
+
+
+class ParaphraseStep(Step):
+    """``k`` sampled paraphrases of a narration, cleaned and de-duplicated (LaViLa's rephraser)."""
+
+    name = "paraphrase"
+    fields: ClassVar[list[pa.Field]] = [pa.field("paraphrases", pa.list_(pa.string()))]
+
+    def __init__(self, params: GenerationParams, prompts: RephrasePrompts, k: int = 3, max_attempts: int = 2) -> None:
+        super().__init__(params, None, k, max_attempts)
+        self.prompts = prompts
+
+    def prompt(self, row: dict[str, Any]) -> str:
+        return self.prompts.paraphrase.format(text=row["text"])
+
+    def validate(self, row: dict[str, Any], outputs: list[str]) -> Parsed:
+        kept = clean_paraphrases(row["text"], outputs)
+        if not kept:
+            return Parsed(reason="no_paraphrase", detail=f"{len(outputs)} candidates, all empty or repeats")
+        return Parsed(value=kept)
+
+    def columns(self, row: dict[str, Any], value: Any) -> dict[str, Any]:
+        return {"paraphrases": value}
+
+    def reject_input(self, row: dict[str, Any], outputs: list[str], attempts: int) -> str:
+        return json.dumps({"text": row["text"], "raw_output": outputs, "attempts": attempts},
+                          ensure_ascii=False)[:8000]
+
+
+def summary_prompt(captions: list[str], prompts: SummaryPrompts | None = None) -> str:
+    prompts = prompts or SummaryPrompts()
+    shots = [prompts.example.format(captions="; ".join(ex["captions"]), summary=ex["summary"])
+             for ex in prompts.examples]
+    query = prompts.query.format(captions="; ".join(c.strip() for c in captions if c and c.strip()))
+    return "\n\n".join([prompts.instruction, *shots, query])
+
+
+def parse_summary(raw: str | bytes | None, max_words: int = 60) -> Parsed:
+    """The first non-empty line of the output, without a leading ``Summary:``; at most ``max_words``."""
+    text = as_text(raw)
+    if not text.ok:
+        return text
+    for line in text.value.splitlines():
+        line = line.strip()
+        if line.lower().startswith("summary:"):
+            line = line[len("summary:"):].strip()
+        if line:
+            words = line.split()
+            if len(words) > max_words:
+                line = " ".join(words[:max_words])
+            return Parsed(value=line)
+    return Parsed(reason="empty_output", detail="no summary line")
+
+
+class SummaryStep(Step):
+    """One summary of a video's time-ordered, de-duplicated captions (few-shot prompt)."""
+
+    name = "summary"
+    fields: ClassVar[list[pa.Field]] = [pa.field("summary", pa.string())]
+
+    def __init__(self, params: GenerationParams, prompts: SummaryPrompts, captions_col: str = "kept_captions",
+                 max_attempts: int = 3) -> None:
+        super().__init__(params, None, 1, max_attempts)
+        self.prompts, self.captions_col = prompts, captions_col
+
+    def prompt(self, row: dict[str, Any]) -> str:
+        return summary_prompt(row[self.captions_col] or [], self.prompts)
+
+    def validate(self, row: dict[str, Any], outputs: list[str]) -> Parsed:
+        return parse_summary(outputs[0] if outputs else None)
+
+    def columns(self, row: dict[str, Any], value: Any) -> dict[str, Any]:
+        return {"summary": value}
+
+    def reject_input(self, row: dict[str, Any], outputs: list[str], attempts: int) -> str:
+        return json.dumps({"kept_captions": row[self.captions_col], "raw_output": outputs, "attempts": attempts},
+                          ensure_ascii=False)[:8000]

@@ -1,0 +1,35 @@
+"""The work items of the video jobs (``video_features``, ``captions``): a keyed table under ``_work``.
+
+A folder is listed by the driver and its file names written as the plan; a clip table is keyed
+by a Ray Data pass in the workers (:func:`egoray.data.videos.key_clips`).
+"""
+
+from __future__ import annotations
+
+from egoray import storage
+from egoray.data.raw import InputError
+from egoray.data.videos import check_clip_table, folder_items, is_table, key_clips, list_video_files
+from egoray.executor import WORK_DIR, Source, prepare, read
+
+
+def check_inputs(url: str, fmt: str) -> list[str]:
+    """Fail fast on a bad input (before Ray starts); returns the URLs whose change refuses a resume."""
+    if is_table(url, fmt):
+        if not storage.exists(url):
+            raise InputError(f"input not found: {url}")
+        try:
+            check_clip_table(storage.parquet_schema(url).names, url)
+        except storage.StorageError as e:
+            raise InputError(f"cannot read video table: {e}") from None
+        return [url]
+    return list_video_files(url)  # a changed, added or removed video refuses a resume
+
+
+def video_items(url: str, fmt: str, output: str) -> str:
+    """The URL of the keyed items table (written once per output)."""
+    if is_table(url, fmt):
+        return prepare(output, "videos", lambda: read(Source(url)).map_batches(
+            key_clips, fn_kwargs={"table_url": url}, batch_format="pyarrow", batch_size=None))
+    target = storage.join(output, WORK_DIR, "videos", "folder.parquet")
+    storage.write_parquet(target, folder_items(list_video_files(url)))
+    return target

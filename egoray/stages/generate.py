@@ -1,0 +1,123 @@
+"""LLM generation as a stage: one model per actor, a sequence of validated steps per item.
+
+A :class:`Step` says how one item becomes a prompt, how the outputs are validated and which
+columns a valid output fills. :class:`LLMStage` runs its steps in order over a batch with the
+``hf`` engine: every step generates for the rows still usable, validates, and regenerates the
+failures with the next attempt's seeds, up to ``max_attempts``; rows still failing are marked
+with the step's name and the reason, their raw output kept for the rejects table. Seeds come
+from (step seed, step name, item id, sample, attempt) — :func:`egoray.models.sampling.row_seed` —
+so an item's outputs do not depend on its batch, its actor or an earlier interrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from egoray.llm.engine import EngineConfig, GenerationParams
+from egoray.llm.schemas import Parsed
+from egoray.models.sampling import row_seed
+from egoray.stages.base import Resources, Stage, mark, pending
+
+
+class Step:
+    """One validated generation per item; subclasses fill in the three methods and ``fields``."""
+
+    name: ClassVar[str] = "generate"
+    fields: ClassVar[list[pa.Field]] = []  # the columns a valid output fills
+
+    def __init__(self, params: GenerationParams, schema: dict[str, Any] | None = None, n: int = 1,
+                 max_attempts: int = 1) -> None:
+        self.params, self.schema, self.n, self.max_attempts = params, schema, n, max_attempts
+
+    def prompt(self, row: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def validate(self, row: dict[str, Any], outputs: list[str]) -> Parsed:
+        raise NotImplementedError
+
+    def columns(self, row: dict[str, Any], value: Any) -> dict[str, Any]:
+        """The values of :attr:`fields` for a valid output (``value`` is what validate returned)."""
+        raise NotImplementedError
+
+    def reject_input(self, row: dict[str, Any], outputs: list[str], attempts: int) -> str:
+        """What the rejects table keeps of a failed item (its raw output above all)."""
+        return json.dumps({"prompt": self.prompt(row)[-2000:], "raw_output": outputs, "attempts": attempts},
+                          ensure_ascii=False)[:8000]
+
+    def seeds(self, item: str, attempt: int) -> list[int]:
+        return [row_seed(self.params.seed, self.name, item, s, attempt) for s in range(self.n)]
+
+
+class LLMStage(Stage):
+    """Runs ``steps`` with one HF model per actor (see the module docstring)."""
+
+    name = "generate"
+
+    def __init__(self, engine: EngineConfig, steps: list[Step], id_column: str,
+                 resources: Resources | None = None) -> None:
+        super().__init__(resources or Resources(cpus=engine.cpus_per_actor, gpus=engine.gpus_per_actor,
+                                                actors=engine.num_actors, batch_size=engine.batch_size))
+        self.engine_config, self.steps, self.id_column = engine, steps, id_column
+        self.engine: Any = None
+
+    @property
+    def step_names(self) -> list[str]:
+        return [s.name for s in self.steps]
+
+    def setup(self) -> None:
+        from egoray.llm.engine import HFEngine
+
+        c = self.engine_config
+        self.engine = HFEngine(c.model, c.dtype, max_prompt_tokens=c.max_prompt_tokens)
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        for step in self.steps:
+            rows = self.run_step(step, rows)
+        return rows
+
+    def generate(self, step: Step, prompts: list[str], seeds: list[list[int]]) -> list[list[str]]:
+        return self.engine.generate(prompts, step.params, step.schema, seeds)
+
+    def units(self) -> dict[str, int]:
+        tokens, self.engine.generated_tokens = self.engine.generated_tokens, 0
+        return {"tokens_generated": tokens} if tokens else {}
+
+    def run_step(self, step: Step, rows: pa.Table) -> pa.Table:
+        todo = [int(i) for i in np.flatnonzero(pending(rows))]
+        records = rows.to_pylist()
+        prompts = {i: step.prompt(records[i]) for i in todo}
+        outputs: dict[int, list[str]] = {}
+        results: dict[int, Parsed] = {}
+        attempts: dict[int, int] = {}
+        for attempt in range(step.max_attempts):
+            if not todo:
+                break
+            seeds = [step.seeds(str(records[i][self.id_column]), attempt) for i in todo]
+            for i, outs in zip(todo, self.generate(step, [prompts[i] for i in todo], seeds), strict=True):
+                outputs[i], attempts[i] = outs, attempt + 1
+                results[i] = step.validate(records[i], outs)
+            todo = [i for i in todo if not results[i].ok]
+        values: dict[str, list[Any]] = {f.name: [None] * rows.num_rows for f in step.fields}
+        tries = [0] * rows.num_rows
+        for i, parsed in results.items():
+            tries[i] = attempts[i]
+            if parsed.ok:
+                for name, value in step.columns(records[i], parsed.value).items():
+                    values[name][i] = value
+        for f in step.fields:
+            rows = rows.append_column(f, pa.array(values[f.name], f.type))
+        rows = rows.append_column(f"attempts_{step.name}", pa.array(tries, pa.int16()))
+        failed = {i for i, p in results.items() if not p.ok}
+        if failed:
+            mask = np.zeros(rows.num_rows, dtype=bool)
+            mask[sorted(failed)] = True
+            reasons = [results[i].reason if i in failed else "" for i in range(rows.num_rows)]
+            details = [results[i].detail if i in failed else "" for i in range(rows.num_rows)]
+            inputs = [step.reject_input(records[i], outputs[i], attempts[i]) if i in failed else None
+                      for i in range(rows.num_rows)]
+            rows = mark(rows, mask, step.name, reasons, details, inputs)
+        return rows

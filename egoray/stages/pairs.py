@@ -1,0 +1,165 @@
+"""(video window, text) pairs, built one video at a time: what training and evaluation read.
+
+An item (a narration, a clip, a question's moment) at ``[t_start, t_end]`` — a point for Ego4D —
+is paired with its video's features over ``[t_start - offset, t_end + offset]``: their mean
+(``video``, for dual encoders) or ``num_frames`` of them spread over the window (``frames``, for
+the narrator). :class:`PoolPairs` is a ``map_groups`` function: one call per video, that video's
+features read once. Items whose video has no features are marked ``no_video_features``.
+Verb and noun come from the items or from a labels table (the segment containing the item's
+middle); they become stable integer codes, the same on every worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from egoray import storage
+from egoray.data.raw import InputError
+from egoray.features.windows import FeatureStore, pool, sample
+from egoray.stages.base import mark, with_reject_columns
+from egoray.stages.video import to_npy
+
+FLOATS = pa.list_(pa.float32())
+
+
+def label_code(value: str | None) -> int:
+    """A stable non-negative code of a verb/noun label (the same in every process); -1 if missing."""
+    if not value:
+        return -1
+    return int.from_bytes(hashlib.blake2b(str(value).encode(), digest_size=7).digest(), "little")
+
+
+class Labels:
+    """verb/noun of labelled segments (``video_uid, t_start, t_end, verb, noun``), by video."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            table = storage.read_parquet(url)
+        except storage.StorageError as e:
+            raise InputError(f"cannot read labels: {e}") from None
+        need = {"video_uid", "t_start", "t_end", "verb", "noun"}
+        if not need <= set(table.column_names):
+            raise InputError(f"labels table needs columns {sorted(need)}; found {table.column_names}")
+        lab = table.sort_by([("video_uid", "ascending"), ("t_start", "ascending")]).select(sorted(need)).to_pydict()
+        self.by_video: dict[str, tuple[np.ndarray, np.ndarray, list, list]] = {}
+        start = 0
+        uids = lab["video_uid"]
+        for i in range(1, len(uids) + 1):
+            if i == len(uids) or uids[i] != uids[start]:
+                self.by_video[uids[start]] = (np.array(lab["t_start"][start:i], np.float64),
+                                              np.array(lab["t_end"][start:i], np.float64),
+                                              lab["verb"][start:i], lab["noun"][start:i])
+                start = i
+
+    def at(self, video: str, times: np.ndarray) -> tuple[list, list]:
+        """verb and noun of the segment containing each time (None outside every segment)."""
+        seg = self.by_video.get(video)
+        verbs: list = [None] * len(times)
+        nouns: list = [None] * len(times)
+        if seg is None:
+            return verbs, nouns
+        for i, t in enumerate(times):
+            j = int(np.searchsorted(seg[0], t, side="right")) - 1
+            if j >= 0 and t <= seg[1][j]:
+                verbs[i], nouns[i] = seg[2][j], seg[3][j]
+        return verbs, nouns
+
+
+class PoolPairs:
+    """One video's items (a ``map_groups`` group) → their ``video`` (mean feature of the window) or
+    ``frames`` (``num_frames`` features, ``.npy``), and ``verb_code``/``noun_code``."""
+
+    def __init__(self, features: str, offset: float = 0.0, labels: str | None = None, num_frames: int | None = None,
+                 stage: str = "pairs") -> None:
+        self.url, self.offset, self.labels_url, self.num_frames, self.stage = features, offset, labels, num_frames, stage
+        self.store: FeatureStore | None = None
+        self.labels: Labels | None = None
+        self.__name__ = type(self).__name__  # Ray Data names a map_groups operator after its function
+
+    def __call__(self, group: pa.Table) -> pa.Table:
+        if self.store is None:
+            self.store = FeatureStore(self.url)
+            self.labels = Labels(self.labels_url) if self.labels_url else None
+        group = with_reject_columns(group)
+        n = group.num_rows
+        uid = str(group["video_uid"][0]) if n else ""
+        t_start = pc.cast(group["t_start"], pa.float64()).to_numpy(zero_copy_only=False)
+        t_end = pc.cast(group["t_end"], pa.float64()).to_numpy(zero_copy_only=False)
+        verbs = group["verb"].to_pylist() if "verb" in group.column_names else [None] * n
+        nouns = group["noun"].to_pylist() if "noun" in group.column_names else [None] * n
+        if self.labels is not None:
+            lv, ln = self.labels.at(uid, (t_start + t_end) / 2)
+            verbs = [v if v is not None else x for v, x in zip(verbs, lv, strict=True)]
+            nouns = [v if v is not None else x for v, x in zip(nouns, ln, strict=True)]
+        group = group.append_column("verb_code", pa.array([label_code(v) for v in verbs], pa.int64()))
+        group = group.append_column("noun_code", pa.array([label_code(v) for v in nouns], pa.int64()))
+        video = self.store.get(uid) if n else None
+        if video is None:
+            column = pa.nulls(n, pa.binary() if self.num_frames else FLOATS)
+            group = group.append_column("frames" if self.num_frames else "video", column)
+            return mark(group, np.ones(n, bool), self.stage, "no_video_features", f"video {uid}")
+        t1, t2 = t_start - self.offset, t_end + self.offset
+        if self.num_frames:
+            frames = sample(video, t1, t2, self.num_frames)
+            return group.append_column("frames", pa.array([to_npy(f) for f in frames], pa.binary()))
+        pooled = pool(video, t1, t2)
+        return group.append_column("video", pa.FixedSizeListArray.from_arrays(
+            pa.array(pooled.reshape(-1), pa.float32()), pooled.shape[1]).cast(FLOATS))
+
+
+class AttachEmbeddings:
+    """Rows of an HDF5 ``text_features`` index (``file``, ``row``) → their ``embedding``; a batch
+    reads each shard it needs once (remote shards are downloaded, a few kept)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.local: OrderedDict[str, str] = OrderedDict()
+        self.tmp: Any = None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import h5py
+
+        files = batch["file"].to_pylist()
+        rows = batch["row"].to_numpy(zero_copy_only=False)
+        out: list[np.ndarray | None] = [None] * len(files)
+        for file in sorted(set(files)):
+            sel = [i for i, f in enumerate(files) if f == file]
+            with h5py.File(self._path(storage.join(self.url, file)), "r") as h5:
+                mat = h5["embeddings"][()]
+            for i in sel:
+                out[i] = np.asarray(mat[rows[i]], np.float32)
+        dim = len(out[0]) if out else 0
+        flat = np.concatenate(out) if out else np.zeros(0, np.float32)
+        return batch.append_column("embedding", pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()),
+                                                                                  dim).cast(FLOATS))
+
+    def _path(self, url: str) -> str:
+        if not storage.is_remote(url):
+            return storage.filesystem(url)[1]
+        if url not in self.local:
+            import tempfile
+
+            if self.tmp is None:
+                self.tmp = tempfile.TemporaryDirectory(prefix="egoray-text-")
+            local = os.path.join(self.tmp.name, f"{len(self.local)}-{storage.basename(url)}")
+            fs, path = storage.filesystem(url)
+            fs.get_file(path, local)
+            self.local[url] = local
+            while len(self.local) > 4:
+                os.remove(self.local.popitem(last=False)[1])
+        self.local.move_to_end(url)
+        return self.local[url]
+
+
+def caption_codes(texts: list[str]) -> np.ndarray:
+    """Integer codes of normalised texts (equal texts, equal codes) within one set."""
+    norm = [" ".join(str(t).lower().split()) for t in texts]
+    vocab = {t: i for i, t in enumerate(sorted(set(norm)))}
+    return np.array([vocab[t] for t in norm], dtype=np.int64)

@@ -1,0 +1,193 @@
+"""Training and evaluation inputs as Ray Datasets: pairs built per video, read by Ray Train workers.
+
+The pair-building pass (:func:`build_pairs`) reads the items (narrations with their text
+embeddings, or narrations alone for the narrator), groups them by video and, per video, reads
+that video's features once (:class:`egoray.stages.pairs.PoolPairs`); it writes the pairs to
+``OUTPUT/_work/<name>`` once, with a completion marker, so a resumed training run reads the same
+pairs. Ray Train workers then take their shard of it with ``get_dataset_shard``. The driver only
+ever sees counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from egoray import storage
+from egoray.data.raw import InputError
+from egoray.executor import Source, prepare, read, unwrap
+from egoray.stages.base import REASON, STAGE, pending
+from egoray.stages.pairs import AttachEmbeddings, PoolPairs
+
+TEXT_COLUMNS = ["video_uid", "t_start", "t_end"]
+
+
+def text_features_source(url: str, splits: list[str] | None = None) -> tuple[Callable[[], Any], list[str]]:
+    """A builder of the dataset of a ``text_features`` output's rows with their embeddings
+    (Parquet, or the HDF5 index with embeddings attached), and the URLs to watch for changes."""
+    from egoray.data.narrations import split_filter
+
+    parquet, index = storage.join(url, "embeddings"), storage.join(url, "index")
+    if storage.listdir(parquet, ".parquet"):
+        table_url, hdf5 = parquet, False
+    elif storage.listdir(index, ".parquet"):
+        table_url, hdf5 = index, True
+    else:
+        raise InputError(f"{url}: not a text_features output (no embeddings/ or index/ tables)")
+    names = storage.parquet_schema(table_url).names
+    missing = [c for c in TEXT_COLUMNS if c not in names]
+    if missing:
+        raise InputError(f"{url}: its rows carry no {missing}: run text_features over a narrations table "
+                         "(it keeps each narration's video and times next to its embedding)")
+    if splits and "split" not in names:
+        raise InputError(f"{url}: its rows carry no split; run text_features over an ingest output")
+    wanted = ["id", "text", "split", "verb", "noun", *TEXT_COLUMNS] + (["file", "row"] if hdf5 else ["embedding"])
+    columns = [c for c in wanted if c in names]
+
+    def build() -> Any:
+        ds = read(Source(table_url, columns=columns, where=split_filter(splits)))
+        return ds.map_batches(AttachEmbeddings(url), batch_format="pyarrow") if hdf5 else ds
+
+    return build, [table_url]
+
+
+def narrations_dataset(url: str, splits: list[str] | None) -> tuple[Callable[[], Any], list[str]]:
+    """A builder of the dataset of an ingest output's narrations (``id`` = narration id)."""
+    from egoray.data.narrations import check_narrations, split_filter
+
+    source = check_narrations(url)
+    names = storage.parquet_schema(source).names
+    columns = [c for c in ("narration_id", "text", "video_uid", "t_start", "t_end", "split", "verb", "noun")
+               if c in names]
+
+    def build() -> Any:
+        return read(Source(source, columns=columns, where=split_filter(splits))).map_batches(
+            _rename_id, batch_format="pyarrow")
+
+    return build, [source]
+
+
+def _rename_id(batch: pa.Table) -> pa.Table:
+    return batch.rename_columns({"narration_id": "id"})
+
+
+def build_pairs(output: str, name: str, items: Callable[[], Any], features: str, offset: float,
+                labels: str | None = None, num_frames: int | None = None) -> str:
+    """``OUTPUT/_work/<name>``: the items with their pooled ``video`` (or ``frames``), built per video."""
+    if not storage.exists(storage.join(features, "index")):
+        raise InputError(f"{features}: not a video_features output (no index/ table)")
+    pooler = PoolPairs(features, offset, labels, num_frames)
+    return prepare(output, name, lambda: items().groupby("video_uid").map_groups(pooler, batch_format="pyarrow"))
+
+
+def count_pairs(url: str) -> dict[str, Any]:
+    """Pairs per split, rejects per reason and the vectors' widths, counted by the workers (one
+    small record per block reaches the driver: numbers, not pairs)."""
+    import json
+
+    from egoray.executor import data_context
+
+    def count(batch: pa.Table) -> pa.Table:
+        ok = pending(batch)
+        split = batch["split"].to_pylist() if "split" in batch.column_names else [None] * batch.num_rows
+        reason = batch[REASON].to_pylist() if REASON in batch.column_names else [None] * batch.num_rows
+        counts: dict[str, int] = {}
+        for s, r, good in zip(split, reason, ok, strict=True):
+            key = f"split:{s}" if good else f"reject:{r}"
+            counts[key] = counts.get(key, 0) + 1
+        for name in ("video", "embedding"):  # vector widths, from the first usable row
+            if name in batch.column_names and ok.any():
+                counts[f"dim:{name}:{len(batch[name][int(ok.argmax())].as_py())}"] = 1
+        return pa.table({"counts": [json.dumps(counts)]})
+
+    if not storage.listdir(url, ".parquet"):
+        return {"total": 0, "dims": {}, "splits": {}, "rejected": {}}
+    names = storage.parquet_schema(url).names
+    with data_context(None):
+        try:
+            records = read(Source(url, columns=[c for c in ("split", REASON, "video", "embedding") if c in names])) \
+                .map_batches(count, batch_format="pyarrow", batch_size=None).take_all()
+        except Exception as e:
+            raise unwrap(e) from None
+    counts: dict[str, int] = {}
+    for record in records:
+        for key, n in json.loads(record["counts"]).items():
+            counts[key] = n if key.startswith("dim:") else counts.get(key, 0) + n
+    dims = {k.split(":")[1]: int(k.split(":")[2]) for k in counts if k.startswith("dim:")}
+    counts = {k: v for k, v in counts.items() if not k.startswith("dim:")}
+    return {"total": sum(counts.values()), "dims": dims,
+            "splits": {k[len("split:"):]: v for k, v in counts.items() if k.startswith("split:")},
+            "rejected": {k[len("reject:"):]: v for k, v in counts.items() if k.startswith("reject:")}}
+
+
+def write_rejects(url: str, output: str) -> None:
+    """The pairs' rejects into ``OUTPUT/rejects/`` (written by the workers)."""
+    from egoray.data.schema import REJECTS
+    from egoray.executor import data_context
+
+    def rejects(batch: pa.Table) -> pa.Table:
+        bad = pc.invert(pa.array(pending(batch)))
+        rows = batch.filter(bad)
+        return pa.table({"record_id": pc.cast(rows["id"], pa.string()), "stage": rows[STAGE],
+                         "reason": rows[REASON], "detail": pc.fill_null(rows["_reject_detail"], ""),
+                         "input": pa.array([""] * rows.num_rows, pa.string())}, schema=REJECTS)
+
+    target = storage.join(output, "rejects")
+    storage.remove(target, recursive=True)
+    if not storage.listdir(url, ".parquet"):
+        return
+    fs, path = storage.arrow_filesystem(target)
+    with data_context(None):
+        try:
+            read(Source(url, columns=["id", STAGE, REASON, "_reject_detail"])).map_batches(
+                rejects, batch_format="pyarrow").write_parquet(path, filesystem=fs, min_rows_per_file=100_000)
+        except Exception as e:
+            raise unwrap(e) from None
+
+
+class KeepSplits:
+    """Usable pairs of some splits (a picklable batch function)."""
+
+    def __init__(self, splits: list[str], columns: list[str]) -> None:
+        self.splits, self.columns = pa.array(splits, pa.string()), columns
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        keep = pa.array(pending(batch))
+        if len(self.splits) and "split" in batch.column_names:
+            keep = pc.and_(keep, pc.fill_null(pc.is_in(batch["split"], value_set=self.splits), False))
+        return batch.filter(keep).select([c for c in self.columns if c in batch.column_names])
+
+
+CACHE_BYTES = 256 * 2**20
+
+
+def pairs_dataset(url: str, splits: list[str], columns: list[str]) -> Any:
+    """The usable pairs of ``splits`` (all of them: ``[]``) as a Ray Dataset for Ray Train's
+    ``datasets=``: streamed from the Parquet files every epoch, or — when the pairs' files hold
+    less than ``CACHE_BYTES`` — read once into the object store (the cluster's memory, not the
+    driver's), which spares small runs a dataset execution per epoch."""
+    from egoray.executor import data_context, io_cpus
+
+    # Ray Train's workers hold their CPUs for the whole run: the feeding tasks ask for no more
+    # than reads do, or they would wait for them forever on a machine the workers fill. The
+    # dataset keeps the context it is made in (V1 reads, whose tasks take that request).
+    with data_context(None) as ctx:
+        saved, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # once per epoch per worker: noise
+        try:
+            ds = read(Source(url)).map_batches(KeepSplits(splits, columns), batch_format="pyarrow",
+                                               num_cpus=io_cpus())
+            return ds.materialize() if _size(url) < CACHE_BYTES else ds
+        finally:
+            ctx.enable_progress_bars = saved
+
+
+def _size(urls: str | list[str]) -> int:
+    """Bytes of the Parquet files under ``urls`` (a listing: no file is read)."""
+    total = 0
+    for url in [urls] if isinstance(urls, str) else urls:
+        fs, path = storage.filesystem(url)
+        total += sum(int(e.get("size") or 0) for e in fs.ls(path, detail=True) if str(e["name"]).endswith(".parquet"))
+    return total

@@ -1,0 +1,82 @@
+"""Per-video window pooling and pair building, without Ray."""
+
+import math
+
+import numpy as np
+import pyarrow as pa
+
+from egoray import storage
+from egoray.features.windows import FeatureStore, VideoFeatures, pool, sample
+from egoray.stages.base import REASON, STAGE, pending
+from egoray.stages.pairs import Labels, PoolPairs, label_code
+from egoray.stages.video import from_npy
+
+
+def _naive(video: VideoFeatures, t1: float, t2: float) -> np.ndarray:
+    """The per-item way (CLEP notebook's get_start_end_idx) on one video's array."""
+    n = len(video.features)
+    x1 = min(max(0, math.floor(t1 * video.fps)), n - 1)
+    x2 = min(max(math.floor(t2 * video.fps), x1), n - 1)
+    return video.features[x1:x2 + 1].mean(0)
+
+
+def test_vectorised_pooling_equals_per_item_pooling():
+    rng = np.random.default_rng(0)
+    for fps, n in ((1.875, 7), (2.0, 3), (1.0, 12)):
+        video = VideoFeatures(rng.normal(size=(n, 5)).astype(np.float32), fps)
+        centre = rng.uniform(-2, 14, 100)
+        got = pool(video, centre - 1.0, centre + 1.0)
+        want = np.stack([_naive(video, a, b) for a, b in zip(centre - 1.0, centre + 1.0, strict=True)])
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_sampling_spreads_frames_and_repeats_when_short():
+    video = VideoFeatures(np.arange(24, dtype=np.float32).reshape(12, 2), 1.0)
+    out = sample(video, np.array([0.0]), np.array([11.9]), 4)
+    np.testing.assert_array_equal(out[0], video.features[[1, 4, 7, 10]])
+    short = sample(video, np.array([0.0]), np.array([0.1]), 3)
+    np.testing.assert_array_equal(short[0], np.repeat(video.features[:1], 3, 0))
+
+
+def _features(tmp_path):
+    feats = {"va": np.arange(20, dtype=np.float32).reshape(10, 2), "vb": np.ones((4, 2), np.float32)}
+    storage.write_hdf5_shard(str(tmp_path / "vf" / "features" / "part-0000.h5"), feats)
+    storage.write_parquet(str(tmp_path / "vf" / "index" / "part-0000.parquet"), pa.Table.from_pylist([
+        {"key": k, "video_uid": k, "file": "features/part-0000.h5", "n": len(v), "dim": 2, "fps": 1.0,
+         "model": "m", "t_start": 0.0, "t_end": float(len(v))} for k, v in feats.items()]))
+    return str(tmp_path / "vf"), feats
+
+
+def test_feature_store_reads_one_key(tmp_path):
+    url, feats = _features(tmp_path)
+    store = FeatureStore(url)
+    np.testing.assert_array_equal(store.get("va").features, feats["va"])
+    assert store.get("no-such-video") is None and "vb" in store
+
+
+def test_pairs_pool_the_right_window_per_video_and_reject_missing_videos(tmp_path):
+    url, feats = _features(tmp_path)
+    pooler = PoolPairs(url, offset=1.0)
+    va = pa.table({"id": ["n1"], "video_uid": ["va"], "t_start": [3.5], "t_end": [3.5], "verb": ["open"],
+                   "noun": ["jar"]})
+    out = pooler(va)
+    # n1: t = 3.5 ± 1 at 1 feature/s -> rows 2..4 of va
+    np.testing.assert_allclose(out["video"][0].as_py(), feats["va"][2:5].mean(0))
+    assert out["verb_code"][0].as_py() == label_code("open") >= 0 and pending(out).all()
+    missing = pooler(pa.table({"id": ["n3", "n4"], "video_uid": ["vc", "vc"], "t_start": [0.0, 1.0],
+                               "t_end": [0.0, 1.0]}))
+    assert not pending(missing).any()
+    assert missing[REASON].to_pylist() == ["no_video_features"] * 2 and missing[STAGE][0].as_py() == "pairs"
+    frames = PoolPairs(url, offset=0.0, num_frames=2)(va)
+    assert from_npy(frames["frames"][0].as_py()).shape == (2, 2)
+
+
+def test_labels_come_from_the_segment_containing_the_time(tmp_path):
+    storage.write_parquet(str(tmp_path / "labels.parquet"), pa.table({
+        "video_uid": ["a", "a", "b"], "t_start": [0.0, 5.0, 0.0], "t_end": [4.0, 9.0, 3.0],
+        "verb": ["open", "cut", "wash"], "noun": ["jar", "bread", "cup"]}))
+    labels = Labels(str(tmp_path / "labels.parquet"))
+    verbs, nouns = labels.at("a", np.array([1.0, 4.5, 6.0]))
+    assert verbs == ["open", None, "cut"] and nouns == ["jar", None, "bread"]
+    assert labels.at("c", np.array([1.0])) == ([None], [None])
+    assert label_code(None) == -1 and label_code("cut") == label_code("cut") != label_code("open")
