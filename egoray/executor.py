@@ -78,7 +78,6 @@ class PassResult:
     loads: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
-    resumed_items: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,6 +96,7 @@ class PassStats:
         self.loads[stage] = self.loads.get(stage, 0) + 1
 
     def worked(self, stage: str, seconds: float) -> None:
+        """Stage time, reported every few seconds by each actor (the last seconds may be missing)."""
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
     def get(self) -> tuple[dict[str, int], dict[str, float]]:
@@ -115,6 +115,7 @@ class StageActor:
         self.stage = stage
         self.stats = None
         self.metrics_job = job_for_metrics()
+        self.unreported, self.reported_at = 0.0, time.monotonic()
         stage.setup()
         if stats_actor:
             import ray
@@ -126,8 +127,10 @@ class StageActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         t0 = time.perf_counter()
         out = self.stage(batch)
-        if self.stats is not None:
-            self.stats.worked.remote(self.stage.name, time.perf_counter() - t0)
+        self.unreported += time.perf_counter() - t0
+        if self.stats is not None and time.monotonic() - self.reported_at > 2.0:  # not a call per batch
+            self.stats.worked.remote(self.stage.name, self.unreported)
+            self.unreported, self.reported_at = 0.0, time.monotonic()
         if self.metrics_job:
             units = self.stage.units()
             if units:
@@ -295,11 +298,9 @@ def checkpoint_config(output: str, id_column: str) -> Any:
 def run_pass(p: Pass, output: str) -> PassResult:
     """Run (or resume) a pass into ``output``; Ray must be running."""
     import ray
-
-    t0 = time.perf_counter()
-    done_before = sum(r["items"] for r in read_counts(output))
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    t0 = time.perf_counter()
     stats_name = f"egoray-pass-{uuid.uuid4().hex[:12]}"
     # on the driver's node: a worker node lost mid-job must not take the job's statistics with it
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
@@ -308,6 +309,7 @@ def run_pass(p: Pass, output: str) -> PassResult:
         with data_context(checkpoint_config(output, p.id_column)):
             blocks = 4 * max((s.resources.actors for s in p.stages), default=1)
             ds = apply_stages(read(p.source, blocks), p.stages, stats_name)
+            ds.set_name(p.name)  # how the dashboard's Jobs and Data views list it
             ds.write_datasink(_sink_class()(p.sink, output, p.rows_per_file),
                               ray_remote_args={"num_cpus": io_cpus()})
     except Exception as e:
@@ -319,7 +321,7 @@ def run_pass(p: Pass, output: str) -> PassResult:
         loads, seconds = {}, {}
     finally:
         ray.kill(stats)
-    return PassResult(read_counts(output), loads, seconds, time.perf_counter() - t0, done_before)
+    return PassResult(read_counts(output), loads, seconds, time.perf_counter() - t0)
 
 
 def unwrap(e: BaseException) -> BaseException:
@@ -354,11 +356,6 @@ def prepare(output: str, name: str, build: Callable[[], Any]) -> str:
             raise unwrap(e) from None
     storage.write_json(done, {"written_at": time.time()})
     return url
-
-
-def work_files(url: str) -> list[str]:
-    """The Parquet files of a prepared ``_work`` folder (an empty one has none)."""
-    return storage.listdir(url, ".parquet")
 
 
 def clean_work(output: str) -> None:

@@ -87,14 +87,16 @@ def _reject_reasons(job_dir: str) -> dict[str, int]:
 
 
 def _read(job_dir: str, table: str, columns: list[str] | None = None, limit: int = 8) -> list[dict[str, Any]]:
-    url = storage.join(job_dir, table)
-    if not storage.exists(url):
-        return []
-    try:
-        t = storage.read_parquet(url, columns=columns)
-    except (storage.StorageError, KeyError):
-        return []
-    return t.slice(0, limit).to_pylist()
+    """The first rows of a table, for a look at it: files are read one at a time until enough."""
+    rows: list[dict[str, Any]] = []
+    for url in storage.listdir(storage.join(job_dir, table), ".parquet"):
+        try:
+            rows += storage.read_parquet(url, columns=columns).slice(0, limit - len(rows)).to_pylist()
+        except (storage.StorageError, KeyError):
+            return rows
+        if len(rows) >= limit:
+            break
+    return rows
 
 
 def _samples(job: str, job_dir: str) -> tuple[str, str]:

@@ -200,6 +200,10 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                            {s: markers[s].get("samples", []) for s in ids if s in markers})
         finish(manifest, ledger, ids, done, wall0, ["rejects"], extra={"metrics": metrics})
         manifest.write()
+        if manifest.status == "complete":
+            from egoray.executor import clean_work
+
+            clean_work(config.output)  # the sections' pooled inputs
     finally:
         if started:
             ray.shutdown()
