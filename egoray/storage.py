@@ -251,6 +251,32 @@ def read_hdf5_shard(url: str, keys: list[str] | None = None) -> dict[str, np.nda
         return {k: h5[k][()] for k in names}
 
 
+class LocalFiles:
+    """Local paths for files that are read again and again (HDF5 shards): a local file is itself;
+    a remote one is downloaded once and kept, the ``keep`` most recently used at most."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._paths: dict[str, str] = {}
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def path(self, url: str) -> str:
+        if not is_remote(url):
+            return filesystem(url)[1]
+        if url in self._paths:
+            self._paths[url] = self._paths.pop(url)  # most recently used last
+            return self._paths[url]
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="egoray-")
+        local = os.path.join(self._tmp.name, f"{uuid.uuid4().hex[:8]}-{basename(url)}")
+        fs, path = filesystem(url)
+        _call(url, fs.get_file, path, local)
+        self._paths[url] = local
+        while len(self._paths) > self.keep:
+            os.remove(self._paths.pop(next(iter(self._paths))))
+        return local
+
+
 @contextlib.contextmanager
 def local_copy(url: str) -> Iterator[str]:
     """A local path with the contents of ``url`` (the file itself when it is already local)."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ from egoray import storage
 from egoray.cli import main
 from egoray.pipelines import ingest, validate_config
 from tests.conftest import ROOT
+from tests.killing import kill_group
 
 DEMO_INGEST = str(ROOT / "configs" / "demo" / "ingest.yaml")
 EGORAY = [sys.executable, "-m", "egoray"]
@@ -66,16 +65,6 @@ def _start(out: Path, data: Path) -> subprocess.Popen:
     )
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver first (the crash under test), then whatever it started."""
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def _tables(out: str) -> dict:
     return {name: storage.read_parquet(storage.join(out, name)).sort_by("record_id" if name == "rejects" else
                                                                       ("summary_id" if name == "summaries"
@@ -98,7 +87,7 @@ def test_sigkilled_job_resumes_to_the_uninterrupted_output(tmp_path, ray_session
     proc = _start(out, data)
     time.sleep(2.0)
     assert proc.poll() is None
-    _kill_group(proc)
+    kill_group(proc)
     assert _markers(out) == 0
 
     # Kill 2: with some but not all shards committed.
@@ -108,7 +97,7 @@ def test_sigkilled_job_resumes_to_the_uninterrupted_output(tmp_path, ray_session
         deadline = time.time() + 120
         while _markers(out) == 0 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.005)
-        _kill_group(proc)
+        kill_group(proc)
         if 0 < _markers(out) < 48:
             killed_midway = True
             break

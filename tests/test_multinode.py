@@ -84,12 +84,15 @@ def test_rows_come_from_both_worker_nodes_and_losing_one_mid_job_loses_nothing(c
     while {r["node"] for r in _counts(out)} != worker_ids and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the job ended before a node could be removed"
+    assert {r["node"] for r in _counts(out)} == worker_ids, "both nodes should have written by now"
     c.remove_node(workers[-1])  # the node dies with its actors and tasks
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log[-3000:]
     n = storage.read_parquet(src).num_rows
     table = storage.read_parquet(storage.join(out, "embeddings"))
     assert table.num_rows == len(set(table["id"].to_pylist())) == n  # every row, once
-    assert {r["node"] for r in _counts(out)} == worker_ids
+    # the lost node's finished writes may be redone on the survivor (Ray rebuilds lost task results),
+    # so its counts can be replaced; every write still comes from a worker node, never the head
+    assert {r["node"] for r in _counts(out)} <= worker_ids
     run = json.loads(storage.read_bytes(storage.join(out, "run.json")))
     assert run["stages"]["encode"]["in"] == n and run["status"] == "complete"

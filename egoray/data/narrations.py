@@ -215,31 +215,12 @@ def input_files(url: str) -> list[str]:
     return files or [source]
 
 
-def narrations_source(url: str) -> str:
-    """An ingest output's ``narrations/`` folder, or ``url`` itself (any table in the schema)."""
-    from egoray import storage
-
-    source = storage.join(url, "narrations")
-    return source if storage.exists(source) else url
-
-
 def check_narrations(url: str, needed: tuple[str, ...] = ("narration_id", "video_uid", "text", "t_start", "t_end")
                      ) -> str:
     """The narrations table a job reads (checked from its schema: no rows are read here)."""
-    from egoray import storage
-    from egoray.data.raw import InputError
+    from egoray.data.tables import table_columns
 
-    source = narrations_source(url)
-    if not storage.exists(source):
-        raise InputError(f"input not found: {url}")
-    try:
-        names = storage.parquet_schema(source).names
-    except storage.StorageError as e:
-        raise InputError(f"cannot read narrations: {e}") from None
-    missing = [c for c in needed if c not in names]
-    if missing:
-        raise InputError(f"{source}: not a narrations table (missing {missing})")
-    return source
+    return table_columns(url, needed, "narrations table")[0]
 
 
 class SplitFilter:

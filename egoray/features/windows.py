@@ -9,11 +9,7 @@ evaluation) group their items by video and, per video, read that video's feature
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -86,9 +82,7 @@ class FeatureStore:
         self.rows: dict[str, tuple[str, float, float]] = {
             k: (f, float(fps) if fps else 0.0, float(t0 or 0.0))
             for k, f, fps, t0 in zip(*(index[c].to_pylist() for c in ("key", "file", "fps", "t_start")), strict=True)}
-        self._local: OrderedDict[str, str] = OrderedDict()
-        self._tmp: Any = None
-        self.cached_shards = cached_shards
+        self.files = storage.LocalFiles(cached_shards)
 
     def __contains__(self, key: str) -> bool:
         return key in self.rows
@@ -103,28 +97,11 @@ class FeatureStore:
             raise InputError(f"{self.url}: features were sampled by frame count, not rate; windows need sampling.fps")
         import h5py
 
-        with h5py.File(self._path(storage.join(self.url, file)), "r") as h5:
+        with h5py.File(self.files.path(storage.join(self.url, file)), "r") as h5:
             feats = np.asarray(h5[key][()], dtype=np.float32)
         if len(feats) == 0:
             return None
         return VideoFeatures(feats, fps, t0)
-
-    def _path(self, url: str) -> str:
-        if not storage.is_remote(url):
-            return storage.filesystem(url)[1]
-        if url in self._local:
-            self._local.move_to_end(url)
-            return self._local[url]
-        if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="egoray-features-")
-        local = os.path.join(self._tmp.name, f"{len(self._local)}-{storage.basename(url)}")
-        fs, path = storage.filesystem(url)
-        fs.get_file(path, local)
-        self._local[url] = local
-        while len(self._local) > self.cached_shards:
-            _, old = self._local.popitem(last=False)
-            os.remove(old)
-        return local
 
     def keys(self) -> list[str]:
         return sorted(self.rows)

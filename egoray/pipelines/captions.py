@@ -29,7 +29,7 @@ from egoray.llm.steps import SummaryStep
 from egoray.models.clip import ClipModel
 from egoray.pipelines.llm import llm_stage
 from egoray.pipelines.video_items import check_inputs, video_items
-from egoray.stages.base import Resources, Sink, write_part
+from egoray.stages.base import Resources, Sink, with_constants, write_part
 from egoray.stages.captions import CaptionStage, CocaTextStage
 from egoray.stages.video import Sampling
 
@@ -80,13 +80,9 @@ class CaptionsSink(Sink):
         return {**super().empty_tables(), "captions": CAPTIONS.empty_table()}
 
     def write_rows(self, rows: pa.Table, output: str, base: str) -> dict[str, int]:
-        n = rows.num_rows
-        out = rows.rename_columns({"key": "video_uid"} if "video_uid" not in rows.column_names else {})
-        for name, value in (("caption_model", self.caption_model), ("summary_model", self.summary_model),
-                            ("prompt_version", self.prompt_version)):
-            out = out.append_column(name, pa.array([value] * n, pa.string()))
-        if "key" in out.column_names:
-            out = out.set_column(out.schema.get_field_index("video_uid"), "video_uid", out["key"])
+        out = with_constants(rows.set_column(rows.schema.get_field_index("video_uid"), "video_uid", rows["key"]),
+                             caption_model=self.caption_model, summary_model=self.summary_model,
+                             prompt_version=self.prompt_version)
         write_part(output, "captions", base, out.select(CAPTIONS.names).cast(CAPTIONS))
         return {"frames": sum(len(c) for c in rows["frame_captions"].to_pylist())}
 

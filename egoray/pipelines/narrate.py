@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 from egoray import storage
 from egoray.config import JobConfig, StrictModel, Url
 from egoray.data.raw import InputError
+from egoray.data.tables import table_columns
 from egoray.executor import Pass, Source, prepare, read, run_job
 from egoray.models.vlm import VLMOptions
 from egoray.pipelines.llm import run_export
@@ -93,16 +94,7 @@ def allowed_videos(config: Config) -> list[str] | None:
 
 def window_table(url: str) -> tuple[str, str | None]:
     """The window table of ``url`` (an ingest output's narrations, or a table) and its id column."""
-    source = storage.join(url, "narrations") if storage.exists(storage.join(url, "narrations")) else url
-    if not storage.exists(source):
-        raise InputError(f"input not found: {url}")
-    try:
-        names = storage.parquet_schema(source).names
-    except storage.StorageError as e:
-        raise InputError(f"cannot read windows: {e}") from None
-    missing = {"video_uid", "t_start", "t_end"} - set(names)
-    if missing:
-        raise InputError(f"{source}: a window table needs video_uid, t_start, t_end (missing {sorted(missing)})")
+    source, names = table_columns(url, ("video_uid", "t_start", "t_end"), "window table")
     return source, next((c for c in ("window_id", "clip_id", "narration_id") if c in names), None)
 
 

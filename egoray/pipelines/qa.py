@@ -30,7 +30,7 @@ from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import QAPrompts
 from egoray.llm.steps import QuestionStep, WrongAnswersStep
 from egoray.pipelines.llm import llm_stage, run_export
-from egoray.stages.base import Sink, write_part
+from egoray.stages.base import Sink, with_constants, write_part
 
 EXPORT_FILE = "annotations.EgoTimeQA.json"
 
@@ -92,10 +92,8 @@ class QASink(Sink):
         return {**super().empty_tables(), "qa": QA.empty_table()}
 
     def write_rows(self, rows: pa.Table, output: str, base: str) -> dict[str, int]:
-        n = rows.num_rows
-        out = rows.rename_columns({"texts": "narrations"} if "texts" in rows.column_names else {})
-        out = out.append_column("prompt_version", pa.array([self.prompt_version] * n, pa.string()))
-        out = out.append_column("model", pa.array([self.model] * n, pa.string()))
+        out = with_constants(rows.rename_columns({"texts": "narrations"}), prompt_version=self.prompt_version,
+                             model=self.model)
         write_part(output, "qa", base, out.select(QA.names).cast(QA))
         return {"narrations": sum(len(x) for x in rows["narration_ids"].to_pylist())}
 

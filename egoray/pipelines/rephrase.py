@@ -27,7 +27,7 @@ from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import RephrasePrompts
 from egoray.llm.steps import ParaphraseStep, clean_paraphrases
 from egoray.pipelines.llm import llm_stage
-from egoray.stages.base import Sink, write_part
+from egoray.stages.base import Sink, with_constants, write_part
 
 __all__ = ["PARAPHRASES", "Config", "clean_paraphrases", "run"]
 
@@ -70,9 +70,7 @@ class ParaphraseSink(Sink):
         return {**super().empty_tables(), "paraphrases": PARAPHRASES.empty_table()}
 
     def write_rows(self, rows: pa.Table, output: str, base: str) -> dict[str, int]:
-        n = rows.num_rows
-        out = rows.append_column("prompt_version", pa.array([self.prompt_version] * n, pa.string()))
-        out = out.append_column("model", pa.array([self.model] * n, pa.string()))
+        out = with_constants(rows, prompt_version=self.prompt_version, model=self.model)
         write_part(output, "paraphrases", base, out.select(PARAPHRASES.names).cast(PARAPHRASES))
         return {"paraphrases": sum(len(p) for p in rows["paraphrases"].to_pylist())}
 

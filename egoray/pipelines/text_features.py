@@ -27,6 +27,7 @@ from egoray import storage
 from egoray.config import JobConfig
 from egoray.data.labels import read_labels
 from egoray.data.raw import InputError
+from egoray.data.tables import table_columns
 from egoray.executor import Pass, Source, run_job
 from egoray.features.text import TextEncoderConfig
 from egoray.stages.base import Resources
@@ -71,12 +72,6 @@ def is_labels(config: Config) -> bool:
     return config.format == "labels" or (config.format == "auto" and config.input.endswith((".txt", ".json")))
 
 
-def table_source(url: str) -> str:
-    """An ingest output reads its ``narrations/``; anything else is the table itself."""
-    narrations = storage.join(url, "narrations")
-    return narrations if storage.exists(narrations) else url
-
-
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     model = config.encoder.model if config.encoder.kind == "sentence_transformers" else config.encoder.clip.name
     resources = Resources(cpus=config.cpus_per_actor, gpus=config.gpus_per_actor, actors=config.num_actors,
@@ -86,16 +81,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         source_url, id_col, text_col, keep = storage.join(config.output, LABELS_FILE), "id", "text", []
         inputs = [config.input]
     else:
-        source_url = table_source(config.input)
-        if not storage.exists(source_url):
-            raise InputError(f"input not found: {config.input}")
-        try:
-            names = storage.parquet_schema(source_url).names
-        except storage.StorageError as e:
-            raise InputError(f"cannot read {source_url}: {e}") from None
-        missing = [c for c in (config.id_col, config.text_col) if c not in names]
-        if missing:
-            raise InputError(f"{source_url}: no column(s) {missing} (found {names})")
+        source_url, names = table_columns(config.input, (config.id_col, config.text_col), "text table")
         id_col, text_col = config.id_col, config.text_col
         keep = config.keep_columns if config.keep_columns is not None else \
             [c for c in NARRATION_COLUMNS if c in names and c not in (id_col, text_col)]

@@ -269,6 +269,13 @@ class Sink:
                          "input": pa.array(inputs, pa.string())}, schema=REJECTS)
 
 
+def with_constants(rows: pa.Table, **values: str) -> pa.Table:
+    """``rows`` with a string column per keyword, the same value in every row (model, version, ...)."""
+    for name, value in values.items():
+        rows = rows.append_column(name, pa.array([value] * rows.num_rows, pa.string()))
+    return rows
+
+
 def drop_reject_columns(batch: pa.Table) -> pa.Table:
     return batch.drop_columns([c for c in REJECT_COLUMNS if c in batch.column_names])
 

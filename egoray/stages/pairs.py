@@ -12,9 +12,6 @@ middle); they become stable integer codes, the same on every worker.
 from __future__ import annotations
 
 import hashlib
-import os
-from collections import OrderedDict
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -120,8 +117,7 @@ class AttachEmbeddings:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.local: OrderedDict[str, str] = OrderedDict()
-        self.tmp: Any = None
+        self.files = storage.LocalFiles()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import h5py
@@ -131,7 +127,7 @@ class AttachEmbeddings:
         out: list[np.ndarray | None] = [None] * len(files)
         for file in sorted(set(files)):
             sel = [i for i, f in enumerate(files) if f == file]
-            with h5py.File(self._path(storage.join(self.url, file)), "r") as h5:
+            with h5py.File(self.files.path(storage.join(self.url, file)), "r") as h5:
                 mat = h5["embeddings"][()]
             for i in sel:
                 out[i] = np.asarray(mat[rows[i]], np.float32)
@@ -139,23 +135,6 @@ class AttachEmbeddings:
         flat = np.concatenate(out) if out else np.zeros(0, np.float32)
         return batch.append_column("embedding", pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()),
                                                                                   dim).cast(FLOATS))
-
-    def _path(self, url: str) -> str:
-        if not storage.is_remote(url):
-            return storage.filesystem(url)[1]
-        if url not in self.local:
-            import tempfile
-
-            if self.tmp is None:
-                self.tmp = tempfile.TemporaryDirectory(prefix="egoray-text-")
-            local = os.path.join(self.tmp.name, f"{len(self.local)}-{storage.basename(url)}")
-            fs, path = storage.filesystem(url)
-            fs.get_file(path, local)
-            self.local[url] = local
-            while len(self.local) > 4:
-                os.remove(self.local.popitem(last=False)[1])
-        self.local.move_to_end(url)
-        return self.local[url]
 
 
 def caption_codes(texts: list[str]) -> np.ndarray:
