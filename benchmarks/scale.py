@@ -4,6 +4,7 @@ wave executor, on the same input in one run.
     uv run --extra bench python benchmarks/scale.py memory text     # text_features at 25,000 and 200,000 texts
     uv run --extra bench python benchmarks/scale.py memory video    # video_features at 20 and 160 videos
     uv run --extra bench python benchmarks/scale.py memory pairs    # training pairs at 25,000 and 200,000 narrations
+    uv run --extra bench python benchmarks/scale.py memory train    # dual encoder training (driver and worker peaks)
     uv run --extra bench python benchmarks/scale.py throughput      # 200,000 texts, 40 videos: ours vs the old executor
 
 **memory**: each size runs as its own driver process (``egoray run``-equivalent, its own local Ray
@@ -168,7 +169,7 @@ def bench_memory(kind: str, work: Path, n: int) -> None:
             write_videos(src, size)
             r = _child(["_drive", "run", str(ROOT / "configs/demo/video_features.yaml"), f"input={src / 'videos'}",
                         f"output={out}", "ray.num_cpus=2", "--overwrite"])
-        else:
+        elif kind == "pairs":
             videos = max(50, size // 100)
             write_features(work / f"features-{size}", videos)
             write_text_features(work / f"tf-{size}", size, videos)
@@ -176,6 +177,18 @@ def bench_memory(kind: str, work: Path, n: int) -> None:
 
             shutil.rmtree(out, ignore_errors=True)
             r = _child(["_pairs", str(work / f"tf-{size}"), str(work / f"features-{size}"), str(out)])
+        else:  # train: the dual encoder end to end, one epoch, 2 Ray Train workers
+            videos = max(50, size // 100)
+            write_features(work / f"features-{size}", videos)
+            write_text_features(work / f"tf-{size}", size, videos)
+            r = _child(["_drive", "run", str(ROOT / "configs/demo/train_dual_encoder.yaml"),
+                        f"input={work / f'texts-{size}'}", f"output={out}", f"video_features={work / f'features-{size}'}",
+                        f"text_features={work / f'tf-{size}'}", "labels=null", "train.epochs=1",
+                        "train.batch_size=256", "train.tensorboard=false", "eval_splits=[none]",  # memory of training alone
+                        "ray.num_cpus=2", "--overwrite"])
+            run = json.loads((out / "run.json").read_text())
+            r.update(pairs=run["pairs"]["train"], examples_per_s=run["final_metrics"]["examples_per_s"],
+                     worker_peak_mb=run["final_metrics"]["worker_peak_rss_mb"])
         r["size"] = size
         results["runs"].append(r)
         print(json.dumps(r), flush=True)
@@ -183,6 +196,9 @@ def bench_memory(kind: str, work: Path, n: int) -> None:
     results["driver_peak_ratio_8n_over_n"] = b["driver_peak_mb"] / a["driver_peak_mb"]
     results["driver_peak_mb_at_8n"] = b["driver_peak_mb"]
     results["met"] = results["driver_peak_ratio_8n_over_n"] <= 1.25 and b["driver_peak_mb"] < 1024
+    if kind == "train":
+        results["worker_peak_ratio_8n_over_n"] = b["worker_peak_mb"] / a["worker_peak_mb"]
+        results["met"] = results["met"] and results["worker_peak_ratio_8n_over_n"] <= 1.25
     _save(f"scale-{kind}", results)
 
 
@@ -355,7 +371,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["memory", "throughput"])
-    parser.add_argument("kind", nargs="?", choices=["text", "video", "pairs"], default="text")
+    parser.add_argument("kind", nargs="?", choices=["text", "video", "pairs", "train"], default="text")
     parser.add_argument("--n", type=int, help="N (8N is also run); default 25,000 texts / 20 videos")
     parser.add_argument("--work", default=str(HERE / "_work" / "scale"))
     args = parser.parse_args()

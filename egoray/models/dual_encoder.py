@@ -80,11 +80,13 @@ def contrastive_loss(video: torch.Tensor, text: torch.Tensor, scale: torch.Tenso
                      positives: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE between L2-normalised ``video`` [B, E] and ``text`` [B, E].
 
+    ``scale`` is one logit scale, or a symmetric [B, B] matrix of them (:func:`pair_scales`).
+
     ``positives`` [B, B] bool marks extra positives (EgoNCE: same verb and noun); the diagonal is
     always positive. Each row's loss is ``-log(sum over positives / sum over all)`` of
     ``exp(scale * cosine)``, which is plain InfoNCE when only the diagonal is positive.
     """
-    logits = scale * video @ text.t()
+    logits = scale * (video @ text.t())
     eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
     if positives is None:
         target = torch.arange(logits.shape[0], device=logits.device)
@@ -96,6 +98,15 @@ def contrastive_loss(video: torch.Tensor, text: torch.Tensor, scale: torch.Tenso
         return (torch.logsumexp(lg, dim=1) - torch.logsumexp(lg.masked_fill(~p, neg_inf), dim=1)).mean()
 
     return (side(logits, pos) + side(logits.t(), pos.t())) / 2
+
+
+def pair_scales(human: torch.Tensor, scale: torch.Tensor, pseudo_scale: torch.Tensor) -> torch.Tensor:
+    """[B, B] logit scales of a batch mixing human and pseudo pairs (LaViLa): ``scale`` between
+    two human pairs, ``pseudo_scale`` between two pseudo pairs, their geometric mean across."""
+    h = human.to(scale.dtype)
+    both = h[:, None] * h[None, :]
+    neither = (1 - h)[:, None] * (1 - h)[None, :]
+    return both * scale + neither * pseudo_scale + (1 - both - neither) * torch.sqrt(scale * pseudo_scale)
 
 
 def same_label(verb: torch.Tensor, noun: torch.Tensor) -> torch.Tensor:

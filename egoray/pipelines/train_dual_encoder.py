@@ -6,12 +6,16 @@ each narration's video, times and split). Each training pair is a narration's te
 the mean video feature of a window around it, built by a Ray Data pass grouped by video (each
 video's features read once) into ``_work/pairs`` and streamed to the Ray Train workers; the loss
 is symmetric InfoNCE with a learnable temperature (clamped to ≤ 100), optionally EgoNCE (extra
-positives sharing verb and noun) and auxiliary pairs (rephrased / narrator texts of the same
-windows) with their own temperature. Training runs on Ray Train (DeepSpeed ZeRO or DDP) and
-resumes from its latest checkpoint. Output::
+positives sharing verb and noun). Auxiliary pairs (rephrased / narrator texts of the same
+windows) join each batch as LaViLa mixes them: one InfoNCE over the mixed batch where two pseudo
+pairs meet at their own temperature τ′, two human pairs at τ, and the two kinds at √(ττ′).
+Training runs on the shared trainer (:mod:`egoray.train.recipe`) on Ray Train (DeepSpeed ZeRO
+or DDP) and resumes from its latest checkpoint. Output::
 
-    OUTPUT/model/model.pt              weights + head config (``load_dual_encoder``)
-    OUTPUT/metrics/part-0000.parquet   per-epoch loss and held-out retrieval metrics
+    OUTPUT/model/model.pt              last weights + head config (``load_dual_encoder``)
+    OUTPUT/best/model.pt, best.json    the best evaluation by train.best_metric (t2v_R@1)
+    OUTPUT/metrics/part-0000.parquet   every evaluation's loss and held-out retrieval metrics
+    OUTPUT/tensorboard/                every scalar, for ``tensorboard --logdir OUTPUT``
     OUTPUT/rejects/*.parquet           narrations without video features
     OUTPUT/train/                      Ray Train checkpoints
     OUTPUT/run.json
@@ -32,6 +36,7 @@ from egoray.models.dual_encoder import DualEncoder, DualEncoderConfig, load_dual
 from egoray.stages.pairs import caption_codes
 from egoray.train.distributed import TrainerOptions
 from egoray.train.job import launch, prepare
+from egoray.train.recipe import Recipe
 
 __all__ = ["AuxSource", "Config", "evaluate", "load_dual_encoder", "run"]
 
@@ -43,6 +48,8 @@ class AuxSource(StrictModel):
     ``text_features`` output over a rephrase or narrate output, which carries each text's window."""
 
     text_features: Url = Field(description="text_features output over the extra texts (video_uid, t_start, t_end kept)")
+    kind: Literal["pseudo", "human"] = Field(
+        "pseudo", description="pseudo: narrator texts (own temperature); human: rephrased narrations")
 
 
 class Config(JobConfig):
@@ -58,8 +65,9 @@ class Config(JobConfig):
     model: DualEncoderConfig = DualEncoderConfig()
     egonce: bool = Field(False, description="pairs sharing verb and noun count as positives")
     aux: list[AuxSource] = []
-    aux_weight: float = Field(1.0, ge=0)
     gather_negatives: bool = Field(True, description="contrast against every worker's batch")
+    freeze_temperature: bool = Field(False, description="keep the temperature at model.init_temperature")
+    freeze_pseudo_temperature: bool = Field(False, description="keep the pseudo pairs' temperature fixed")
     resumable_changes = {"train": {"epochs", "max_failures", "keep_checkpoints"}}
     train: TrainerOptions = TrainerOptions()
 
@@ -123,86 +131,73 @@ def eval_arrays(shard: Any) -> dict[str, np.ndarray]:
             "eval_caption": caption_codes(captions)}
 
 
-def _train_loop(loop: dict[str, Any]) -> None:
-    """One Ray Train worker: shard the pairs, train, evaluate, checkpoint every few epochs."""
-    import ray.train
-    import torch
+class DualEncoderRecipe(Recipe):
+    """The dual encoder's part of the shared trainer: pairs in, symmetric InfoNCE out."""
 
-    from egoray.models.dual_encoder import contrastive_loss, same_label
-    from egoray.train.distributed import Engine, effective_batch, gather_with_grad, report, resume
+    name = "train_dual_encoder"
+    best_metric = "t2v_R@1"
+    best_mode = "max"
 
-    options = TrainerOptions(**loop["train"])
-    torch.manual_seed(options.seed)
-    torch.set_num_threads(max(1, int(options.cpus_per_worker)))
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    model = DualEncoder(DualEncoderConfig(**loop["model"]))
-    model.gradient_checkpointing = options.gradient_checkpointing
-    data = eval_arrays(ray.train.get_dataset_shard("eval"))
-    train_shard = ray.train.get_dataset_shard("train")
-    n_aux = loop["n_aux"]
-    aux_shard = ray.train.get_dataset_shard("aux") if n_aux else None
-    batch = effective_batch(loop["n_train"], world, options.batch_size)
-    engine = Engine(model, options, batch)
-    state = resume(engine)
-    start = int(state.get("epoch", 0))
-    history = list(state.get("history", []))
-    if start == 0:
-        # every rank evaluates: under ZeRO-3 a forward pass gathers weights collectively
-        initial = evaluate(engine.module, data)
-        history.append({"epoch": 0, "loss": None, **(initial if rank == 0 else {})})
-    export = {"kind": "dual_encoder", "config": loop["model"]}
-    aux_batch = max(1, min(batch, n_aux // world)) if n_aux else 0
-    for epoch in range(start + 1, options.epochs + 1):
-        engine.train()
-        t0 = time.perf_counter()
-        losses, seen = [], 0
-        use_aux = n_aux >= 2 * world and aux_batch >= 2 and loop["aux_weight"] > 0
-        aux_batches = _cycle(aux_shard, aux_batch, options.seed + epoch) if use_aux else None
-        for b in train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
-                                          local_shuffle_buffer_size=max(batch, 8 * batch),
-                                          local_shuffle_seed=options.seed * 100_003 + epoch * 31 + rank):
-            vin, tin = torch.from_numpy(_stack(b["video"])), torch.from_numpy(_stack(b["embedding"]))
-            verb, noun = torch.from_numpy(b["verb_code"].astype(np.int64)), torch.from_numpy(b["noun_code"].astype(np.int64))
-            size = len(vin)
-            if use_aux:  # one forward for both kinds of pairs (DDP allows one forward per backward)
-                a = next(aux_batches)
-                vin = torch.cat([vin, torch.from_numpy(_stack(a["video"]))])
-                tin = torch.cat([tin, torch.from_numpy(_stack(a["embedding"]))])
-            ve, te, scale, aux_scale = engine(engine.to_input(vin), engine.to_input(tin))
-            ave, ate = ve[size:], te[size:]
-            ve, te = ve[:size], te[:size]
-            positives = None
-            if loop["egonce"]:
-                positives = same_label(gather_with_grad(verb) if loop["gather"] else verb,
-                                       gather_with_grad(noun) if loop["gather"] else noun)
-            if loop["gather"]:
-                ve, te = gather_with_grad(ve), gather_with_grad(te)
-            loss = contrastive_loss(ve, te, scale, positives)
-            if use_aux:
-                if loop["gather"]:
-                    ave, ate = gather_with_grad(ave), gather_with_grad(ate)
-                loss = loss + loop["aux_weight"] * contrastive_loss(ave, ate, aux_scale)
-            engine.step(loss)
-            losses.append(float(loss.detach()))
-            seen += size
-        seconds = time.perf_counter() - t0
-        metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else None,
-                   "examples": seen * world, "examples_per_s": seen * world / max(seconds, 1e-9)}
-        with engine.gathered():
-            metrics["temperature"] = float(1 / engine.module.scales()[0].detach().float())
-        evaluated = evaluate(engine.module, data)  # on every rank (see above)
-        metrics.update(evaluated if rank == 0 else {})
-        history.append(metrics)
-        if rank == 0:
-            shown = {k: round(v, 4) for k, v in metrics.items() if k in ("loss", "t2v_R@1", "examples_per_s") and v}
-            print(f"[train_dual_encoder] epoch {epoch}/{options.epochs} {shown}", flush=True)
-        if epoch == options.epochs or epoch % options.checkpoint_every == 0:
-            # reporting is a synchronising round trip to the controller: only with a checkpoint
-            report(engine, {k: v for k, v in metrics.items() if v is not None},
-                   {"epoch": epoch, "history": history, "resumed_from": start}, export)
-    if start >= options.epochs:  # nothing left to train: re-save, recording that this run resumed
-        report(engine, {"epoch": start}, {**state, "resumed_from": start}, export)
+    def build(self) -> Any:
+        return DualEncoder(DualEncoderConfig(**self.loop["model"]))
+
+    def setup(self, model: Any, options: TrainerOptions) -> None:
+        import ray.train
+
+        model.gradient_checkpointing = options.gradient_checkpointing
+        self.options = options
+        self.data = eval_arrays(ray.train.get_dataset_shard("eval"))
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.n_aux = self.loop["n_aux"]
+        self.aux_shard = ray.train.get_dataset_shard("aux") if self.n_aux else None
+
+    def batches(self, epoch: int, batch: int, rank: int) -> Any:
+        world = max(1, self.options.num_workers)
+        aux_batch = max(1, min(batch, self.n_aux // world)) if self.n_aux else 0
+        use_aux = self.n_aux >= 2 * world and aux_batch >= 2
+        aux = _cycle(self.aux_shard, aux_batch, self.options.seed + epoch) if use_aux else None
+        for b in self.train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
+                                               local_shuffle_buffer_size=max(batch, 8 * batch),
+                                               local_shuffle_seed=self.options.seed * 100_003 + epoch * 31 + rank):
+            yield b, (next(aux, None) if aux is not None else None)
+
+    def loss(self, engine: Any, item: Any) -> tuple[Any, int]:
+        import torch
+
+        from egoray.models.dual_encoder import contrastive_loss, pair_scales, same_label
+        from egoray.train.distributed import gather_with_grad
+
+        b, a = item
+        size = len(b["video"])
+        parts = [b] + ([a] if a is not None else [])
+        vin = torch.from_numpy(np.concatenate([_stack(p["video"]) for p in parts]))
+        tin = torch.from_numpy(np.concatenate([_stack(p["embedding"]) for p in parts]))
+        verb = torch.from_numpy(np.concatenate([p["verb_code"].astype(np.int64) for p in parts]))
+        noun = torch.from_numpy(np.concatenate([p["noun_code"].astype(np.int64) for p in parts]))
+        human = torch.ones(len(vin), dtype=torch.bool)
+        if a is not None:  # aux pairs are pseudo unless their source says they are people's texts
+            human[size:] = torch.from_numpy(np.asarray(a["human"], dtype=bool))
+        # one forward and one InfoNCE over the mixed batch, each pair's temperature by kind (LaViLa)
+        ve, te, scale, pseudo_scale = engine(engine.to_input(vin), engine.to_input(tin))
+        gather = self.loop["gather"]
+        if gather:
+            ve, te = gather_with_grad(ve), gather_with_grad(te)
+            verb, noun = gather_with_grad(verb), gather_with_grad(noun)
+            human = gather_with_grad(human.long()).bool()
+        scales = scale if bool(human.all()) else pair_scales(human, scale, pseudo_scale)
+        positives = same_label(verb, noun) if self.loop["egonce"] else None
+        return contrastive_loss(ve, te, scales, positives), size
+
+    def evaluate(self, engine: Any) -> dict[str, float]:
+        return evaluate(engine.module, self.data)
+
+    def scalars(self, engine: Any) -> dict[str, float]:
+        scale, pseudo_scale = engine.module.scales()
+        return {"temperature": float(1 / scale.detach().float()),
+                "pseudo_temperature": float(1 / pseudo_scale.detach().float())}
+
+    def export(self) -> dict[str, Any]:
+        return {"kind": "dual_encoder", "config": self.loop["model"]}
 
 
 def _cycle(shard: Any, batch: int, seed: int) -> Any:
@@ -217,6 +212,12 @@ def _cycle(shard: Any, batch: int, seed: int) -> Any:
         if not yielded:
             return
         epoch += 1
+
+
+def _train_loop(loop: dict[str, Any]) -> None:
+    from egoray.train.recipe import train
+
+    train(DualEncoderRecipe(loop), loop)
 
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
@@ -235,7 +236,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         datasets = {"train": pairs_dataset(url, config.train_splits, PAIR_COLUMNS),
                     "eval": pairs_dataset(url, config.eval_splits, PAIR_COLUMNS)}
         if aux:
-            datasets["aux"] = pairs_dataset(aux, [], PAIR_COLUMNS)
+            parts = [pairs_dataset(u, [], PAIR_COLUMNS, {"human": a.kind == "human"}) for u, a in zip(aux, config.aux)]
+            datasets["aux"] = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
         return {"url": url, "aux": aux, "datasets": datasets, "split": ["train", "aux"]}
 
     def loop(counts: dict[str, Any]) -> dict[str, Any]:
@@ -243,8 +245,11 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             raise InputError(f"only {counts['train']} training pairs (splits {config.train_splits}); need at least 2")
         dims = counts["dims"]
         model = config.model.model_copy(update={"video_dim": dims["video"], "text_dim": dims["embedding"]})
-        return {"model": model.model_dump(), "egonce": config.egonce, "aux_weight": config.aux_weight,
+        return {"model": model.model_dump(), "egonce": config.egonce,
                 "gather": config.gather_negatives and config.train.num_workers > 1,
                 "n_train": counts["train"], "n_aux": counts["aux"]}
 
-    return launch(config, config.train, ledger, _train_loop, pairs, loop, wall0)
+    frozen = (["logit_scale"] if config.freeze_temperature else []) + \
+        (["aux_logit_scale"] if config.freeze_pseudo_temperature else [])
+    options = config.train.model_copy(update={"freeze": config.train.freeze + frozen})
+    return launch(config, options, ledger, _train_loop, pairs, loop, wall0)

@@ -7,8 +7,10 @@ the Ray Train workers; the LM is trained teacher-forced to produce the narration
 attention pooler and the cross-attention blocks learn. Runs on Ray Train (DeepSpeed ZeRO or DDP)
 and resumes from its latest checkpoint. Output::
 
-    OUTPUT/model/model.pt              pooler + cross-attention weights and the narrator config
-    OUTPUT/metrics/part-0000.parquet   per-epoch train loss and held-out loss
+    OUTPUT/model/model.pt              pooler + cross-attention weights and the narrator config (last)
+    OUTPUT/best/model.pt, best.json    the weights with the lowest held-out loss (train.best_metric)
+    OUTPUT/metrics/part-0000.parquet   every evaluation's train loss and held-out loss
+    OUTPUT/tensorboard/                every scalar, for ``tensorboard --logdir OUTPUT``
     OUTPUT/rejects/*.parquet           narrations without video features
     OUTPUT/train/                      Ray Train checkpoints
     OUTPUT/run.json
@@ -28,6 +30,7 @@ from egoray.models.narrator import TRAINED_PREFIXES, NarratorConfig
 from egoray.stages.video import from_npy
 from egoray.train.distributed import TrainerOptions
 from egoray.train.job import launch, prepare
+from egoray.train.recipe import Recipe
 
 
 class Config(JobConfig):
@@ -76,64 +79,59 @@ def eval_loss(model: Any, frames: np.ndarray, texts: list[str], batch: int = 64)
     return total / max(tokens, 1)
 
 
+class NarratorRecipe(Recipe):
+    """The narrator's part of the shared trainer: teacher-forced captioning of the windows."""
+
+    name = "train_narrator"
+    best_metric = "eval_loss"
+    best_mode = "min"
+    save_prefixes = TRAINED_PREFIXES
+
+    def build(self) -> Any:
+        from egoray.models.narrator import Narrator
+
+        return Narrator(NarratorConfig(**self.loop["model"]))
+
+    def setup(self, model: Any, options: TrainerOptions) -> None:
+        import ray.train
+
+        model.set_gradient_checkpointing(options.gradient_checkpointing)
+        self.model, self.options = model, options
+        self.eval_frames, self.eval_texts = eval_set(ray.train.get_dataset_shard("eval"))
+        self.train_shard = ray.train.get_dataset_shard("train")
+
+    def batches(self, epoch: int, batch: int, rank: int) -> Any:
+        return self.train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
+                                             local_shuffle_buffer_size=8 * batch,
+                                             local_shuffle_seed=self.options.seed * 100_003 + epoch * 31 + rank)
+
+    def loss(self, engine: Any, rows: Any) -> tuple[Any, int]:
+        import torch
+
+        b = self.model.tokenize([str(t) for t in rows["text"]])
+        frames = torch.from_numpy(frames_of(rows["frames"]))
+        out = engine(engine.to_input(frames), engine.to_input(b["input_ids"]),
+                     engine.to_input(b["attention_mask"]), engine.to_input(b["labels"]))
+        return out.loss, len(frames)
+
+    def evaluate(self, engine: Any) -> dict[str, float]:
+        held_out = eval_loss(engine.module, self.eval_frames, self.eval_texts)
+        return {} if held_out is None else {"eval_loss": held_out}
+
+    def scalars(self, engine: Any) -> dict[str, float]:
+        import torch
+
+        gates = [float(torch.tanh(b.attn_gate.detach().float()).abs().mean()) for b in engine.module.xattn]
+        return {"mean_abs_gate": float(np.mean(gates))}
+
+    def export(self) -> dict[str, Any]:
+        return {"kind": "narrator", "config": self.loop["model"]}
+
+
 def _train_loop(loop: dict[str, Any]) -> None:
-    import ray.train
-    import torch
+    from egoray.train.recipe import train
 
-    from egoray.models.narrator import Narrator
-    from egoray.train.distributed import Engine, effective_batch, report, resume
-
-    options = TrainerOptions(**loop["train"])
-    torch.manual_seed(options.seed)
-    torch.set_num_threads(max(1, int(options.cpus_per_worker)))
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    model = Narrator(NarratorConfig(**loop["model"]))
-    model.set_gradient_checkpointing(options.gradient_checkpointing)
-    eval_frames, eval_texts = eval_set(ray.train.get_dataset_shard("eval"))
-    train_shard = ray.train.get_dataset_shard("train")
-    batch = effective_batch(loop["n_train"], world, options.batch_size)
-    engine = Engine(model, options, batch, save_prefixes=TRAINED_PREFIXES)
-    state = resume(engine)
-    start = int(state.get("epoch", 0))
-    history = list(state.get("history", []))
-    if start == 0:
-        # every rank evaluates: under ZeRO-3 a forward pass gathers weights collectively
-        initial = eval_loss(engine.module, eval_frames, eval_texts)
-        history.append({"epoch": 0, "loss": None, "eval_loss": initial if rank == 0 else None})
-    export = {"kind": "narrator", "config": loop["model"]}
-    for epoch in range(start + 1, options.epochs + 1):
-        engine.train()
-        t0 = time.perf_counter()
-        losses, seen = [], 0
-        for batch_rows in train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
-                                                   local_shuffle_buffer_size=8 * batch,
-                                                   local_shuffle_seed=options.seed * 100_003 + epoch * 31 + rank):
-            b = model.tokenize([str(t) for t in batch_rows["text"]])
-            frames = torch.from_numpy(frames_of(batch_rows["frames"]))
-            out = engine(engine.to_input(frames), engine.to_input(b["input_ids"]),
-                         engine.to_input(b["attention_mask"]), engine.to_input(b["labels"]))
-            engine.step(out.loss)
-            losses.append(float(out.loss.detach()))
-            seen += len(frames)
-        seconds = time.perf_counter() - t0
-        metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else None, "examples": seen * world,
-                   "examples_per_s": seen * world / max(seconds, 1e-9)}
-        with engine.gathered():
-            gates = [float(torch.tanh(b.attn_gate.detach().float()).abs().mean()) for b in engine.module.xattn]
-            metrics["mean_abs_gate"] = float(np.mean(gates))
-        held_out = eval_loss(engine.module, eval_frames, eval_texts)
-        if rank == 0:
-            metrics["eval_loss"] = held_out
-        history.append(metrics)
-        if rank == 0:
-            print(f"[train_narrator] epoch {epoch}/{options.epochs} loss {metrics['loss']:.4f} "
-                  f"eval_loss {metrics.get('eval_loss') or float('nan'):.4f}", flush=True)
-        if epoch == options.epochs or epoch % options.checkpoint_every == 0:
-            report(engine, {k: v for k, v in metrics.items() if v is not None},
-                   {"epoch": epoch, "history": history, "resumed_from": start}, export)
-    if start >= options.epochs:  # nothing left to train: re-save, recording that this run resumed
-        report(engine, {"epoch": start}, {**state, "resumed_from": start}, export)
+    train(NarratorRecipe(loop), loop)
 
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:

@@ -151,24 +151,28 @@ def write_rejects(url: str, output: str) -> None:
 class KeepSplits:
     """Usable pairs of some splits (a picklable batch function)."""
 
-    def __init__(self, splits: list[str], columns: list[str]) -> None:
-        self.splits, self.columns = pa.array(splits, pa.string()), columns
+    def __init__(self, splits: list[str], columns: list[str], flags: dict[str, bool] | None = None) -> None:
+        self.splits, self.columns, self.flags = pa.array(splits, pa.string()), columns, flags or {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         keep = pa.array(pending(batch))
         if len(self.splits) and "split" in batch.column_names:
             keep = pc.and_(keep, pc.fill_null(pc.is_in(batch["split"], value_set=self.splits), False))
-        return batch.filter(keep).select([c for c in self.columns if c in batch.column_names])
+        out = batch.filter(keep).select([c for c in self.columns if c in batch.column_names])
+        for name, value in self.flags.items():
+            out = out.append_column(name, pa.array([value] * out.num_rows, pa.bool_()))
+        return out
 
 
 CACHE_BYTES = 256 * 2**20
 
 
-def pairs_dataset(url: str, splits: list[str], columns: list[str]) -> Any:
+def pairs_dataset(url: str, splits: list[str], columns: list[str], flags: dict[str, bool] | None = None) -> Any:
     """The usable pairs of ``splits`` (all of them: ``[]``) as a Ray Dataset for Ray Train's
     ``datasets=``: streamed from the Parquet files every epoch, or — when the pairs' files hold
     less than ``CACHE_BYTES`` — read once into the object store (the cluster's memory, not the
-    driver's), which spares small runs a dataset execution per epoch."""
+    driver's), which spares small runs a dataset execution per epoch. ``flags``: boolean columns
+    with one value for every pair (``human``: whether the texts are people's narrations)."""
     from egoray.executor import data_context, io_cpus
 
     # Ray Train's workers hold their CPUs for the whole run: the feeding tasks ask for no more
@@ -177,7 +181,7 @@ def pairs_dataset(url: str, splits: list[str], columns: list[str]) -> Any:
     with data_context(None) as ctx:
         saved, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # once per epoch per worker: noise
         try:
-            ds = read(Source(url)).map_batches(KeepSplits(splits, columns), batch_format="pyarrow",
+            ds = read(Source(url)).map_batches(KeepSplits(splits, columns, flags), batch_format="pyarrow",
                                                num_cpus=io_cpus())
             return ds.materialize() if _size(url) < CACHE_BYTES else ds
         finally:

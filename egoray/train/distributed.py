@@ -26,7 +26,7 @@ STATE_TAG = "state"
 
 
 class TrainerOptions(StrictModel):
-    """How training is distributed (``train:`` in a training job's config)."""
+    """How training is distributed and scheduled (``train:`` in a training job's config)."""
 
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
@@ -39,12 +39,23 @@ class TrainerOptions(StrictModel):
     max_failures: int = Field(2, ge=-1, description="worker-group restarts before the run fails")
     keep_checkpoints: int = Field(2, ge=1)
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=2, description="per worker")
+    batch_size: int = Field(128, ge=2, description="per worker and micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
+    schedule: Literal["constant", "cosine"] = Field("constant", description="after the warmup")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup, in optimiser steps")
+    lr_end_ratio: float = Field(0.0, ge=0, le=1, description="cosine: the last learning rate / lr")
+    weight_decay: float = Field(0.01, ge=0, description="not applied to biases, norms, temperatures, gates")
     grad_clip: float = Field(1.0, ge=0)
+    freeze: list[str] = Field([], description="parameter-name prefixes that do not train")
+    init_from: str | None = Field(None, description="another training output (or model.pt) to start from")
     seed: int = 0
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the last is always saved)")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="also every this many steps (mid-epoch)")
+    eval_every_steps: int | None = Field(None, ge=1, description="also evaluate every this many steps")
+    best_metric: str | None = Field(None, description="held-out metric that picks OUTPUT/best (job default)")
+    best_mode: Literal["max", "min"] | None = Field(None, description="whether higher or lower is better")
+    tensorboard: bool = Field(True, description="TensorBoard event files under OUTPUT/tensorboard")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,10 +67,13 @@ class Engine:
     """A model under DeepSpeed ZeRO or DDP with one optimizer: forward, backward/step, save/load."""
 
     def __init__(self, model: torch.nn.Module, options: TrainerOptions, micro_batch: int,
-                 save_prefixes: tuple[str, ...] | None = None) -> None:
+                 save_prefixes: tuple[str, ...] | None = None, total_steps: int = 0) -> None:
         """``save_prefixes``: only weights under these names are checkpointed and exported
-        (a frozen backbone is loaded from its own files, not copied into every checkpoint)."""
+        (a frozen backbone is loaded from its own files, not copied into every checkpoint).
+        ``total_steps``: optimiser steps of the whole run, for the learning-rate schedule."""
         import torch.distributed as dist
+
+        from egoray.train.schedule import param_groups, schedule_fn
 
         self.options = options
         self.module = model
@@ -71,7 +85,11 @@ class Engine:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(self.device)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
+        if not params:
+            raise ValueError("every parameter is frozen: nothing to train")
+        optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay), lr=options.lr)
+        factor = schedule_fn(options.schedule, total_steps, options.warmup_steps, options.lr_end_ratio)
+        self.micro_steps = 0  # micro-batches since the last optimiser step
         if options.strategy == "deepspeed":
             os.environ.setdefault("DS_ACCELERATOR", "cuda" if self.device.type == "cuda" else "cpu")
             import deepspeed
@@ -83,7 +101,7 @@ class Engine:
 
             ds_config = {
                 "train_micro_batch_size_per_gpu": micro_batch,
-                "gradient_accumulation_steps": 1,
+                "gradient_accumulation_steps": options.grad_accum,
                 "zero_optimization": {"stage": options.zero_stage},
                 "zero_allow_untested_optimizer": True,
                 "gradient_clipping": options.grad_clip,
@@ -91,12 +109,15 @@ class Engine:
                 "steps_per_print": 10**9,
                 "wall_clock_breakdown": False,
             }
-            self.engine, self.optimizer, _, _ = deepspeed.initialize(
-                model=model, model_parameters=params, optimizer=optimizer, config=ds_config)
+            # DeepSpeed steps the schedule at each accumulation boundary and checkpoints it
+            self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model, model_parameters=params, optimizer=optimizer, config=ds_config,
+                lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
             self.forward_module = self.engine
         else:
             model.to(self.device)
             self.optimizer = optimizer
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
             self.engine = None
             if self.world > 1:
                 from torch.nn.parallel import DistributedDataParallel
@@ -119,17 +140,42 @@ class Engine:
             t = t.to(self.dtype)
         return t
 
-    def step(self, loss: torch.Tensor) -> None:
+    def step(self, loss: torch.Tensor) -> bool:
+        """Backward one micro-batch's loss; True when this completed an optimiser step.
+
+        With ``grad_accum`` k the gradients of k micro-batches are averaged before one step (the
+        loss is divided by k; DeepSpeed does the same itself), so for a loss that is a mean over
+        independent examples k micro-batches of b equal one batch of k·b.
+        """
+        accum = self.options.grad_accum
+        self.micro_steps += 1
+        boundary = self.micro_steps == accum
         if self.engine is not None:
             self.engine.backward(loss)
             self.engine.step()
-            return
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.options.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad],
-                                           self.options.grad_clip)
-        self.optimizer.step()
+        else:
+            import contextlib
+
+            sync = contextlib.nullcontext()
+            if not boundary and hasattr(self.forward_module, "no_sync"):
+                sync = self.forward_module.no_sync()  # DDP: all-reduce once, at the boundary
+            with sync:
+                (loss / accum).backward()
+            if boundary:
+                if self.options.grad_clip:
+                    torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad],
+                                                   self.options.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        if boundary:
+            self.micro_steps = 0
+        return boundary
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next optimiser step."""
+        return float(self.scheduler.get_last_lr()[0])
 
     def _kept(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.save_prefixes is None:
@@ -159,7 +205,8 @@ class Engine:
                                         exclude_frozen_parameters=self.save_prefixes is not None)
         elif self.rank == 0:
             torch.save({"model": self._kept(self.module.state_dict()), "optimizer": self.optimizer.state_dict(),
-                        "client_state": client_state}, os.path.join(directory, "ddp_state.pt"))
+                        "scheduler": self.scheduler.state_dict(), "client_state": client_state},
+                       os.path.join(directory, "ddp_state.pt"))
         if self.rank == 0:
             torch.save({**export, "state_dict": state}, os.path.join(directory, MODEL_FILE))
             with open(os.path.join(directory, "client_state.json"), "w") as f:
@@ -174,6 +221,8 @@ class Engine:
         blob = load_weights(os.path.join(directory, "ddp_state.pt"), "ddp_state.pt", self.device)
         self.module.load_state_dict(blob["model"], strict=self.save_prefixes is None)
         self.optimizer.load_state_dict(blob["optimizer"])
+        if "scheduler" in blob:
+            self.scheduler.load_state_dict(blob["scheduler"])
         return dict(blob["client_state"])
 
     def train(self) -> None:

@@ -21,6 +21,12 @@ from egoray.stages.base import StageCounts
 from egoray.train.distributed import TrainerOptions, fetch_model, fit
 
 
+def _best(output: str) -> dict[str, Any] | None:
+    """What ``OUTPUT/best`` holds (metric, value, epoch, step), if an evaluation produced one."""
+    url = storage.join(output, "best", "best.json")
+    return storage.read_json(url) if storage.exists(url) else None
+
+
 def prepare(config: JobConfig, overwrite: bool, inputs: list[str] | None = None) -> ShardLedger:
     """Refuse an output written by another config or from changed inputs (``--overwrite`` clears
     it, checkpoints too)."""
@@ -59,13 +65,15 @@ def launch(config: JobConfig, options: TrainerOptions, ledger: ShardLedger, trai
                              "(each needs at least 2); add data or lower train.num_workers")
         if info["rejected"]:
             write_rejects(built["url"], config.output)
-        loop_config = {**loop(info), "train": options.model_dump()}
+        loop_config = {**loop(info), "train": options.model_dump(), "output": config.output}
         result = fit(train_fn, loop_config, options, config.output, built["datasets"], built["split"])
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
         state = fetch_model(result.checkpoint, config.output)
         history = state["history"]
-        storage.write_parquet(storage.join(config.output, "metrics", "part-0000.parquet"), pa.Table.from_pylist(history))
+        keys = list(dict.fromkeys(k for row in history for k in row))  # rows differ: every column
+        storage.write_parquet(storage.join(config.output, "metrics", "part-0000.parquet"),
+                              pa.Table.from_pylist([{k: row.get(k) for k in keys} for row in history]))
         manifest.stages["pairs"] = StageCounts(info["in"], info["out"], info["rejected"])
         trained = sum(h.get("examples") or 0 for h in history)
         manifest.stages["train"] = StageCounts(n_train, n_train, 0, sum(h["examples"] / h["examples_per_s"]
@@ -74,6 +82,10 @@ def launch(config: JobConfig, options: TrainerOptions, ledger: ShardLedger, trai
         manifest.extra.update({
             "reject_reasons": counts["rejected"], "pairs": {k: v for k, v in info.items() if k != "dims"},
             "epochs": state["epoch"], "resumed_from_epoch": state.get("resumed_from", 0),
+            "steps": state.get("step"), "steps_per_epoch": state.get("steps_per_epoch"),
+            "resumed_from_step": state.get("resumed_from_step", 0), "init_from": state.get("init_from"),
+            "initialised": state.get("initialised"), "frozen": state.get("frozen", []),
+            "best": _best(config.output),
             "examples_trained": trained, "initial_metrics": history[0],
             "final_metrics": {k: v for k, v in history[-1].items() if v is not None},
             "model": storage.join(config.output, "model", "model.pt")})

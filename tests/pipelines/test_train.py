@@ -64,11 +64,19 @@ def test_dual_encoder_zero2_learns_round_trips_and_resumes(features):
     assert again["t2v_R@1"] == pytest.approx(final["t2v_R@1"])
     assert again["v2t_R@5_label"] == pytest.approx(final["v2t_R@5_label"])
 
-    # running the finished job again resumes from its last checkpoint and trains nothing more
-    rerun = _run("demo/train_dual_encoder.yaml", overrides)
-    assert rerun["resumed_from_epoch"] == run["epochs"]
-    assert rerun["examples_trained"] == run["examples_trained"]
-    assert rerun["final_metrics"]["t2v_R@1"] == pytest.approx(final["t2v_R@1"])
+    # the best held-out evaluation is exported next to the last, and says which it was
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert best["metric"] == "t2v_R@1" and best["mode"] == "max" and best == run["best"]
+    assert best["value"] == pytest.approx(max(v for v in metrics["t2v_R@1"].to_pylist() if v is not None))
+    assert best["value"] >= final["t2v_R@1"]
+    assert evaluate(load_dual_encoder(str(out / "best")), data)["t2v_R@1"] == pytest.approx(best["value"])
+
+    # raising the epochs of a finished run resumes from its last checkpoint and trains only the new ones
+    rerun = _run("demo/train_dual_encoder.yaml", [*overrides, f"train.epochs={run['epochs'] + 2}"])
+    assert rerun["resumed_from_epoch"] == run["epochs"] and rerun["epochs"] == run["epochs"] + 2
+    assert rerun["steps"] == run["steps"] + 2 * run["steps_per_epoch"]
+    per_epoch = run["examples_trained"] / run["epochs"]
+    assert rerun["examples_trained"] == pytest.approx(run["examples_trained"] + 2 * per_epoch)
 
 
 def _train_workers() -> list:
@@ -85,12 +93,18 @@ def _train_workers() -> list:
     return found
 
 
+NARRATOR_EPOCHS, CHECKPOINT_STEPS, EVAL_STEPS = 6, 7, 20
+
+
 @pytest.fixture(scope="module")
 def narrator(features, tmp_path_factory) -> tuple[Path, dict, int]:
-    """A narrator trained while one of its two workers is SIGKILLed after the first checkpoint."""
+    """A narrator trained with step checkpoints (every 7 of 10 steps per epoch: each is mid-epoch
+    until step 70), one of its two workers SIGKILLed once the first checkpoint is registered."""
     out = tmp_path_factory.mktemp("narrator")
     overrides = [f"input={features}/narrations", f"output={out}", f"video_features={features}/video_features",
-                 "train.epochs=12", "train.checkpoint_every=2", "train.max_failures=2"]
+                 f"train.epochs={NARRATOR_EPOCHS}", "train.batch_size=4", "train.checkpoint_every=100",
+                 f"train.checkpoint_every_steps={CHECKPOINT_STEPS}", f"train.eval_every_steps={EVAL_STEPS}",
+                 "train.schedule=cosine", "train.warmup_steps=5", "train.max_failures=2"]
     result: dict = {}
 
     def target() -> None:
@@ -116,16 +130,48 @@ def narrator(features, tmp_path_factory) -> tuple[Path, dict, int]:
     return out, result["run"], killed
 
 
-def test_narrator_recovers_from_a_killed_worker_and_learns(narrator):
+def test_narrator_resumes_mid_epoch_from_a_step_checkpoint_after_a_killed_worker(narrator):
     out, run, killed = narrator
     assert killed, "no training worker was found to kill"
-    assert run["status"] == "complete" and run["epochs"] == 12
-    assert run["resumed_from_epoch"] >= 2  # the replacement group started from a checkpoint
+    per_epoch = run["steps_per_epoch"]
+    assert per_epoch == 10  # 80 training narrations, 2 workers, batches of 4
+    assert run["status"] == "complete" and run["epochs"] == NARRATOR_EPOCHS
+    assert run["steps"] == NARRATOR_EPOCHS * per_epoch  # no step lost or repeated by the restart
+    resumed = run["resumed_from_step"]
+    assert resumed > 0 and resumed % CHECKPOINT_STEPS == 0 and resumed % per_epoch != 0  # mid-epoch
     assert run["final_metrics"]["eval_loss"] < run["initial_metrics"]["eval_loss"]
     assert run["final_metrics"]["loss"] < run["initial_metrics"]["eval_loss"]
     assert run["final_metrics"]["mean_abs_gate"] > 0  # the gates opened
     assert (out / "model" / "model.pt").exists()
     assert list((out / "train").glob("checkpoint_*"))
+
+
+def test_narrator_metrics_best_model_and_tensorboard(narrator):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from egoray.models.checkpoint import load_exported
+
+    out, run, _ = narrator
+    metrics = storage.read_parquet(str(out / "metrics")).to_pylist()
+    steps = [m["step"] for m in metrics]
+    total = run["steps"]
+    # every epoch's end and every 20th step after the resume point (earlier step rows were in the
+    # killed run's history only if a checkpoint carried them)
+    assert set(range(0, total + 1, run["steps_per_epoch"])) <= set(steps)
+    assert {s for s in range(EVAL_STEPS, total + 1, EVAL_STEPS) if s > run["resumed_from_step"]} <= set(steps)
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert best["metric"] == "eval_loss" and best["mode"] == "min"
+    assert best["value"] <= min(m["eval_loss"] for m in metrics if m["eval_loss"] is not None) + 1e-9
+    assert load_exported(str(out / "best"))["best"] == best
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == list(range(1, total + 1))  # the restart's repeats purged
+    lr = [e.value for e in events.Scalars("train/lr")]
+    assert lr[0] < lr[4] and lr[-1] < 0.5 * max(lr)  # warmup up, cosine down
+    assert [e.step for e in events.Scalars("eval/eval_loss")][-1] == total
+    assert events.Scalars("model/mean_abs_gate")[-1].value > 0
 
 
 def test_narrate_dense_windows(features, narrator, tmp_path):

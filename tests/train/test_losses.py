@@ -52,3 +52,20 @@ def test_logit_scale_is_clamped_at_100():
     ve, te, scale, _ = model(torch.randn(5, 3), torch.randn(5, 4))
     assert ve.shape == te.shape == (5, 2)
     assert torch.allclose(ve.norm(dim=-1), torch.ones(5))
+
+
+def test_mixed_batch_scales_follow_lavila():
+    """Human–human pairs meet at s, pseudo–pseudo at s', across at sqrt(s·s') (LaViLa's SSL loss)."""
+    from egoray.models.dual_encoder import pair_scales
+
+    human = torch.tensor([True, True, False])
+    m = pair_scales(human, torch.tensor(4.0), torch.tensor(9.0))
+    assert torch.allclose(m, torch.tensor([[4.0, 4.0, 6.0], [4.0, 4.0, 6.0], [6.0, 6.0, 9.0]]))
+    # all human: the plain loss at one scale
+    torch.manual_seed(0)
+    v, t = F.normalize(torch.randn(5, 4), dim=-1), F.normalize(torch.randn(5, 4), dim=-1)
+    everyone = pair_scales(torch.ones(5, dtype=torch.bool), torch.tensor(4.0), torch.tensor(9.0))
+    assert float(contrastive_loss(v, t, everyone)) == pytest.approx(float(contrastive_loss(v, t, torch.tensor(4.0))))
+    # the pseudo block's logits use s': by hand for a batch of pseudo pairs only
+    nobody = pair_scales(torch.zeros(5, dtype=torch.bool), torch.tensor(4.0), torch.tensor(9.0))
+    assert float(contrastive_loss(v, t, nobody)) == pytest.approx(float(contrastive_loss(v, t, torch.tensor(9.0))))
