@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from egoray import storage
 from egoray.config import JobConfig, StrictModel, Url
 from egoray.data.raw import InputError
 from egoray.eval.retrieval import blockwise_ranks, chance_recall_at_1, recall_at
@@ -227,7 +228,9 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     splits = config.train_splits + config.eval_splits
     items, inputs = text_features_source(config.text_features, splits)
     aux_items = [text_features_source(a.text_features) for a in config.aux]
-    ledger = prepare(config, overwrite, inputs + [u for _, us in aux_items for u in us])
+    # changed narrations, features or labels make another run: refused like a changed config
+    watched = inputs + [u for _, us in aux_items for u in us] + [storage.join(config.video_features, "index")]
+    ledger = prepare(config, overwrite, watched + ([config.labels] if config.labels else []))
 
     def pairs() -> dict[str, Any]:
         url = build_pairs(config.output, "pairs", items, config.video_features, config.offset_sec, config.labels)

@@ -139,7 +139,10 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     wall0 = time.perf_counter()
     items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
-    ledger = prepare(config, overwrite, inputs)
+    from egoray import storage
+
+    # changed narrations or features make another run: refused like a changed config
+    ledger = prepare(config, overwrite, inputs + [storage.join(config.video_features, "index")])
     columns = ["id", "text", "frames"]
 
     def pairs() -> dict[str, Any]:

@@ -78,6 +78,18 @@ def test_dual_encoder_zero2_learns_round_trips_and_resumes(features):
     per_epoch = run["examples_trained"] / run["epochs"]
     assert rerun["examples_trained"] == pytest.approx(run["examples_trained"] + 2 * per_epoch)
 
+    # changed features are another run's input: refused like a changed config, before any work
+    from egoray.runtime import OutputConflict
+
+    index = sorted((features / "video_features" / "index").glob("*.parquet"))[0]
+    stamp = index.stat()
+    os.utime(index, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    try:
+        with pytest.raises(OutputConflict, match="earlier version"):
+            _run("demo/train_dual_encoder.yaml", [*overrides, f"train.epochs={run['epochs'] + 2}"])
+    finally:
+        os.utime(index, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+
 
 def _train_workers() -> list:
     """Ray Train worker processes of this test session's Ray (descendants of this process)."""
