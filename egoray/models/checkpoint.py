@@ -40,3 +40,11 @@ def load_exported(url: str) -> dict[str, Any]:
                 raise InputError(f"{candidate}: not an egoray model export")
             return blob
     raise InputError(f"no trained model under {url} (looked for {candidates[0]})")
+
+
+def load_exported_kind(url: str, kind: str, what: str) -> dict[str, Any]:
+    """:func:`load_exported`, refusing an export of another kind of model (``what`` names ``kind``)."""
+    blob = load_exported(url)
+    if blob.get("kind") != kind:
+        raise InputError(f"{url}: holds a {blob.get('kind')!r} model, not {what}")
+    return blob

@@ -59,6 +59,20 @@ def load_open_clip(spec: ClipModel, device: str = "cpu") -> tuple[Any, Any, dict
     return model, tokenizer, {"size": int(size), "mean": tuple(mean), "std": tuple(std)}
 
 
+def image_size(spec: ClipModel) -> int:
+    """The visual tower's input size, from the model's config (no weights are built or fetched)."""
+    import open_clip
+
+    register_tiny_configs()
+    config = open_clip.get_model_config(spec.name)
+    if config is None:
+        from egoray.data.raw import InputError
+
+        raise InputError(f"open_clip knows no model {spec.name!r}")
+    size = config["vision_cfg"]["image_size"]
+    return int(size[0] if isinstance(size, list | tuple) else size)
+
+
 def _initialise(model: Any, seed: int) -> None:
     """Random weights, all of them: some open_clip towers (CoCa's multimodal decoder) allocate
     parameters with ``torch.empty`` and rely on pretrained weights to fill them, so a randomly

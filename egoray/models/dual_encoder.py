@@ -121,12 +121,9 @@ def save_dual_encoder(model: DualEncoder) -> dict[str, Any]:
 
 def load_dual_encoder(url: str) -> DualEncoder:
     """A trained dual encoder from a ``train_dual_encoder`` output (or its model.pt)."""
-    from egoray.data.raw import InputError
-    from egoray.models.checkpoint import load_exported
+    from egoray.models.checkpoint import load_exported_kind
 
-    blob = load_exported(url)
-    if blob.get("kind") != "dual_encoder":
-        raise InputError(f"{url}: holds a {blob.get('kind')!r} model, not a dual encoder")
+    blob = load_exported_kind(url, "dual_encoder", "a dual encoder")
     model = DualEncoder(DualEncoderConfig(**blob["config"]))
     model.load_state_dict(blob["state_dict"])
     return model.eval()

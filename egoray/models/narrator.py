@@ -222,11 +222,9 @@ def load_lm(name: str) -> tuple[nn.Module, Any]:
 def load_narrator(url: str) -> Narrator:
     """A trained narrator from a ``train_narrator`` output (or its model.pt)."""
     from egoray.data.raw import InputError
-    from egoray.models.checkpoint import load_exported
+    from egoray.models.checkpoint import load_exported_kind
 
-    blob = load_exported(url)
-    if blob.get("kind") != "narrator":
-        raise InputError(f"{url}: holds a {blob.get('kind')!r} model, not a narrator")
+    blob = load_exported_kind(url, "narrator", "a narrator")
     model = Narrator(NarratorConfig(**blob["config"]))
     missing = model.load_state_dict(blob["state_dict"], strict=False)
     bad = [k for k in missing.missing_keys if k.startswith(TRAINED_PREFIXES)]

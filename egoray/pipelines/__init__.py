@@ -22,6 +22,7 @@ JOBS: dict[str, str] = {
     "captions": "egoray.pipelines.captions",
     "train_dual_encoder": "egoray.pipelines.train_dual_encoder",
     "train_narrator": "egoray.pipelines.train_narrator",
+    "train_video_text": "egoray.pipelines.train_video_text",
     "narrate": "egoray.pipelines.narrate",
     "eval": "egoray.pipelines.eval",
 }

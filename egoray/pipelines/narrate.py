@@ -99,16 +99,14 @@ def window_table(url: str) -> tuple[str, str | None]:
 
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
-    from egoray.models.checkpoint import load_exported
+    from egoray.models.checkpoint import load_exported_kind
     from egoray.models.narrator import NarratorConfig
 
     if config.backend == "vlm":
         from egoray.pipelines.narrate_vlm import run_vlm
 
         return run_vlm(config, overwrite)
-    blob = load_exported(config.model)
-    if blob.get("kind") != "narrator":
-        raise InputError(f"{config.model}: holds a {blob.get('kind')!r} model, not a narrator")
+    blob = load_exported_kind(config.model, "narrator", "a narrator")
     num_frames = NarratorConfig(**blob["config"]).num_frames
     features = config.video_features or config.input
     if not storage.exists(storage.join(features, "index")):

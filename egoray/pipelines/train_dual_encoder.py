@@ -91,9 +91,16 @@ def evaluate(model: DualEncoder, data: dict[str, np.ndarray]) -> dict[str, float
     with torch.no_grad():
         v = model.encode_video(torch.from_numpy(data["eval_video"]).to(param)).float().cpu().numpy()
         t = model.encode_text(torch.from_numpy(data["eval_text"]).to(param)).float().cpu().numpy()
+    return retrieval_metrics(v, t, data["eval_verb"], data["eval_noun"], data["eval_caption"])
+
+
+def retrieval_metrics(v: np.ndarray, t: np.ndarray, verb: np.ndarray, noun: np.ndarray,
+                      captions: np.ndarray) -> dict[str, float]:
+    """Text→video and video→text recall per instance, per caption and per verb+noun (when every
+    item has labels), each with its chance level, from paired embeddings ``v`` and ``t``."""
+    n = len(v)
     out: dict[str, float] = {"eval_items": float(n)}
-    verb, noun = data["eval_verb"], data["eval_noun"]
-    variants: list[tuple[str, np.ndarray | None]] = [("", None), ("_caption", data["eval_caption"])]
+    variants: list[tuple[str, np.ndarray | None]] = [("", None), ("_caption", captions)]
     if ((verb >= 0) & (noun >= 0)).all():
         variants.append(("_label", np.unique(np.stack([verb, noun], 1), axis=0, return_inverse=True)[1].ravel()))
     for name, codes in variants:
@@ -252,7 +259,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                 "gather": config.gather_negatives and config.train.num_workers > 1,
                 "n_train": counts["train"], "n_aux": counts["aux"]}
 
+    # without aux pairs the pseudo temperature gets no gradient (DDP refuses such parameters)
     frozen = (["logit_scale"] if config.freeze_temperature else []) + \
-        (["aux_logit_scale"] if config.freeze_pseudo_temperature else [])
+        (["aux_logit_scale"] if config.freeze_pseudo_temperature or not config.aux else [])
     options = config.train.model_copy(update={"freeze": config.train.freeze + frozen})
     return launch(config, options, ledger, _train_loop, pairs, loop, wall0)

@@ -1,0 +1,191 @@
+"""``train_video_text`` job: LaViLa's video–text dual encoder, trained end to end from frames.
+
+Inputs: an ingest output (narrations with splits) and ``videos``, the folder holding
+``<video_uid>.<ext>``. A Ray Data pass on CPU workers decodes each narration's window
+``[t_start - offset, t_end + offset]`` into ``model.num_frames`` frames at the visual tower's size
+(:class:`egoray.stages.clips.DecodeClips`) into ``OUTPUT/_work/clips``, kept for resumed runs,
+and the Ray Train workers stream them. The towers (:mod:`egoray.models.video_text`): an open_clip
+ViT over the frames with divided space–time attention or frame averaging, and open_clip's or a
+transformers text encoder; symmetric InfoNCE (optionally EgoNCE) against the negatives of every
+worker, on the shared trainer (:mod:`egoray.train.recipe`: schedules, ZeRO, bf16, gradient
+checkpointing, step checkpoints, best model, TensorBoard). Output::
+
+    OUTPUT/model/model.pt              last weights + tower config (``load_video_text``)
+    OUTPUT/best/model.pt, best.json    the best held-out t2v R@1
+    OUTPUT/metrics/part-0000.parquet   every evaluation: loss, held-out retrieval from raw frames
+    OUTPUT/tensorboard/                every scalar
+    OUTPUT/rejects/*.parquet           narrations whose video is missing or unreadable
+    OUTPUT/train/                      Ray Train checkpoints
+    OUTPUT/run.json
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from egoray.config import JobConfig, Url
+from egoray.data.raw import InputError
+from egoray.models.video_text import VideoTextConfig, export_config, load_video_text
+from egoray.stages.video import from_npy
+from egoray.train.distributed import TrainerOptions
+from egoray.train.job import launch, prepare
+from egoray.train.recipe import Recipe
+
+__all__ = ["Config", "load_video_text", "run"]
+
+CLIP_COLUMNS = ["id", "text", "frames", "verb_code", "noun_code"]
+
+
+class Config(JobConfig):
+    """Config of the ``train_video_text`` job (``input``: an ingest output)."""
+
+    job: Literal["train_video_text"] = "train_video_text"
+    videos: Url = Field(description="folder of the videos, <video_uid>.<ext>")
+    labels: Url | None = Field(None, description="video_uid,t_start,t_end,verb,noun for narrations without them")
+    offset_sec: float = Field(1.0, ge=0, description="clip = [t_start - offset, t_end + offset]")
+    train_splits: list[str] = ["train"]
+    eval_splits: list[str] = ["val", "test"]
+    model: VideoTextConfig = VideoTextConfig()
+    egonce: bool = Field(False, description="pairs sharing verb and noun count as positives")
+    gather_negatives: bool = Field(True, description="contrast against every worker's batch")
+    freeze_temperature: bool = Field(False, description="keep the temperature at its initial value")
+    eval_batch_size: int = Field(32, ge=1, description="clips per forward pass in evaluation")
+    resumable_changes = {"train": {"epochs", "max_failures", "keep_checkpoints"}}
+    train: TrainerOptions = TrainerOptions(batch_size=32, lr=3e-5)
+
+
+def _frames(column: Any) -> np.ndarray:
+    return np.stack([from_npy(b) for b in column])
+
+
+class VideoTextRecipe(Recipe):
+    """The video–text towers' part of the shared trainer."""
+
+    name = "train_video_text"
+    best_metric = "t2v_R@1"
+    best_mode = "max"
+
+    def build(self) -> Any:
+        from egoray.models.video_text import VideoTextModel
+
+        return VideoTextModel(VideoTextConfig(**self.loop["model"]))
+
+    def setup(self, model: Any, options: TrainerOptions) -> None:
+        import ray.train
+
+        from egoray.stages.pairs import caption_codes
+
+        model.set_gradient_checkpointing(options.gradient_checkpointing)
+        self.model, self.options = model, options
+        frames, texts, verb, noun = [], [], [], []
+        for b in ray.train.get_dataset_shard("eval").iter_batches(batch_size=256, batch_format="numpy"):
+            frames += list(b["frames"])  # kept encoded (uint8 .npy): decoded per evaluation batch
+            texts += [str(t) for t in b["text"]]
+            verb.append(b["verb_code"].astype(np.int64))
+            noun.append(b["noun_code"].astype(np.int64))
+        self.eval_frames, self.eval_texts = frames, texts
+        self.eval_verb = np.concatenate(verb) if verb else np.zeros(0, np.int64)
+        self.eval_noun = np.concatenate(noun) if noun else np.zeros(0, np.int64)
+        self.eval_captions = caption_codes(texts)
+        self.train_shard = ray.train.get_dataset_shard("train")
+
+    def batches(self, epoch: int, batch: int, rank: int) -> Any:
+        return self.train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
+                                             local_shuffle_buffer_size=max(batch, 4 * batch),
+                                             local_shuffle_seed=self.options.seed * 100_003 + epoch * 31 + rank)
+
+    def _tokens(self, engine: Any, texts: list[str]) -> Any:
+        tokens = self.model.tokenize(texts)
+        if isinstance(tokens, dict):
+            return {k: engine.to_input(v) for k, v in tokens.items()}
+        return engine.to_input(tokens)
+
+    def loss(self, engine: Any, rows: Any) -> tuple[Any, int]:
+        import torch
+
+        from egoray.models.dual_encoder import contrastive_loss, same_label
+        from egoray.train.distributed import gather_with_grad
+
+        frames = engine.to_input(self.model.preprocess(_frames(rows["frames"])))
+        ve, te, scale, _ = engine(frames, self._tokens(engine, [str(t) for t in rows["text"]]))
+        verb = torch.from_numpy(rows["verb_code"].astype(np.int64))
+        noun = torch.from_numpy(rows["noun_code"].astype(np.int64))
+        if self.loop["gather"]:
+            ve, te = gather_with_grad(ve), gather_with_grad(te)
+            verb, noun = gather_with_grad(verb), gather_with_grad(noun)
+        positives = same_label(verb, noun) if self.loop["egonce"] else None
+        return contrastive_loss(ve.float(), te.float(), scale.float(), positives), len(frames)
+
+    def evaluate(self, engine: Any) -> dict[str, float]:
+        import torch
+
+        from egoray.pipelines.train_dual_encoder import retrieval_metrics
+
+        n = len(self.eval_texts)
+        if n == 0:
+            return {}
+        module = engine.module
+        module.eval()
+        step = self.loop["eval_batch_size"]
+        v, t = [], []
+        with torch.no_grad():
+            for i in range(0, n, step):
+                frames = engine.to_input(module.preprocess(_frames(self.eval_frames[i:i + step])))
+                v.append(module.encode_video(frames).float().cpu().numpy())
+                t.append(module.encode_text(self._tokens(engine, self.eval_texts[i:i + step])).float().cpu().numpy())
+        return retrieval_metrics(np.concatenate(v), np.concatenate(t), self.eval_verb, self.eval_noun,
+                                 self.eval_captions)
+
+    def scalars(self, engine: Any) -> dict[str, float]:
+        scale, _ = engine.module.scales()
+        return {"temperature": float(1 / scale.detach().float())}
+
+    def export(self) -> dict[str, Any]:
+        return {"kind": "video_text", "config": export_config(VideoTextConfig(**self.loop["model"]))}
+
+
+def _train_loop(loop: dict[str, Any]) -> None:
+    from egoray.train.recipe import train
+
+    train(VideoTextRecipe(loop), loop)
+
+
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    from egoray.executor import prepare as prepare_work
+    from egoray.models.clip import image_size
+    from egoray.pipelines.narrate_vlm import video_paths
+    from egoray.stages.clips import DecodeClips
+    from egoray.train.data import narrations_dataset, pairs_dataset
+
+    wall0 = time.perf_counter()
+    items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
+    videos = video_paths(config.videos) or {}
+    if not videos:
+        raise InputError(f"{config.videos}: no video files (<video_uid>.mp4, ...)")
+    size = image_size(config.model.vision)
+    # changed narrations or labels make another run: refused like a changed config
+    ledger = prepare(config, overwrite, inputs + ([config.labels] if config.labels else []))
+
+    def pairs() -> dict[str, Any]:
+        decode = DecodeClips(videos, config.model.num_frames, size, config.offset_sec, config.labels)
+        url = prepare_work(config.output, "clips", lambda: items().map_batches(decode, batch_format="pyarrow",
+                                                                                 batch_size=16))
+        return {"url": url, "aux": [], "split": ["train"],
+                "datasets": {"train": pairs_dataset(url, config.train_splits, CLIP_COLUMNS),
+                             "eval": pairs_dataset(url, config.eval_splits, CLIP_COLUMNS)}}
+
+    def loop(counts: dict[str, Any]) -> dict[str, Any]:
+        if counts["train"] < 2:
+            raise InputError(f"only {counts['train']} training clips (splits {config.train_splits}); need at least 2")
+        return {"model": config.model.model_dump(), "egonce": config.egonce, "n_train": counts["train"],
+                "gather": config.gather_negatives and config.train.num_workers > 1,
+                "eval_batch_size": config.eval_batch_size}
+
+    # no pseudo pairs in this job: the pseudo temperature gets no gradient (DDP refuses such parameters)
+    frozen = ["aux_logit_scale"] + (["logit_scale"] if config.freeze_temperature else [])
+    options = config.train.model_copy(update={"freeze": config.train.freeze + frozen})
+    return launch(config, options, ledger, _train_loop, pairs, loop, wall0)
