@@ -12,11 +12,12 @@ from egoray.models.clip import ClipModel
 
 
 class TextEncoderConfig(StrictModel):
-    """``sentence_transformers`` (e.g. ``all-mpnet-base-v2``, or ``tiny:sentence`` offline) or an
-    ``open_clip`` text tower (``clip`` section)."""
+    """``sentence_transformers`` (e.g. ``all-mpnet-base-v2``, or ``tiny:sentence`` offline), an
+    ``open_clip`` text tower (``clip`` section), or the text tower of a ``train_video_text`` run
+    (``video_text``, ``model`` its output)."""
 
-    kind: Literal["sentence_transformers", "open_clip"] = "sentence_transformers"
-    model: str = Field("tiny:sentence", description="sentence-transformers model id/path (kind sentence_transformers)")
+    kind: Literal["sentence_transformers", "open_clip", "video_text"] = "sentence_transformers"
+    model: str = Field("tiny:sentence", description="sentence-transformers model id/path, or a train_video_text output")
     clip: ClipModel = ClipModel()
     normalize: bool = Field(False, description="L2-normalise embeddings")
     dtype: Literal["float32", "float16"] = "float32"
@@ -37,6 +38,11 @@ class TextEncoder:
 
             self.model = SentenceTransformer(resolve_model(config.model), device=self.device)
             self.name = config.model
+        elif config.kind == "video_text":
+            from egoray.models.video_text import load_video_text
+
+            self.model = load_video_text(config.model).to(self.device)
+            self.name = f"video_text:{config.model}"
         else:
             from egoray.models.clip import load_open_clip
 
@@ -49,6 +55,8 @@ class TextEncoder:
         if self.config.kind == "sentence_transformers":
             out = self.model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
                                     normalize_embeddings=self.config.normalize, show_progress_bar=False)
+        elif self.config.kind == "video_text":
+            out = self.model.embed_texts(list(texts), batch_size, self.config.normalize)
         else:
             chunks = []
             with torch.no_grad():

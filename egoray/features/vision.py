@@ -56,3 +56,25 @@ class ImageEncoder:
     @property
     def dim(self) -> int:
         return int(self.model.visual.output_dim)
+
+
+class VideoTowerEncoder:
+    """The video tower of a ``train_video_text`` run: a window's frames → one clip embedding.
+
+    Same interface as :class:`ImageEncoder` (``size``, ``name``, ``encode_stream``), so the
+    ``video_features`` stage serves it unchanged: each window yields [1, D] instead of [T, D].
+    """
+
+    def __init__(self, url: str, device: str | None = None) -> None:
+        import torch
+
+        from egoray.models.video_text import load_video_text
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load_video_text(url).to(self.device)
+        self.size = int(self.model.image["size"])
+        self.num_frames = self.model.config.num_frames
+        self.name = f"video_text:{url}"
+
+    def encode_stream(self, frames: Iterable[np.ndarray], batch_size: int = 32, normalize: bool = False) -> np.ndarray:
+        return self.model.embed_clip(np.stack(list(frames)), normalize)

@@ -211,6 +211,24 @@ class VideoTextModel(nn.Module):
     def encode_text(self, tokens: Any) -> torch.Tensor:
         return self._out(self.text(tokens), self.text_proj)
 
+    def embed_texts(self, texts: list[str], batch_size: int = 64, normalize: bool = False) -> np.ndarray:
+        """Joint-space embeddings of texts, in batches (what ``text_features`` stores)."""
+        device = self.logit_scale.device
+        chunks = []
+        with torch.no_grad():
+            for i in range(0, len(texts), batch_size):
+                tokens = self.tokenize(texts[i:i + batch_size])
+                tokens = {k: v.to(device) for k, v in tokens.items()} if isinstance(tokens, dict) else tokens.to(device)
+                out = self.encode_text(tokens)
+                chunks.append((F.normalize(out, dim=-1) if normalize else out).float().cpu().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+    def embed_clip(self, frames: np.ndarray, normalize: bool = False) -> np.ndarray:
+        """One clip's joint-space embedding [1, E] from its uint8 frames [T, H, W, 3]."""
+        with torch.no_grad():
+            out = self.encode_video(self.preprocess(frames[None]).to(self.logit_scale.device))
+            return (F.normalize(out, dim=-1) if normalize else out).float().cpu().numpy()
+
     def scales(self) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().squeeze(0),
                 self.aux_logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().squeeze(0))

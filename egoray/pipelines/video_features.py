@@ -4,7 +4,9 @@ Input: a folder/URL of videos (mp4, webm, mkv, avi, mov, gif — whatever PyAV r
 uid is the file stem) or a Parquet table of ``video_uid, path[, t_start, t_end][, clip_id]``
 (relative paths are resolved against the table's folder). One actor pool decodes each video in
 the actor, streaming, samples ``sampling.fps`` frames per second or ``sampling.num_frames`` per
-window, and encodes them in batches. Output::
+window, and encodes them in batches; with ``tower`` (a ``train_video_text`` output) each window's
+``sampling.num_frames`` frames go through that run's video tower together, one feature per window.
+Output::
 
     OUTPUT/features/<part>.h5        one dataset per key [T, D], attrs fps, model, t_start, t_end
     OUTPUT/index/<part>.parquet      key, video_uid, file, n, dim, fps, model, t_start, t_end
@@ -21,7 +23,8 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from egoray import storage
-from egoray.config import JobConfig
+from egoray.config import JobConfig, Url
+from egoray.data.raw import InputError
 from egoray.executor import Pass, Source, run_job
 from egoray.models.clip import ClipModel
 from egoray.pipelines.video_items import check_inputs, video_items
@@ -38,6 +41,8 @@ class Config(JobConfig):
     format: Literal["auto", "folder", "table"] = "auto"
     sampling: Sampling = Sampling()
     encoder: ClipModel = ClipModel()
+    tower: Url | None = Field(None, description="a train_video_text output: its video tower encodes each window's "
+                                                "sampling.num_frames frames into one feature (encoder unused)")
     normalize: bool = False
     dtype: Literal["float32", "float16"] = "float32"
     encode_batch: int = Field(32, ge=1, description="frames per encoder call")
@@ -51,12 +56,17 @@ class Config(JobConfig):
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     inputs = check_inputs(config.input, config.format)
     model = f"{config.encoder.name}:{config.encoder.pretrained or 'random'}"
+    if config.tower:
+        if config.sampling.num_frames is None:
+            raise InputError("tower: set sampling.num_frames (the frames of a window the tower sees together)")
+        model = f"video_text:{config.tower}"
 
     def plan() -> Pass:
         items = video_items(config.input, config.format, config.output)
         stage = VideoFeatureStage(config.encoder, config.sampling, config.encode_batch, config.normalize,
                                   Resources(cpus=config.cpus_per_actor, gpus=config.gpus_per_actor,
-                                            actors=config.num_actors, batch_size=config.batch_size))
+                                            actors=config.num_actors, batch_size=config.batch_size),
+                                  tower=config.tower)
         sink = FeatureSink(id_column="key", stages=[stage.name], input_columns=["key", "video_uid", "path"],
                            model=model, fps=config.sampling.fps, dtype=config.dtype,
                            clip_mean=config.sampling.clip_mean)

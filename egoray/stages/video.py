@@ -69,16 +69,18 @@ class VideoFeatureStage(Stage):
     name = "decode_encode"
 
     def __init__(self, encoder: ClipModel, sampling: Sampling, encode_batch: int = 32, normalize: bool = False,
-                 resources: Resources | None = None) -> None:
+                 resources: Resources | None = None, tower: str | None = None) -> None:
+        """``tower``: a ``train_video_text`` output whose video tower encodes each window's frames
+        together (one feature per window) instead of ``encoder`` frame by frame."""
         super().__init__(resources)
-        self.encoder_spec, self.sampling = encoder, sampling
+        self.encoder_spec, self.sampling, self.tower = encoder, sampling, tower
         self.encode_batch, self.normalize = encode_batch, normalize
         self.encoder: Any = None
 
     def setup(self) -> None:
-        from egoray.features.vision import ImageEncoder
+        from egoray.features.vision import ImageEncoder, VideoTowerEncoder
 
-        self.encoder = ImageEncoder(self.encoder_spec)
+        self.encoder = VideoTowerEncoder(self.tower) if self.tower else ImageEncoder(self.encoder_spec)
 
     def process(self, rows: pa.Table) -> pa.Table:
         from egoray.video.decode import VideoError

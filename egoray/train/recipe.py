@@ -154,7 +154,7 @@ def train(recipe: Recipe, loop: dict[str, Any]) -> None:
         with engine.gathered():
             scalars = recipe.scalars(engine)
         row = {"epoch": epoch, "step": step, **extra, **scalars, **(held_out if rank == 0 else {})}
-        log.add(step, {k: v for k, v in held_out.items()}, "eval/")
+        log.add(step, held_out, "eval/")
         log.add(step, scalars, "model/")
         if _agree(_better(row.get(metric), best, mode)):
             best = _agree(row.get(metric))

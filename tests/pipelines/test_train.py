@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from egoray import storage
@@ -229,6 +232,7 @@ def test_video_text_towers_learn_from_raw_frames(features, tmp_path):
     a tiny ViT with divided space–time attention and its text tower, ZeRO-2 on 2 CPU workers."""
     from egoray.models.video_text import load_video_text
     from egoray.pipelines.train_dual_encoder import retrieval_metrics
+    from egoray.pipelines.video_features import read_features
     from egoray.stages.pairs import caption_codes
     from egoray.stages.video import from_npy
     from egoray.train.data import pairs_dataset
@@ -261,3 +265,26 @@ def test_video_text_towers_learn_from_raw_frames(features, tmp_path):
     again = retrieval_metrics(v, t, rows["verb_code"].to_numpy(), rows["noun_code"].to_numpy(),
                               caption_codes(list(rows["text"])))
     assert again["t2v_R@1"] == pytest.approx(best["value"])
+
+    # the towers serve text_features and video_features like any encoder: the held-out narrations'
+    # texts and their windows' frames, embedded by the jobs, retrieve exactly as in training
+    narr = storage.read_parquet(str(features / "narrations" / "narrations"))
+    held = narr.filter(pc.is_in(narr["split"], value_set=pa.array(["val", "test"]))).to_pylist()
+    table = tmp_path / "held_out_clips.parquet"
+    pq.write_table(pa.Table.from_pylist([
+        {"clip_id": r["narration_id"], "video_uid": r["video_uid"], "path": str(features / "data" / "videos" /
+                                                                               f"{r['video_uid']}.mp4"),
+         "t_start": max(0.0, r["t_start"] - 1.0), "t_end": r["t_end"] + 1.0} for r in held]), table)
+    _run("demo/video_features.yaml", [f"input={table}", f"output={tmp_path / 'vf'}", f"tower={out / 'best'}",
+                                      "sampling.fps=null", "sampling.num_frames=4", "sampling.clip_mean=false"])
+    _run("demo/text_features.yaml", [f"input={features}/narrations", f"output={tmp_path / 'tf'}",
+                                     "encoder.kind=video_text", f"encoder.model={out / 'best'}", "encoder.normalize=false"])
+    index = storage.read_parquet(str(tmp_path / "vf" / "index"))
+    assert set(index["n"].to_pylist()) == {1}  # one feature per window
+    texts = {r["id"]: r["embedding"] for r in storage.read_parquet(str(tmp_path / "tf" / "embeddings")).to_pylist()}
+    ids = [r["narration_id"] for r in held]
+    v2 = np.concatenate([read_features(str(tmp_path / "vf"), i) for i in ids])
+    t2 = np.stack([np.asarray(texts[i], np.float32) for i in ids])
+    served = retrieval_metrics(v2, t2, np.full(len(ids), -1), np.full(len(ids), -1),
+                               caption_codes([r["text"] for r in held]))
+    assert served["t2v_R@1"] == pytest.approx(best["value"])
