@@ -110,7 +110,7 @@ def ingested_small(ray_session, synth_small, tmp_path_factory) -> Path:
 
 
 # steps whose jobs have their own end-to-end tests (test_ingest/qa/rephrase/features/narrate_vlm)
-DEMO_SKIPPED = ("ingest_em", "qa", "rephrase", "class_prompts", "captions", "narrate_vlm")
+DEMO_SKIPPED = ("ingest_em", "qa", "rephrase", "class_prompts", "captions", "narrate_vlm", "train_video_text")
 
 
 @pytest.fixture(scope="session")
