@@ -101,3 +101,13 @@ def test_local_paths_become_absolute(tmp_path, monkeypatch):
     assert load_config(_write(tmp_path, BASE), ["output=file://rel"]).output == f"file://{tmp_path}/rel"
     with pytest.raises(ConfigError, match="key 'output'"):
         load_config(_write(tmp_path, BASE), ["output= "])
+
+
+def test_every_job_has_a_ray_jobs_entrypoint():
+    """``egoray submit`` runs ``python jobs/<job>.py`` on the cluster: one file per job, naming it."""
+    from egoray.pipelines import job_names
+
+    for job in job_names():
+        entry = ROOT / "jobs" / f"{job}.py"
+        assert entry.exists(), f"jobs/{job}.py is missing"
+        assert f'main("{job}")' in entry.read_text()
