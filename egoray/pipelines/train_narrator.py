@@ -27,7 +27,7 @@ from pydantic import Field
 from egoray.config import JobConfig, Url
 from egoray.data.raw import InputError
 from egoray.models.narrator import TRAINED_PREFIXES, NarratorConfig
-from egoray.stages.video import from_npy
+from egoray.stages.video import stack_npy
 from egoray.train.distributed import TrainerOptions
 from egoray.train.job import launch, prepare
 from egoray.train.recipe import Recipe
@@ -46,15 +46,11 @@ class Config(JobConfig):
     train: TrainerOptions = TrainerOptions(strategy="ddp", epochs=5, batch_size=16, lr=3e-4)
 
 
-def frames_of(column: Any) -> np.ndarray:
-    return np.stack([from_npy(b) for b in column])
-
-
 def eval_set(shard: Any) -> tuple[np.ndarray, list[str]]:
     """Every held-out (frames, text), read by each worker."""
     frames, texts = [], []
     for b in shard.iter_batches(batch_size=1024, batch_format="numpy"):
-        frames.append(frames_of(b["frames"]))
+        frames.append(stack_npy(b["frames"]))
         texts += [str(t) for t in b["text"]]
     return (np.concatenate(frames) if frames else np.zeros((0, 1, 1), np.float32)), texts
 
@@ -109,7 +105,7 @@ class NarratorRecipe(Recipe):
         import torch
 
         b = self.model.tokenize([str(t) for t in rows["text"]])
-        frames = torch.from_numpy(frames_of(rows["frames"]))
+        frames = torch.from_numpy(stack_npy(rows["frames"]))
         out = engine(engine.to_input(frames), engine.to_input(b["input_ids"]),
                      engine.to_input(b["attention_mask"]), engine.to_input(b["labels"]))
         return out.loss, len(frames)

@@ -44,6 +44,11 @@ def from_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def stack_npy(column: Any) -> np.ndarray:
+    """A column of same-shaped ``.npy`` cells (a batch's frames) as one array [N, ...]."""
+    return np.stack([from_npy(b) for b in column])
+
+
 def extract(path: str, t_start: float | None, t_end: float | None, sampling: Sampling, encode: Any,
             size: int) -> tuple[np.ndarray, np.ndarray, float, float]:
     """(features [T, D], sample times, window start, window end) of one local video or window."""
