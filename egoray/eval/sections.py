@@ -30,9 +30,11 @@ class EK100Relevancy(StrictModel):
 
 
 class RetrievalSection(StrictModel):
-    """Held-out text↔video retrieval with a trained dual encoder."""
+    """Held-out text↔video retrieval with a trained dual encoder, or in the joint space the
+    features already share (a ``train_video_text`` run's towers serving both feature jobs)."""
 
-    model: Url = Field(description="a train_dual_encoder output")
+    model: Url | None = Field(None, description="a train_dual_encoder output; none: the video and text features "
+                                                "are compared as they are (one joint space)")
     narrations: Url = Field(description="an ingest output (the held-out narrations and their splits)")
     video_features: Url
     text_features: Url = Field(description="text_features output over the same narrations")
@@ -162,14 +164,18 @@ def retrieval(cfg: RetrievalSection, pairs: str) -> SectionResult:
     from egoray.eval.retrieval import blockwise_ranks, chance_recall_at_1, mir_metrics, recall_at
     from egoray.models.dual_encoder import load_dual_encoder
 
-    model = load_dual_encoder(cfg.model)
     table, rejects, total = read_pooled(pairs, ["id", "text", "video", "embedding", "verb_code", "noun_code"])
     if table.num_rows < 2:
         raise InputError(f"only {table.num_rows} held-out narrations have features and embeddings; need 2")
-    video = _encode(model, video=_matrix(table["video"]))
-    text_emb = _encode(model, text=_matrix(table["embedding"]))
+    video, text_emb = _matrix(table["video"]), _matrix(table["embedding"])
+    if cfg.model:
+        model = load_dual_encoder(cfg.model)
+        video, text_emb = _encode(model, video=video), _encode(model, text=text_emb)
+    elif video.shape[1] != text_emb.shape[1]:
+        raise InputError(f"video features are {video.shape[1]}-d and text features {text_emb.shape[1]}-d: without a "
+                         "model both must come from one joint space (a train_video_text run's towers)")
     n = table.num_rows
-    metrics: dict[str, Any] = {"items": int(n)}
+    metrics: dict[str, Any] = {"items": int(n), "space": "dual_encoder" if cfg.model else "raw"}
     metrics.update({f"t2v_{k}": v for k, v in recall_at(blockwise_ranks(text_emb, video)).items()})
     metrics.update({f"v2t_{k}": v for k, v in recall_at(blockwise_ranks(video, text_emb)).items()})
     metrics["chance_R@1"] = chance_recall_at_1(np.arange(n))
@@ -231,7 +237,10 @@ def _prompt_matrix(url: str) -> tuple[list[str], np.ndarray]:
 
 
 def zeroshot_clips(batch: pa.Table) -> pa.Table:
-    """Clip rows (``video_uid, t_start, t_end, label``) keyed ``<video_uid>_<t_start>_<t_end>``."""
+    """Clip rows (``video_uid, t_start, t_end, label[, clip_id]``) keyed by ``clip_id``, else
+    ``<video_uid>_<t_start>_<t_end>`` (features keyed by clip id are the clip's own)."""
+    if "clip_id" in batch.column_names:
+        return batch.append_column("id", pc.cast(batch["clip_id"], pa.string())).drop_columns(["clip_id"])
     ids = [f"{v}_{a:.3f}_{b:.3f}" for v, a, b in zip(batch["video_uid"].to_pylist(), batch["t_start"].to_pylist(),
                                                     batch["t_end"].to_pylist(), strict=True)]
     return batch.append_column("id", pa.array(ids, pa.string()))

@@ -62,6 +62,12 @@ def sample(video: VideoFeatures, t1: np.ndarray, t2: np.ndarray, num: int) -> np
     return video.features[idx].astype(np.float32, copy=False)
 
 
+def spread(features: np.ndarray, num: int) -> np.ndarray:
+    """``num`` rows spread uniformly over all of ``features`` ``[n, D]`` → ``[num, D]``."""
+    idx = np.floor((np.arange(num) + 0.5) / num * len(features)).astype(np.int64)
+    return features[idx].astype(np.float32, copy=False)
+
+
 class FeatureStore:
     """Reads one key's features at a time from a ``video_features`` output.
 
@@ -102,6 +108,18 @@ class FeatureStore:
         if len(feats) == 0:
             return None
         return VideoFeatures(feats, fps, t0)
+
+    def whole(self, key: str) -> np.ndarray | None:
+        """Every feature row of ``key`` ``[n, D]`` whatever its sampling (a clip's own frames or
+        windows, e.g. a video–text tower's one feature per clip), or None when there are none."""
+        row = self.rows.get(key)
+        if row is None:
+            return None
+        import h5py
+
+        with h5py.File(self.files.path(storage.join(self.url, row[0])), "r") as h5:
+            feats = np.asarray(h5[key][()], dtype=np.float32)
+        return feats if len(feats) else None
 
     def keys(self) -> list[str]:
         return sorted(self.rows)

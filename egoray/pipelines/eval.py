@@ -83,7 +83,8 @@ def pooled_inputs(config: Config, section: str) -> str | None:
             raise InputError(f"{z.clips}: needs columns {sorted(need)}; found {sorted(names)}")
 
         def clips() -> Any:
-            ds = read(Source(z.clips, columns=sorted(need))).map_batches(sections.zeroshot_clips,
+            columns = sorted(need | ({"clip_id"} & names))
+            ds = read(Source(z.clips, columns=columns)).map_batches(sections.zeroshot_clips,
                                                                          batch_format="pyarrow")
             return ds.map_batches(KeepVideos(keep), batch_format="pyarrow") if keep is not None else ds
 

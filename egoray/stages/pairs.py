@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from egoray import storage
 from egoray.data.raw import InputError
-from egoray.features.windows import FeatureStore, pool, sample
+from egoray.features.windows import FeatureStore, pool, sample, spread
 from egoray.stages.base import mark, with_reject_columns
 from egoray.stages.video import to_npy
 
@@ -97,18 +97,33 @@ class PoolPairs:
             nouns = [v if v is not None else x for v, x in zip(nouns, ln, strict=True)]
         group = group.append_column("verb_code", pa.array([label_code(v) for v in verbs], pa.int64()))
         group = group.append_column("noun_code", pa.array([label_code(v) for v in nouns], pa.int64()))
-        video = self.store.get(uid) if n else None
-        if video is None:
-            column = pa.nulls(n, pa.binary() if self.num_frames else FLOATS)
-            group = group.append_column("frames" if self.num_frames else "video", column)
-            return mark(group, np.ones(n, bool), self.stage, "no_video_features", f"video {uid}")
-        t1, t2 = t_start - self.offset, t_end + self.offset
+        # an item whose id is a key of the features has its own (a clip's frames, as EK-100 and
+        # LaViLa evaluate); the others take their window of the whole video's features
+        ids = [str(x) for x in group["id"].to_pylist()] if "id" in group.column_names else [""] * n
+        own = np.array([bool(k) and k in self.store for k in ids], dtype=bool)
+        vectors: list = [None] * n
+        for i in np.flatnonzero(own):
+            clip = self.store.whole(ids[i])
+            if clip is not None:
+                vectors[i] = spread(clip, self.num_frames) if self.num_frames else clip.mean(0)
+        rest = np.flatnonzero(~own)
+        video = self.store.get(uid) if len(rest) else None
+        if video is not None:
+            t1, t2 = t_start[rest] - self.offset, t_end[rest] + self.offset
+            windows = sample(video, t1, t2, self.num_frames) if self.num_frames else pool(video, t1, t2)
+            for i, w in zip(rest, windows, strict=True):
+                vectors[i] = w
+        missing = np.array([v is None for v in vectors], dtype=bool)
         if self.num_frames:
-            frames = sample(video, t1, t2, self.num_frames)
-            return group.append_column("frames", pa.array([to_npy(f) for f in frames], pa.binary()))
-        pooled = pool(video, t1, t2)
-        return group.append_column("video", pa.FixedSizeListArray.from_arrays(
-            pa.array(pooled.reshape(-1), pa.float32()), pooled.shape[1]).cast(FLOATS))
+            column = pa.array([None if v is None else to_npy(v) for v in vectors], pa.binary())
+        elif missing.any() or n == 0:
+            column = pa.array([None if v is None else np.asarray(v, np.float32) for v in vectors], FLOATS)
+        else:
+            pooled = np.stack(vectors).astype(np.float32, copy=False)
+            column = pa.FixedSizeListArray.from_arrays(pa.array(pooled.reshape(-1), pa.float32()),
+                                                       pooled.shape[1]).cast(FLOATS)
+        group = group.append_column("frames" if self.num_frames else "video", column)
+        return mark(group, missing, self.stage, "no_video_features", f"video {uid}") if missing.any() else group
 
 
 class AttachEmbeddings:

@@ -233,7 +233,7 @@ def test_video_text_towers_learn_from_raw_frames(features, tmp_path):
     from egoray.models.video_text import load_video_text
     from egoray.pipelines.train_dual_encoder import retrieval_metrics
     from egoray.pipelines.video_features import read_features
-    from egoray.stages.pairs import caption_codes
+    from egoray.stages.pairs import Labels, caption_codes
     from egoray.stages.video import from_npy
     from egoray.train.data import pairs_dataset
 
@@ -271,10 +271,17 @@ def test_video_text_towers_learn_from_raw_frames(features, tmp_path):
     narr = storage.read_parquet(str(features / "narrations" / "narrations"))
     held = narr.filter(pc.is_in(narr["split"], value_set=pa.array(["val", "test"]))).to_pylist()
     table = tmp_path / "held_out_clips.parquet"
+    actions = Labels(str(features / "data" / "clips.parquet"))
+
+    def label(r: dict) -> str:
+        verb, noun = actions.at(r["video_uid"], np.array([(r["t_start"] + r["t_end"]) / 2]))
+        return f"{verb[0]} {noun[0]}"
+
     pq.write_table(pa.Table.from_pylist([
         {"clip_id": r["narration_id"], "video_uid": r["video_uid"], "path": str(features / "data" / "videos" /
                                                                                f"{r['video_uid']}.mp4"),
-         "t_start": max(0.0, r["t_start"] - 1.0), "t_end": r["t_end"] + 1.0} for r in held]), table)
+         "t_start": max(0.0, r["t_start"] - 1.0), "t_end": r["t_end"] + 1.0, "label": label(r)} for r in held]),
+        table)
     _run("demo/video_features.yaml", [f"input={table}", f"output={tmp_path / 'vf'}", f"tower={out / 'best'}",
                                       "sampling.fps=null", "sampling.num_frames=4", "sampling.clip_mean=false"])
     _run("demo/text_features.yaml", [f"input={features}/narrations", f"output={tmp_path / 'tf'}",
@@ -288,3 +295,20 @@ def test_video_text_towers_learn_from_raw_frames(features, tmp_path):
     served = retrieval_metrics(v2, t2, np.full(len(ids), -1), np.full(len(ids), -1),
                                caption_codes([r["text"] for r in held]))
     assert served["t2v_R@1"] == pytest.approx(best["value"])
+
+    # and the eval job scores them in their joint space (no dual encoder): the clip-keyed features
+    # are each narration's own clip (LaViLa's and EK-100's protocol), so R@1 is the run's again
+    _run("demo/eval.yaml", [f"input={tmp_path}", f"output={tmp_path / 'eval'}", "retrieval.model=null",
+                            f"retrieval.narrations={features}/narrations", f"retrieval.video_features={tmp_path / 'vf'}",
+                            f"retrieval.text_features={tmp_path / 'tf'}", f"retrieval.labels={features}/data/clips.parquet",
+                            "zeroshot.model=null", f"zeroshot.classes={features}/data/labels.txt",
+                            f"zeroshot.text_features={tmp_path / 'tf'}", f"zeroshot.clips={table}",
+                            f"zeroshot.video_features={tmp_path / 'vf'}", "zeroshot.video_splits=null",
+                            "captioning=[]", "mcq=null", "gap=null", "report=false"])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["retrieval"]["space"] == "raw" and metrics["retrieval"]["items"] == len(held)
+    assert metrics["retrieval"]["t2v_R@1"] == pytest.approx(best["value"])
+    zeroshot = metrics["zeroshot"]
+    assert zeroshot["space"] == "raw" and zeroshot["clips"] == len(held)
+    # class prompts were never trained on, yet the towers rank the clip's action high (0.25 here)
+    assert zeroshot["top5"] >= 2 * zeroshot["chance_top5"]

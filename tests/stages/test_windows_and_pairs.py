@@ -71,6 +71,25 @@ def test_pairs_pool_the_right_window_per_video_and_reject_missing_videos(tmp_pat
     assert from_npy(frames["frames"][0].as_py()).shape == (2, 2)
 
 
+def test_items_with_clip_keyed_features_take_their_own(tmp_path):
+    """An item whose id is a key (a clip's own frames, e.g. one tower feature per clip) uses that
+    key whatever its sampling; the others of the video pool its window; none: rejected."""
+    url, feats = _features(tmp_path)
+    clip = np.array([[5.0, 7.0], [1.0, 3.0]], np.float32)
+    storage.write_hdf5_shard(str(tmp_path / "vf" / "features" / "part-0001.h5"), {"n2": clip})
+    storage.write_parquet(str(tmp_path / "vf" / "index" / "part-0001.parquet"), pa.Table.from_pylist([
+        {"key": "n2", "video_uid": "vc", "file": "features/part-0001.h5", "n": 2, "dim": 2, "fps": None,
+         "model": "m", "t_start": 0.0, "t_end": 9.0}]))
+    group = pa.table({"id": ["n2", "n3"], "video_uid": ["vc", "vc"], "t_start": [1.0, 2.0], "t_end": [2.0, 3.0]})
+    out = PoolPairs(url, offset=1.0)(group)
+    np.testing.assert_allclose(out["video"][0].as_py(), clip.mean(0))
+    assert pending(out).tolist() == [True, False] and out[REASON][1].as_py() == "no_video_features"
+    mixed = PoolPairs(url, offset=0.0, num_frames=4)(pa.table({
+        "id": ["n2", "n5"], "video_uid": ["va", "va"], "t_start": [0.0, 0.0], "t_end": [3.9, 3.9]}))
+    np.testing.assert_array_equal(from_npy(mixed["frames"][0].as_py()), clip[[0, 0, 1, 1]])
+    np.testing.assert_array_equal(from_npy(mixed["frames"][1].as_py()), feats["va"][[0, 1, 2, 3]])
+
+
 def test_labels_come_from_the_segment_containing_the_time(tmp_path):
     storage.write_parquet(str(tmp_path / "labels.parquet"), pa.table({
         "video_uid": ["a", "a", "b"], "t_start": [0.0, 5.0, 0.0], "t_end": [4.0, 9.0, 3.0],
