@@ -160,10 +160,10 @@ class DualEncoderRecipe(Recipe):
         self.aux_shard = ray.train.get_dataset_shard("aux") if self.n_aux else None
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
-        world = max(1, self.options.num_workers)
-        aux_batch = max(1, min(batch, self.n_aux // world)) if self.n_aux else 0
-        use_aux = self.n_aux >= 2 * world and aux_batch >= 2
-        aux = _cycle(self.aux_shard, aux_batch, self.options.seed + epoch) if use_aux else None
+        from egoray.train.data import aux_batches
+
+        aux = aux_batches(self.aux_shard, self.n_aux, batch, self.options.num_workers, self.options.seed + epoch) \
+            if self.n_aux else None
         for b in self.train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
                                                local_shuffle_buffer_size=max(batch, 8 * batch),
                                                local_shuffle_seed=self.options.seed * 100_003 + epoch * 31 + rank):
@@ -192,7 +192,9 @@ class DualEncoderRecipe(Recipe):
             ve, te = gather_with_grad(ve), gather_with_grad(te)
             verb, noun = gather_with_grad(verb), gather_with_grad(noun)
             human = gather_with_grad(human.long()).bool()
-        scales = scale if bool(human.all()) else pair_scales(human, scale, pseudo_scale)
+        # with pseudo pairs in the run every step's loss depends on τ′ (zero gradient when a batch
+        # has none): DDP wants each trained parameter in every step's graph
+        scales = pair_scales(human, scale, pseudo_scale) if self.loop["pseudo"] else scale
         positives = same_label(verb, noun) if self.loop["egonce"] else None
         return contrastive_loss(ve, te, scales, positives), size
 
@@ -206,20 +208,6 @@ class DualEncoderRecipe(Recipe):
 
     def export(self) -> dict[str, Any]:
         return {"kind": "dual_encoder", "config": self.loop["model"]}
-
-
-def _cycle(shard: Any, batch: int, seed: int) -> Any:
-    """Batches of the aux shard, again and again (aux sets are smaller than the main one)."""
-    epoch = 0
-    while True:
-        yielded = False
-        for b in shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
-                                    local_shuffle_buffer_size=8 * batch, local_shuffle_seed=seed + epoch):
-            yielded = True
-            yield b
-        if not yielded:
-            return
-        epoch += 1
 
 
 def _train_loop(loop: dict[str, Any]) -> None:
@@ -257,10 +245,10 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         model = config.model.model_copy(update={"video_dim": dims["video"], "text_dim": dims["embedding"]})
         return {"model": model.model_dump(), "egonce": config.egonce,
                 "gather": config.gather_negatives and config.train.num_workers > 1,
-                "n_train": counts["train"], "n_aux": counts["aux"]}
+                "n_train": counts["train"], "n_aux": counts["aux"], "pseudo": pseudo}
 
-    # without aux pairs the pseudo temperature gets no gradient (DDP refuses such parameters)
-    frozen = (["logit_scale"] if config.freeze_temperature else []) + \
-        (["aux_logit_scale"] if config.freeze_pseudo_temperature or not config.aux else [])
+    # without pseudo pairs the pseudo temperature gets no gradient (DDP refuses such parameters)
+    pseudo = any(a.kind == "pseudo" for a in config.aux) and not config.freeze_pseudo_temperature
+    frozen = (["logit_scale"] if config.freeze_temperature else []) + ([] if pseudo else ["aux_logit_scale"])
     options = config.train.model_copy(update={"freeze": config.train.freeze + frozen})
     return launch(config, options, ledger, _train_loop, pairs, loop, wall0)

@@ -7,7 +7,11 @@ Inputs: an ingest output (narrations with splits) and ``videos``, the folder hol
 and the Ray Train workers stream them. The towers (:mod:`egoray.models.video_text`): an open_clip
 ViT over the frames with divided space–time attention or frame averaging, and open_clip's or a
 transformers text encoder; symmetric InfoNCE (optionally EgoNCE) against the negatives of every
-worker, on the shared trainer (:mod:`egoray.train.recipe`: schedules, ZeRO, bf16, gradient
+worker. ``aux`` texts of windows (a ``narrate`` output's pseudo-narrations, a ``rephrase``
+output's paraphrases) have their clips decoded the same way into ``_work/aux<i>`` and join each
+batch as LaViLa mixes them: one InfoNCE over the mixed batch, two pseudo pairs meeting at their
+own temperature τ′, two human pairs (paraphrases count as human) at τ, the two kinds at √(ττ′).
+Training runs on the shared trainer (:mod:`egoray.train.recipe`: schedules, ZeRO, bf16, gradient
 checkpointing, step checkpoints, best model, TensorBoard). Output::
 
     OUTPUT/model/model.pt              last weights + tower config (``load_video_text``)
@@ -27,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from egoray.config import JobConfig, Url
+from egoray.config import JobConfig, StrictModel, Url
 from egoray.data.raw import InputError
 from egoray.models.video_text import VideoTextConfig, export_config, load_video_text
 from egoray.stages.video import stack_npy
@@ -38,6 +42,16 @@ from egoray.train.recipe import Recipe
 __all__ = ["Config", "load_video_text", "run"]
 
 CLIP_COLUMNS = ["id", "text", "frames", "verb_code", "noun_code"]
+
+
+class AuxTexts(StrictModel):
+    """More texts of windows to train on (LaViLa's ``--metadata-aux``)."""
+
+    texts: Url = Field(description="a narrate output (pseudo-narrations), a rephrase output (paraphrases), or a "
+                                   "table id, text, video_uid, t_start, t_end")
+    kind: Literal["pseudo", "human"] | None = Field(
+        None, description="pseudo: own temperature; human: people's texts. Default: narrate pseudo, rephrase human")
+    offset_sec: float | None = Field(None, ge=0, description="widen each window by this (default: the job's)")
 
 
 class Config(JobConfig):
@@ -51,8 +65,10 @@ class Config(JobConfig):
     eval_splits: list[str] = ["val", "test"]
     model: VideoTextConfig = VideoTextConfig()
     egonce: bool = Field(False, description="pairs sharing verb and noun count as positives")
+    aux: list[AuxTexts] = []
     gather_negatives: bool = Field(True, description="contrast against every worker's batch")
     freeze_temperature: bool = Field(False, description="keep the temperature at its initial value")
+    freeze_pseudo_temperature: bool = Field(False, description="keep the pseudo pairs' temperature fixed")
     eval_batch_size: int = Field(32, ge=1, description="clips per forward pass in evaluation")
     resumable_changes = {"train": {"epochs", "max_failures", "keep_checkpoints"}}
     train: TrainerOptions = TrainerOptions(batch_size=32, lr=3e-5)
@@ -88,11 +104,18 @@ class VideoTextRecipe(Recipe):
         self.eval_noun = np.concatenate(noun) if noun else np.zeros(0, np.int64)
         self.eval_captions = caption_codes(texts)
         self.train_shard = ray.train.get_dataset_shard("train")
+        self.n_aux = self.loop["n_aux"]
+        self.aux_shard = ray.train.get_dataset_shard("aux") if self.n_aux else None
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
-        return self.train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
-                                             local_shuffle_buffer_size=max(batch, 4 * batch),
-                                             local_shuffle_seed=self.options.seed * 100_003 + epoch * 31 + rank)
+        from egoray.train.data import aux_batches
+
+        aux = aux_batches(self.aux_shard, self.n_aux, batch, self.options.num_workers, self.options.seed + epoch) \
+            if self.n_aux else None
+        for b in self.train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
+                                               local_shuffle_buffer_size=max(batch, 4 * batch),
+                                               local_shuffle_seed=self.options.seed * 100_003 + epoch * 31 + rank):
+            yield b, (next(aux, None) if aux is not None else None)
 
     def _tokens(self, engine: Any, texts: list[str]) -> Any:
         tokens = self.model.tokenize(texts)
@@ -100,21 +123,32 @@ class VideoTextRecipe(Recipe):
             return {k: engine.to_input(v) for k, v in tokens.items()}
         return engine.to_input(tokens)
 
-    def loss(self, engine: Any, rows: Any) -> tuple[Any, int]:
+    def loss(self, engine: Any, item: Any) -> tuple[Any, int]:
         import torch
 
-        from egoray.models.dual_encoder import contrastive_loss, same_label
+        from egoray.models.dual_encoder import contrastive_loss, pair_scales, same_label
         from egoray.train.distributed import gather_with_grad
 
-        frames = engine.to_input(self.model.preprocess(stack_npy(rows["frames"])))
-        ve, te, scale, _ = engine(frames, self._tokens(engine, [str(t) for t in rows["text"]]))
-        verb = torch.from_numpy(rows["verb_code"].astype(np.int64))
-        noun = torch.from_numpy(rows["noun_code"].astype(np.int64))
+        rows, aux = item
+        parts = [rows] + ([aux] if aux is not None else [])
+        size = len(rows["frames"])
+        frames = engine.to_input(self.model.preprocess(np.concatenate([stack_npy(p["frames"]) for p in parts])))
+        texts = [str(t) for p in parts for t in p["text"]]
+        ve, te, scale, pseudo_scale = engine(frames, self._tokens(engine, texts))
+        verb = torch.from_numpy(np.concatenate([p["verb_code"].astype(np.int64) for p in parts]))
+        noun = torch.from_numpy(np.concatenate([p["noun_code"].astype(np.int64) for p in parts]))
+        human = torch.ones(len(texts), dtype=torch.bool)
+        if aux is not None:
+            human[size:] = torch.from_numpy(np.asarray(aux["human"], dtype=bool))
         if self.loop["gather"]:
             ve, te = gather_with_grad(ve), gather_with_grad(te)
             verb, noun = gather_with_grad(verb), gather_with_grad(noun)
+            human = gather_with_grad(human.long()).bool()
         positives = same_label(verb, noun) if self.loop["egonce"] else None
-        return contrastive_loss(ve.float(), te.float(), scale.float(), positives), len(frames)
+        # one InfoNCE over the mixed batch, each pair's temperature by kind (LaViLa); with pseudo
+        # pairs in the run τ′ is in every step's graph (DDP wants every trained parameter there)
+        scales = pair_scales(human, scale.float(), pseudo_scale.float()) if self.loop["pseudo"] else scale.float()
+        return contrastive_loss(ve.float(), te.float(), scales, positives), size
 
     def evaluate(self, engine: Any) -> dict[str, float]:
         import torch
@@ -137,8 +171,9 @@ class VideoTextRecipe(Recipe):
                                  self.eval_captions)
 
     def scalars(self, engine: Any) -> dict[str, float]:
-        scale, _ = engine.module.scales()
-        return {"temperature": float(1 / scale.detach().float())}
+        scale, pseudo_scale = engine.module.scales()
+        return {"temperature": float(1 / scale.detach().float()),
+                "pseudo_temperature": float(1 / pseudo_scale.detach().float())}
 
     def export(self) -> dict[str, Any]:
         return {"kind": "video_text", "config": export_config(VideoTextConfig(**self.loop["model"]))}
@@ -155,31 +190,44 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from egoray.models.clip import image_size
     from egoray.pipelines.narrate_vlm import video_paths
     from egoray.stages.clips import DecodeClips
-    from egoray.train.data import narrations_dataset, pairs_dataset
+    from egoray.train.data import narrations_dataset, pairs_dataset, window_texts_dataset
 
     wall0 = time.perf_counter()
     items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
+    aux_sources = [window_texts_dataset(a.texts) for a in config.aux]
+    kinds = [a.kind or default for a, (_, _, default) in zip(config.aux, aux_sources, strict=True)]
     videos = video_paths(config.videos) or {}
     if not videos:
         raise InputError(f"{config.videos}: no video files (<video_uid>.mp4, ...)")
     size = image_size(config.model.vision)
-    # changed narrations or labels make another run: refused like a changed config
-    ledger = prepare(config, overwrite, inputs + ([config.labels] if config.labels else []))
+    # changed narrations, aux texts or labels make another run: refused like a changed config
+    watched = inputs + [u for _, us, _ in aux_sources for u in us]
+    ledger = prepare(config, overwrite, watched + ([config.labels] if config.labels else []))
+
+    def decode(name: str, build: Any, offset: float) -> str:
+        clips = DecodeClips(videos, config.model.num_frames, size, offset, config.labels)
+        return prepare_work(config.output, name, lambda: build().map_batches(clips, batch_format="pyarrow",
+                                                                            batch_size=16))
 
     def pairs() -> dict[str, Any]:
-        decode = DecodeClips(videos, config.model.num_frames, size, config.offset_sec, config.labels)
-        url = prepare_work(config.output, "clips", lambda: items().map_batches(decode, batch_format="pyarrow",
-                                                                                 batch_size=16))
-        return {"url": url, "aux": [], "split": ["train"],
-                "datasets": {"train": pairs_dataset(url, config.train_splits, CLIP_COLUMNS),
-                             "eval": pairs_dataset(url, config.eval_splits, CLIP_COLUMNS)}}
+        url = decode("clips", items, config.offset_sec)
+        aux = [decode(f"aux{i}", build, config.offset_sec if a.offset_sec is None else a.offset_sec)
+               for i, (a, (build, _, _)) in enumerate(zip(config.aux, aux_sources, strict=True))]
+        datasets = {"train": pairs_dataset(url, config.train_splits, CLIP_COLUMNS),
+                    "eval": pairs_dataset(url, config.eval_splits, CLIP_COLUMNS)}
+        if aux:
+            parts = [pairs_dataset(u, [], CLIP_COLUMNS, {"human": kind == "human"}) for u, kind in zip(aux, kinds)]
+            datasets["aux"] = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+        return {"url": url, "aux": aux, "split": ["train", "aux"], "datasets": datasets}
 
     def loop(counts: dict[str, Any]) -> dict[str, Any]:  # launch has refused too few training clips
         return {"model": config.model.model_dump(), "egonce": config.egonce, "n_train": counts["train"],
+                "n_aux": counts["aux"], "pseudo": pseudo,
                 "gather": config.gather_negatives and config.train.num_workers > 1,
                 "eval_batch_size": config.eval_batch_size}
 
-    # no pseudo pairs in this job: the pseudo temperature gets no gradient (DDP refuses such parameters)
-    frozen = ["aux_logit_scale"] + (["logit_scale"] if config.freeze_temperature else [])
+    # without pseudo pairs the pseudo temperature gets no gradient (DDP refuses such parameters)
+    pseudo = "pseudo" in kinds and not config.freeze_pseudo_temperature
+    frozen = ([] if pseudo else ["aux_logit_scale"]) + (["logit_scale"] if config.freeze_temperature else [])
     options = config.train.model_copy(update={"freeze": config.train.freeze + frozen})
     return launch(config, options, ledger, _train_loop, pairs, loop, wall0)

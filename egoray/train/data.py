@@ -10,7 +10,7 @@ ever sees counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -72,6 +72,87 @@ def narrations_dataset(url: str, splits: list[str] | None) -> tuple[Callable[[],
 
 def _rename_id(batch: pa.Table) -> pa.Table:
     return batch.rename_columns({"narration_id": "id"})
+
+
+WINDOW_TEXT_SOURCES = (("captions", "caption_id", "text", "pseudo"),  # a narrate output
+                       ("paraphrases", "narration_id", "paraphrases", "human"))  # a rephrase output
+
+
+def window_texts_dataset(url: str) -> tuple[Callable[[], Any], list[str], str]:
+    """A builder of ``id, text, video_uid, t_start, t_end`` rows of the texts of windows — a
+    ``narrate`` output's captions, a ``rephrase`` output's paraphrases (one row per paraphrase,
+    id ``<narration_id>#<k>``) or a table with ``id``/``narration_id``/``caption_id`` and ``text`` —
+    the URLs to watch, and the kind of text by default (narrator captions are ``pseudo``,
+    paraphrases of people's narrations ``human``, as LaViLa counts them)."""
+    from egoray.data.tables import table_columns
+
+    found = next(((storage.join(url, folder), id_col, text_col, kind)
+                  for folder, id_col, text_col, kind in WINDOW_TEXT_SOURCES
+                  if storage.listdir(storage.join(url, folder), ".parquet")), None)
+    if found is not None:
+        source, id_col, text_col, kind = found
+    else:
+        source, names = table_columns(url, ("text", *TEXT_COLUMNS), "table of window texts")
+        id_col = next((c for c in ("id", "narration_id", "caption_id") if c in names), "")
+        if not id_col:
+            raise InputError(f"{source}: no id column (id, narration_id or caption_id)")
+        text_col, kind = "text", "pseudo"
+    flatten = FlattenTexts(id_col, text_col)
+
+    def build() -> Any:
+        return read(Source(source, columns=[id_col, text_col, *TEXT_COLUMNS])).map_batches(
+            flatten, batch_format="pyarrow")
+
+    return build, [source], kind
+
+
+class FlattenTexts:
+    """Rows with one text or a list of them → one row per text (``id``, ``text``, the window)."""
+
+    def __init__(self, id_col: str, text_col: str) -> None:
+        self.id_col, self.text_col = id_col, text_col
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids = [str(x) for x in batch[self.id_col].to_pylist()]
+        texts = batch[self.text_col].to_pylist()
+        window = {c: batch[c].to_pylist() for c in TEXT_COLUMNS}
+        rows: dict[str, list] = {"id": [], "text": [], **{c: [] for c in TEXT_COLUMNS}}
+        for i, text in enumerate(texts):
+            many = isinstance(text, list)
+            for k, t in enumerate(text if many else [text]):
+                if t is None or not str(t).strip():
+                    continue
+                rows["id"].append(f"{ids[i]}#{k}" if many else ids[i])
+                rows["text"].append(str(t))
+                for c in TEXT_COLUMNS:
+                    rows[c].append(window[c][i])
+        return pa.table({"id": pa.array(rows["id"], pa.string()), "text": pa.array(rows["text"], pa.string()),
+                         "video_uid": pa.array(rows["video_uid"], pa.string()),
+                         "t_start": pa.array(rows["t_start"], pa.float64()),
+                         "t_end": pa.array(rows["t_end"], pa.float64())})
+
+
+def aux_batches(shard: Any, n_aux: int, batch: int, world: int, seed: int) -> Iterator[Any] | None:
+    """Aux (pseudo / rephrased) pairs to join each training batch, cycled (aux sets are smaller or
+    larger than the main one), or None when there are too few to mix in: each worker takes up to
+    ``batch`` from its equal share of them."""
+    aux_batch = max(1, min(batch, n_aux // max(1, world))) if n_aux else 0
+    if n_aux < 2 * max(1, world) or aux_batch < 2:
+        return None
+    return _cycle(shard, aux_batch, seed)
+
+
+def _cycle(shard: Any, batch: int, seed: int) -> Iterator[Any]:
+    epoch = 0
+    while True:
+        yielded = False
+        for b in shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
+                                    local_shuffle_buffer_size=8 * batch, local_shuffle_seed=seed + epoch):
+            yielded = True
+            yield b
+        if not yielded:
+            return
+        epoch += 1
 
 
 def build_pairs(output: str, name: str, items: Callable[[], Any], features: str, offset: float,

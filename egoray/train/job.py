@@ -55,11 +55,13 @@ def launch(config: JobConfig, options: TrainerOptions, ledger: ShardLedger, trai
         train_splits = getattr(config, "train_splits", ["train"])
         n_train = sum(v for k, v in splits.items() if k in train_splits)
         n_eval = sum(splits.values()) - n_train
-        n_aux = sum(sum(count_pairs(u)["splits"].values()) for u in built["aux"])
+        aux_counts = [count_pairs(u) for u in built["aux"]]
+        n_aux = sum(sum(c["splits"].values()) for c in aux_counts)
         info = {"in": counts["total"], "out": sum(splits.values()), "rejected": sum(counts["rejected"].values()),
-                "train": n_train, "eval": n_eval, "aux": n_aux, "dims": counts["dims"]}
-        print(f"[{config.job}] {n_train} training pairs, {n_eval} held-out, {n_aux} auxiliary, "
-              f"{info['rejected']} rejected", flush=True)
+                "train": n_train, "eval": n_eval, "aux": n_aux,
+                "aux_rejected": sum(sum(c["rejected"].values()) for c in aux_counts), "dims": counts["dims"]}
+        print(f"[{config.job}] {n_train} training pairs, {n_eval} held-out, {n_aux} auxiliary "
+              f"({info['aux_rejected']} without video), {info['rejected']} rejected", flush=True)
         if n_train // options.num_workers < 2:
             raise InputError(f"{n_train} training items cannot feed {options.num_workers} workers "
                              "(each needs at least 2); add data or lower train.num_workers")

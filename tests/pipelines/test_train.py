@@ -238,13 +238,26 @@ def test_video_text_towers_learn_from_raw_frames(features, tmp_path):
     from egoray.train.data import pairs_dataset
 
     out = tmp_path / "video_text"
+    # pseudo-narrations of training windows in narrate's layout (captions/), one of a missing video
+    narr = storage.read_parquet(str(features / "narrations" / "narrations"))
+    train_rows = narr.filter(pc.equal(narr["split"], "train")).to_pylist()[:24]
+    pseudo = [{"caption_id": f"{r['narration_id']}#0", "text": r["text"].lower(), "video_uid": r["video_uid"],
+               "t_start": r["t_start"], "t_end": r["t_end"]} for r in train_rows]
+    pseudo.append({**pseudo[0], "caption_id": "lost#0", "video_uid": "no-such-video"})
+    (tmp_path / "pseudo" / "captions").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(pseudo), tmp_path / "pseudo" / "captions" / "part-0000.parquet")
     run = _run("demo/train_video_text.yaml", [f"input={features}/narrations", f"output={out}",
                                                f"videos={features}/data/videos",
-                                               f"labels={features}/data/clips.parquet"])
+                                               f"labels={features}/data/clips.parquet",
+                                               f"aux=[{{texts: {tmp_path / 'pseudo'}}}]"])
     pairs = run["pairs"]
     assert run["status"] == "complete" and pairs["in"] == pairs["out"] + pairs["rejected"]
     assert pairs["train"] + pairs["eval"] == pairs["out"] and pairs["eval"] > 0
+    assert pairs["aux"] == len(pseudo) - 1 and pairs["aux_rejected"] == 1
     final, initial = run["final_metrics"], run["initial_metrics"]
+    # the pseudo pairs met at their own temperature, which learned (it starts at 0.07 like τ)
+    assert "aux_logit_scale" not in run["frozen"]
+    assert abs(final["pseudo_temperature"] - 0.07) > 1e-3 and final["pseudo_temperature"] != final["temperature"]
     # held-out retrieval from raw frames, far above the chance levels computed from the clips (R@5
     # and per-label R@1: 40 held-out clips make instance R@1 move by 0.1 between epochs)
     n_eval = pairs["eval"]
@@ -268,7 +281,6 @@ def test_video_text_towers_learn_from_raw_frames(features, tmp_path):
 
     # the towers serve text_features and video_features like any encoder: the held-out narrations'
     # texts and their windows' frames, embedded by the jobs, retrieve exactly as in training
-    narr = storage.read_parquet(str(features / "narrations" / "narrations"))
     held = narr.filter(pc.is_in(narr["split"], value_set=pa.array(["val", "test"]))).to_pylist()
     table = tmp_path / "held_out_clips.parquet"
     actions = Labels(str(features / "data" / "clips.parquet"))

@@ -99,3 +99,16 @@ def test_labels_come_from_the_segment_containing_the_time(tmp_path):
     assert verbs == ["open", None, "cut"] and nouns == ["jar", None, "bread"]
     assert labels.at("c", np.array([1.0])) == ([None], [None])
     assert label_code(None) == -1 and label_code("cut") == label_code("cut") != label_code("open")
+
+
+def test_window_texts_flatten_paraphrase_lists_and_drop_empty_texts():
+    from egoray.train.data import FlattenTexts
+
+    batch = pa.table({"narration_id": ["n1", "n2"], "paraphrases": [["a cup", "", "the cup"], ["x"]],
+                      "video_uid": ["va", "vb"], "t_start": [1.0, 2.0], "t_end": [2.0, 3.0]})
+    out = FlattenTexts("narration_id", "paraphrases")(batch).to_pylist()
+    assert [(r["id"], r["text"], r["video_uid"], r["t_start"]) for r in out] == [
+        ("n1#0", "a cup", "va", 1.0), ("n1#2", "the cup", "va", 1.0), ("n2#0", "x", "vb", 2.0)]
+    one = FlattenTexts("caption_id", "text")(pa.table({"caption_id": ["w#0"], "text": ["c"], "video_uid": ["va"],
+                                                        "t_start": [0.0], "t_end": [1.0]}))
+    assert one["id"].to_pylist() == ["w#0"] and one["text"].to_pylist() == ["c"]
