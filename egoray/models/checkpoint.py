@@ -30,16 +30,22 @@ def load_weights(data: bytes | str, name: str = "model.pt", map_location: Any = 
         raise InputError(f"{name}: refused to load (it holds more than weights: {first[:300]})") from None
 
 
-def load_exported(url: str) -> dict[str, Any]:
-    """The exported blob (kind, config, state_dict, ...) of a training job's output or model folder."""
+def exported_path(url: str) -> str:
+    """The ``model.pt`` of a training job's output, of its model folder, or ``url`` itself."""
     candidates = [storage.join(url, "model", MODEL_FILE), storage.join(url, MODEL_FILE), url]
     for candidate in candidates:
         if candidate.endswith(".pt") and storage.exists(candidate):
-            blob = load_weights(storage.read_bytes(candidate), candidate)
-            if not isinstance(blob, dict):
-                raise InputError(f"{candidate}: not an egoray model export")
-            return blob
+            return candidate
     raise InputError(f"no trained model under {url} (looked for {candidates[0]})")
+
+
+def load_exported(url: str) -> dict[str, Any]:
+    """The exported blob (kind, config, state_dict, ...) of a training job's output or model folder."""
+    path = exported_path(url)
+    blob = load_weights(storage.read_bytes(path), path)
+    if not isinstance(blob, dict):
+        raise InputError(f"{path}: not an egoray model export")
+    return blob
 
 
 def load_exported_kind(url: str, kind: str, what: str) -> dict[str, Any]:

@@ -1,23 +1,29 @@
 """LaViLa-style narrator: a frozen causal LM with gated cross-attention to video tokens.
 
-Video features of a window (``[F, Dv]``, frozen upstream) are summarised by an attention pooler
-with learned queries into ``Q`` visual tokens. Every ``cross_attn_every``-th decoder layer of the
+The visual input of a window is either stored video features (``[F, Dv]``, frozen upstream) or,
+with ``tower``, its frames through the frozen video tower of a ``train_video_text`` run, whose
+space–time tokens (``T·(1 + P)`` of them, LaViLa's narrator input) are attended to. Either is
+summarised by an attention pooler with learned queries into ``Q`` visual tokens. Every ``cross_attn_every``-th decoder layer of the
 LM is preceded by a gated cross-attention block (Flamingo): ``x + tanh(g) * attn(x, visual)``
 and ``x + tanh(h) * ff(x)`` with ``g = h = 0`` at initialisation, so an untrained narrator is
-exactly the frozen LM. Only the pooler and the cross-attention blocks train.
+exactly the frozen LM. Only the pooler and the cross-attention blocks train; a tower's weights
+are exported with them (``video.``), so a trained narrator loads on its own.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
 
 from egoray.config import StrictModel
+from egoray.models.video_text import VideoTextConfig
 
 TRAINED_PREFIXES = ("pooler.", "xattn.")  # the frozen LM's weights come from the LM itself
+TOWER_PREFIX = "video."  # a frozen video tower's (the train_video_text run's names)
 
 
 class NarratorConfig(StrictModel):
@@ -28,6 +34,13 @@ class NarratorConfig(StrictModel):
     cross_attn_every: int = Field(1, ge=1)
     heads: int = Field(4, ge=1)
     max_text_tokens: int = Field(32, ge=4)
+    tower: VideoTextConfig | None = Field(None, description="the frozen video tower over frames (set by the job "
+                                                            "from a train_video_text run); none: stored features")
+
+
+def saved_prefixes(config: NarratorConfig) -> tuple[str, ...]:
+    """The weights a trained narrator exports: the ones it trained, and its tower's."""
+    return TRAINED_PREFIXES + ((TOWER_PREFIX,) if config.tower is not None else ())
 
 
 class AttentionPooler(nn.Module):
@@ -117,7 +130,14 @@ class Narrator(nn.Module):
         self.lm = lm
         self.lm.requires_grad_(False)
         width = lm.config.hidden_size
-        self.pooler = AttentionPooler(config.video_dim, width, config.num_queries, config.heads)
+        video_dim = config.video_dim
+        if config.tower is not None:
+            from egoray.models.video_text import build_video_tower
+
+            self.video, self.image = build_video_tower(config.tower)
+            self.video.requires_grad_(False)
+            video_dim = self.video.width
+        self.pooler = AttentionPooler(video_dim, width, config.num_queries, config.heads)
         self._visual = _Visual()
         layers = decoder_layers(lm)
         self.xattn = nn.ModuleList()
@@ -130,7 +150,25 @@ class Narrator(nn.Module):
     def train(self, mode: bool = True) -> Narrator:
         super().train(mode)
         self.lm.eval()  # frozen: no dropout, so that gates at zero reproduce the LM exactly
+        if self.config.tower is not None:
+            self.video.eval()
         return self
+
+    def prepare(self, frames: np.ndarray) -> torch.Tensor:
+        """A batch of windows' visual input as the model takes it: stored features as floats, or
+        uint8 frames [B, T, H, W, 3] normalised for the tower."""
+        if self.config.tower is None:
+            return torch.from_numpy(np.ascontiguousarray(frames)).float()
+        from egoray.models.video_text import normalise_frames
+
+        return normalise_frames(frames, self.image)
+
+    def visual_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """``Q`` pooled visual tokens of each window (through the frozen tower first, if any)."""
+        if self.config.tower is not None:
+            with torch.no_grad():
+                frames = self.video.tokens(frames)
+        return self.pooler(frames)
 
     def set_gradient_checkpointing(self, on: bool) -> None:
         for layer in decoder_layers(self.lm):
@@ -143,7 +181,7 @@ class Narrator(nn.Module):
     def forward(self, frames: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor | None = None) -> Any:
         """Teacher-forced LM output (``.loss`` when ``labels`` are given) conditioned on ``frames``."""
-        self._visual.tokens = self.pooler(frames)
+        self._visual.tokens = self.visual_tokens(frames)
         try:
             return self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
         finally:
@@ -185,7 +223,7 @@ class Narrator(nn.Module):
         seeds = seeds if seeds is not None else [[i * n + s for s in range(n)] for i in range(b)]
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         input_ids = torch.full((b * n, 1), bos, dtype=torch.long, device=frames.device)
-        self._visual.tokens = self.pooler(frames).repeat_interleave(n, dim=0)
+        self._visual.tokens = self.visual_tokens(frames).repeat_interleave(n, dim=0)
         try:
             out = self.lm.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
@@ -227,7 +265,7 @@ def load_narrator(url: str) -> Narrator:
     blob = load_exported_kind(url, "narrator", "a narrator")
     model = Narrator(NarratorConfig(**blob["config"]))
     missing = model.load_state_dict(blob["state_dict"], strict=False)
-    bad = [k for k in missing.missing_keys if k.startswith(TRAINED_PREFIXES)]
+    bad = [k for k in missing.missing_keys if k.startswith(saved_prefixes(model.config))]
     if bad or missing.unexpected_keys:
         raise InputError(f"{url}: weights do not match the narrator ({bad[:3]} {missing.unexpected_keys[:3]})")
     return model.eval()

@@ -76,28 +76,43 @@ class VideoTower(nn.Module):
         self.visual = visual
         self.temporal_mode = temporal
         self.gradient_checkpointing = False
-        width = visual.conv1.out_channels
+        width = int(visual.conv1.out_channels)
         blocks = visual.transformer.resblocks
         if temporal == "divided":
             heads = blocks[0].attn.num_heads
             self.time_embed = nn.Parameter(torch.zeros(num_frames, width))
             self.temporal = nn.ModuleList(TemporalAttention(width, heads) for _ in blocks)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    @property
+    def width(self) -> int:
+        return int(self.visual.conv1.out_channels)
+
+    def _blocks(self, frames: torch.Tensor) -> torch.Tensor:
+        """Every frame's tokens after the ViT's blocks: [B·T, 1 + P, W]."""
         b, t = frames.shape[:2]
         visual = self.visual
-        x = visual._embeds(frames.flatten(0, 1))  # [B·T, 1 + P, W]
+        x = visual._embeds(frames.flatten(0, 1))
         if self.temporal_mode == "divided":
             x = (x.view(b, t, *x.shape[1:]) + self.time_embed[None, :t, None, :]).flatten(0, 1)
             batch_first = getattr(visual.transformer, "batch_first", True)
             for block, temporal in zip(visual.transformer.resblocks, self.temporal):
                 x = self._run(self._divided_block, x, block, temporal, t, batch_first)
-        else:
-            x = visual.transformer(x)
-        pooled, _ = visual._pool(x)
-        if visual.proj is not None:
-            pooled = pooled @ visual.proj
+            return x
+        return visual.transformer(x)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        b, t = frames.shape[:2]
+        pooled, _ = self.visual._pool(self._blocks(frames))
+        if self.visual.proj is not None:
+            pooled = pooled @ self.visual.proj
         return pooled.view(b, t, -1).mean(1)
+
+    def tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """The clip's space–time tokens after the final norm, [B, T·(1 + P), W]: what LaViLa's
+        narrator attends to (every patch of every frame, and the frames' class tokens)."""
+        b = frames.shape[0]
+        x = self.visual.ln_post(self._blocks(frames))
+        return x.reshape(b, -1, x.shape[-1])
 
     @staticmethod
     def _divided_block(x: torch.Tensor, block: nn.Module, temporal: nn.Module, frames: int,
@@ -196,10 +211,7 @@ class VideoTextModel(nn.Module):
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 [B, T, H, W, 3] at the tower's size → normalised float [B, T, 3, H, W]."""
-        x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255)
-        mean = torch.tensor(self.image["mean"]).view(1, 1, 3, 1, 1)
-        std = torch.tensor(self.image["std"]).view(1, 1, 3, 1, 1)
-        return (x.permute(0, 1, 4, 2, 3) - mean) / std
+        return normalise_frames(frames, self.image)
 
     def _out(self, x: torch.Tensor, proj: nn.Module | None) -> torch.Tensor:
         x = proj(x) if proj is not None else x
@@ -236,6 +248,22 @@ class VideoTextModel(nn.Module):
     def forward(self, frames: torch.Tensor, tokens: Any) -> tuple[torch.Tensor, ...]:
         scale, pseudo_scale = self.scales()
         return self.encode_video(frames), self.encode_text(tokens), scale, pseudo_scale
+
+
+def build_video_tower(config: VideoTextConfig) -> tuple[VideoTower, dict[str, Any]]:
+    """The video tower alone (the narrator's frozen visual encoder) and its image preprocessing."""
+    from egoray.models.clip import load_open_clip
+
+    clip, _, image = load_open_clip(config.vision)
+    return VideoTower(clip.visual, config.num_frames, config.temporal), image
+
+
+def normalise_frames(frames: np.ndarray, image: dict[str, Any]) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] at the tower's size → normalised float [B, T, 3, H, W]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255)
+    mean = torch.tensor(image["mean"]).view(1, 1, 3, 1, 1)
+    std = torch.tensor(image["std"]).view(1, 1, 3, 1, 1)
+    return (x.permute(0, 1, 4, 2, 3) - mean) / std
 
 
 def export_config(config: VideoTextConfig) -> dict[str, Any]:

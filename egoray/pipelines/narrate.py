@@ -6,8 +6,9 @@
 Windows come from a table (``video_uid, t_start, t_end[, window_id]`` — ground-truth clips,
 ``clips.parquet``, or an ingest output's narrations) or, with ``windows.mode: dense``, from fixed
 windows tiling every video of the ``video_features`` output. A Ray Data pass grouped by video
-samples each window's video tokens from that video's features (read once per video) into
-``_work/windows``; one actor pool runs the trained narrator over them: batched top-p sampling
+samples each window's video tokens from that video's features (read once per video) — or, for a
+narrator trained on a video tower, decodes each window's frames from ``videos`` as its training
+did — into ``_work/windows``; one actor pool runs the trained narrator over them: batched top-p sampling
 with a KV cache, each caption seeded by (seed, window, sample). Output::
 
     OUTPUT/captions/<part>.parquet   caption_id (<window_id>#<k>), window_id, video_uid, t_start,
@@ -59,7 +60,8 @@ class Config(JobConfig):
         "narrator", description="narrator: our trained narrator over video features; vlm: a BLIP-2-family model on frames")
     model: Url | None = Field(None, description="a train_narrator output (backend narrator)")
     vlm: VLMOptions = VLMOptions()
-    videos: Url | None = Field(None, description="vlm with a clip table: folder holding <video_uid>.<ext>")
+    videos: Url | None = Field(None, description="folder holding <video_uid>.<ext>: vlm with a clip table, or a "
+                                                "narrator trained on a video tower")
     reencode_vfr: bool = Field(False, description="vlm: re-encode variable-frame-rate videos to constant rate")
     vfr_tolerance: float = Field(0.1, gt=0, description="vlm: allowed frame-interval deviation from the median")
     video_features: Url | None = Field(None, description="default: input (dense mode)")
@@ -107,12 +109,17 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
         return run_vlm(config, overwrite)
     blob = load_exported_kind(config.model, "narrator", "a narrator")
-    num_frames = NarratorConfig(**blob["config"]).num_frames
-    features = config.video_features or config.input
-    if not storage.exists(storage.join(features, "index")):
-        raise InputError(f"{features}: not a video_features output (no index/ table)")
-    videos = allowed_videos(config)
+    narrator = NarratorConfig(**blob["config"])
     w = config.windows
+    tower = narrator.tower is not None  # LaViLa's narrator: frames through its own video tower
+    if tower and not config.videos:
+        raise InputError(f"{config.model}: this narrator sees frames through its video tower; set videos "
+                         "(the folder holding <video_uid>.<ext>)")
+    features = config.video_features or config.input
+    if (w.mode == "dense" or not tower) and not storage.exists(storage.join(features, "index")):
+        raise InputError(f"{features}: not a video_features output (no index/ table)"
+                         + (": dense windows tile the videos it indexes" if tower else ""))
+    videos = allowed_videos(config)
     if w.mode == "table":
         source, id_col = window_table(config.input)
         inputs = [source]
@@ -127,7 +134,16 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             columns = [c for c in (id_col, "video_uid", "t_start", "t_end") if c]
             ds = read(Source(source, columns=columns)).map_batches(
                 TableWindows(id_col, w.offset_sec, videos), batch_format="pyarrow", batch_size=None)
-        return ds.groupby("video_uid").map_groups(SampleWindows(features, num_frames), batch_format="pyarrow")
+        if tower:  # each window's frames, decoded by Ray Data CPU workers as in training
+            from egoray.models.clip import image_size
+            from egoray.pipelines.narrate_vlm import video_paths
+            from egoray.stages.clips import DecodeClips
+
+            decode = DecodeClips(video_paths(config.videos) or {}, narrator.tower.num_frames,
+                                 image_size(narrator.tower.vision), 0.0, stage="features")
+            return ds.map_batches(decode, batch_format="pyarrow", batch_size=16)
+        return ds.groupby("video_uid").map_groups(SampleWindows(features, narrator.num_frames),
+                                                  batch_format="pyarrow")
 
     def plan() -> Pass:
         windows = prepare(config.output, "windows", build_windows)

@@ -1,10 +1,14 @@
 """``train_narrator`` job: LaViLa's narrator — frozen causal LM + gated cross-attention to video.
 
-Inputs: an ingest output (narrations with splits) and a ``video_features`` output. For each
-narration, ``num_frames`` features spread over ``[t_start - offset, t_end + offset]`` are the
-video tokens, sampled by a Ray Data pass grouped by video into ``_work/pairs`` and streamed to
-the Ray Train workers; the LM is trained teacher-forced to produce the narration, and only the
-attention pooler and the cross-attention blocks learn. Runs on Ray Train (DeepSpeed ZeRO or DDP)
+Inputs: an ingest output (narrations with splits) and either a ``video_features`` output or a
+``tower`` — a ``train_video_text`` output — with ``videos``. With features, ``num_frames``
+features spread over each narration's ``[t_start - offset, t_end + offset]`` are the video
+tokens, sampled by a Ray Data pass grouped by video into ``_work/pairs``. With a tower (LaViLa's
+narrator), Ray Data CPU workers decode the window's frames at the tower's size into
+``_work/clips``, and the narrator attends to the frozen tower's space–time tokens; it starts from
+the tower's run (``train.init_from``), whose video tower it exports with its own weights. Either
+way the rows stream to the Ray Train workers; the LM is trained teacher-forced to produce the
+narration, and only the attention pooler and the cross-attention blocks learn. Runs on Ray Train (DeepSpeed ZeRO or DDP)
 and resumes from its latest checkpoint. Output::
 
     OUTPUT/model/model.pt              pooler + cross-attention weights and the narrator config (last)
@@ -22,11 +26,11 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from egoray.config import JobConfig, Url
 from egoray.data.raw import InputError
-from egoray.models.narrator import TRAINED_PREFIXES, NarratorConfig
+from egoray.models.narrator import NarratorConfig, saved_prefixes
 from egoray.stages.video import stack_npy
 from egoray.train.distributed import TrainerOptions
 from egoray.train.job import launch, prepare
@@ -37,13 +41,26 @@ class Config(JobConfig):
     """Config of the ``train_narrator`` job (``input``: an ingest output)."""
 
     job: Literal["train_narrator"] = "train_narrator"
-    video_features: Url
+    video_features: Url | None = Field(None, description="video tokens from these stored features, or:")
+    tower: Url | None = Field(None, description="a train_video_text output (or its best/): its frozen video tower's "
+                                                "tokens over frames decoded from `videos`")
+    videos: Url | None = Field(None, description="with tower: the folder holding <video_uid>.<ext>")
     offset_sec: float = Field(1.0, ge=0)
     train_splits: list[str] = ["train"]
     eval_splits: list[str] = ["val", "test"]
     model: NarratorConfig = NarratorConfig()
     resumable_changes = {"train": {"epochs", "max_failures", "keep_checkpoints"}}
     train: TrainerOptions = TrainerOptions(strategy="ddp", epochs=5, batch_size=16, lr=3e-4)
+
+    @model_validator(mode="after")
+    def _one_visual_input(self) -> Config:
+        if bool(self.video_features) == bool(self.tower):
+            raise ValueError("set exactly one of video_features (stored features) and tower (a train_video_text run)")
+        if self.tower and not self.videos:
+            raise ValueError("tower needs videos (the folder of the videos its frames are decoded from)")
+        if self.tower and self.train.init_from not in (None, self.tower):
+            raise ValueError(f"with tower the narrator starts from the tower's run (train.init_from: {self.tower})")
+        return self
 
 
 def eval_set(shard: Any) -> tuple[np.ndarray, list[str]]:
@@ -67,7 +84,7 @@ def eval_loss(model: Any, frames: np.ndarray, texts: list[str], batch: int = 64)
     with torch.no_grad():
         for i in range(0, len(texts), batch):
             b = model.tokenize(texts[i:i + batch])
-            out = model(torch.from_numpy(frames[i:i + batch]).to(param), b["input_ids"].to(param.device),
+            out = model(model.prepare(frames[i:i + batch]).to(param), b["input_ids"].to(param.device),
                         b["attention_mask"].to(param.device), b["labels"].to(param.device))
             n = int((b["labels"][:, 1:] != -100).sum())
             total += float(out.loss) * n
@@ -81,7 +98,10 @@ class NarratorRecipe(Recipe):
     name = "train_narrator"
     best_metric = "eval_loss"
     best_mode = "min"
-    save_prefixes = TRAINED_PREFIXES
+
+    def __init__(self, loop: dict[str, Any]) -> None:
+        super().__init__(loop)
+        self.save_prefixes = saved_prefixes(NarratorConfig(**loop["model"]))
 
     def build(self) -> Any:
         from egoray.models.narrator import Narrator
@@ -102,10 +122,8 @@ class NarratorRecipe(Recipe):
                                              local_shuffle_seed=self.options.seed * 100_003 + epoch * 31 + rank)
 
     def loss(self, engine: Any, rows: Any) -> tuple[Any, int]:
-        import torch
-
         b = self.model.tokenize([str(t) for t in rows["text"]])
-        frames = torch.from_numpy(stack_npy(rows["frames"]))
+        frames = self.model.prepare(stack_npy(rows["frames"]))
         out = engine(engine.to_input(frames), engine.to_input(b["input_ids"]),
                      engine.to_input(b["attention_mask"]), engine.to_input(b["labels"]))
         return out.loss, len(frames)
@@ -131,31 +149,64 @@ def _train_loop(loop: dict[str, Any]) -> None:
 
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    from egoray import storage
     from egoray.train.data import build_pairs, narrations_dataset, pairs_dataset
 
     wall0 = time.perf_counter()
     items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
-    from egoray import storage
+    model, options, watched = config.model, config.train, inputs
+    if config.tower:
+        from egoray.models.checkpoint import exported_path
 
+        tower = _tower_config(config.tower)
+        # the tower sees the frames it was trained on: its own frame count
+        model = model.model_copy(update={"tower": tower, "num_frames": tower.num_frames, "video_dim": 0})
+        options = options.model_copy(update={"init_from": config.tower})
+        watched = inputs + [exported_path(config.tower)]  # another tower: another run
+    else:
+        watched = inputs + [storage.join(config.video_features, "index")]
     # changed narrations or features make another run: refused like a changed config
-    ledger = prepare(config, overwrite, inputs + [storage.join(config.video_features, "index")])
+    ledger = prepare(config, overwrite, watched)
     columns = ["id", "text", "frames"]
 
     def pairs() -> dict[str, Any]:
-        url = build_pairs(config.output, "pairs", items, config.video_features, config.offset_sec,
-                          num_frames=config.model.num_frames)
+        if config.tower:
+            url = _decode_clips(config, model.tower, items)
+        else:
+            url = build_pairs(config.output, "pairs", items, config.video_features, config.offset_sec,
+                              num_frames=model.num_frames)
         return {"url": url, "aux": [], "split": ["train"],
                 "datasets": {"train": pairs_dataset(url, config.train_splits, columns),
                              "eval": pairs_dataset(url, config.eval_splits, columns)}}
 
-    def loop(counts: dict[str, Any]) -> dict[str, Any]:
-        if counts["train"] < 2:
-            raise InputError(f"only {counts['train']} training narrations (splits {config.train_splits})")
-        width = _feature_dim(config.video_features)
-        model = config.model.model_copy(update={"video_dim": width})
-        return {"model": model.model_dump(), "n_train": counts["train"]}
+    def loop(counts: dict[str, Any]) -> dict[str, Any]:  # launch has refused too few training items
+        width = 0 if config.tower else _feature_dim(config.video_features)
+        return {"model": model.model_copy(update={"video_dim": width}).model_dump(), "n_train": counts["train"]}
 
-    return launch(config, config.train, ledger, _train_loop, pairs, loop, wall0)
+    return launch(config, options, ledger, _train_loop, pairs, loop, wall0)
+
+
+def _tower_config(url: str) -> Any:
+    """The video tower's config from a ``train_video_text`` export (its weights come by init_from)."""
+    from egoray.models.checkpoint import load_exported_kind
+    from egoray.models.video_text import VideoTextConfig
+
+    return VideoTextConfig(**load_exported_kind(url, "video_text", "a train_video_text model")["config"])
+
+
+def _decode_clips(config: Config, tower: Any, items: Any) -> str:
+    """``_work/clips``: each narration's window decoded to the tower's frames by Ray Data workers."""
+    from egoray.executor import prepare as prepare_work
+    from egoray.models.clip import image_size
+    from egoray.pipelines.narrate_vlm import video_paths
+    from egoray.stages.clips import DecodeClips
+
+    videos = video_paths(config.videos) or {}
+    if not videos:
+        raise InputError(f"{config.videos}: no video files (<video_uid>.mp4, ...)")
+    decode = DecodeClips(videos, tower.num_frames, image_size(tower.vision), config.offset_sec)
+    return prepare_work(config.output, "clips", lambda: items().map_batches(decode, batch_format="pyarrow",
+                                                                             batch_size=16))
 
 
 def _feature_dim(url: str) -> int:

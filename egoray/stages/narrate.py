@@ -133,12 +133,11 @@ class NarratorStage(Stage):
         self.model = load_narrator(self.model_url).to(self.device)
 
     def process(self, rows: pa.Table) -> pa.Table:
-        import torch
 
         s = self.sampling
         frames = np.stack([from_npy(b) for b in rows["frames"].to_pylist()])
         seeds = [[row_seed(s.seed, "narrate", w, k) for k in range(s.n)] for w in rows["window_id"].to_pylist()]
-        texts, nlls = self.model.generate(torch.from_numpy(frames).float().to(self.device), n=s.n,
+        texts, nlls = self.model.generate(self.model.prepare(frames).to(self.device), n=s.n,
                                           max_new_tokens=s.max_new_tokens, top_p=s.top_p, temperature=s.temperature,
                                           do_sample=s.do_sample, use_cache=s.use_cache, seeds=seeds)
         rows = rows.drop_columns(["frames"])

@@ -95,3 +95,49 @@ def test_export_round_trip(lm_and_tokenizer, tmp_path):
 
     with pytest.raises(InputError, match="not a narrator"):
         load_narrator(str(tmp_path))
+
+
+def test_narrator_on_a_video_tower_attends_to_its_frozen_space_time_tokens(lm_and_tokenizer, tmp_path):
+    """LaViLa's narrator: a train_video_text tower's tokens (every patch of every frame) feed the
+    pooler; the tower's weights load by name from the video–text model (init_from) and stay
+    frozen, and the narrator's export carries them so it loads on its own."""
+    import numpy as np
+
+    from egoray.models.narrator import saved_prefixes
+    from egoray.models.video_text import VideoTextConfig, VideoTextModel
+    from egoray.train.recipe import init_weights
+
+    tower_config = VideoTextConfig(temporal="divided", num_frames=3)
+    torch.manual_seed(1)
+    towers = VideoTextModel(tower_config)
+    torch.save({"kind": "video_text", "config": tower_config.model_dump(), "state_dict": towers.state_dict()},
+               tmp_path / "model.pt")
+    lm, tok = lm_and_tokenizer
+    model = Narrator(NarratorConfig(num_queries=5, tower=tower_config), copy.deepcopy(lm), tok)
+    counts = init_weights(model, str(tmp_path / "model.pt"))
+    tower_tensors = [k for k in towers.state_dict() if k.startswith("video.")]
+    assert counts["loaded"] == len(tower_tensors)  # the video tower, nothing of the text tower
+    for name, p in model.video.named_parameters():
+        assert not p.requires_grad and torch.equal(p, towers.video.get_parameter(name))
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all(n.startswith(("pooler.", "xattn.")) for n in trained)
+
+    clips = np.random.default_rng(0).integers(0, 255, (2, 3, 64, 64, 3), dtype=np.uint8)
+    frames = model.prepare(clips)
+    assert frames.shape == (2, 3, 3, 64, 64)
+    tokens = model.video.tokens(frames)
+    patches = (64 // towers.video.visual.patch_size[0]) ** 2
+    assert tokens.shape == (2, 3 * (1 + patches), model.video.width)
+    assert model.visual_tokens(frames).shape == (2, 5, lm.config.hidden_size)
+    batch = model.tokenize(["c opens the drawer", "c cuts the onion"])
+    out = model.train()(frames, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    out.loss.backward()
+    assert model.pooler.queries.grad is not None and all(p.grad is None for p in model.video.parameters())
+    assert not model.video.training  # frozen: kept in eval mode while the narrator trains
+
+    assert saved_prefixes(model.config) == ("pooler.", "xattn.", "video.")
+    state = {k: v for k, v in model.state_dict().items() if k.startswith(saved_prefixes(model.config))}
+    torch.save({"kind": "narrator", "config": model.config.model_dump(), "state_dict": state}, tmp_path / "n.pt")
+    again = load_narrator(str(tmp_path / "n.pt"))
+    with torch.no_grad():
+        assert torch.allclose(again.visual_tokens(frames), model.eval().visual_tokens(frames), atol=1e-6)
