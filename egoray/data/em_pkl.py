@@ -34,12 +34,13 @@ def foreign_in(value: Any, depth: int = 0) -> str | None:
     return None
 
 
-def read_em_pickle(data: bytes, name: str = "em_train_narrations.pkl") -> pa.Table:
+def read_em_pickle(data: bytes, name: str = "em_train_narrations.pkl", clips: Any = None) -> pa.Table:
     """RAW rows for every narration of every clip; ids ``<clip_uid>:<pass>:<index>``.
 
-    The pickle holds clips only, so ``video_uid`` is the clip uid as well.
+    The pickle holds clips only, so ``video_uid`` is the clip uid as well. ``clips``: the
+    already unpickled content, if the caller has it.
     """
-    clips = safe_load(data, name)
+    clips = safe_load(data, name) if clips is None else clips
     if not isinstance(clips, list):
         raise InputError(f"{name}: expected a list of clips, found {type(clips).__name__}")
     rows = RawRows()

@@ -1,4 +1,5 @@
-"""``ingest`` job: Ego4D narration.json, em_train_narrations.pkl, EK-100 CSVs → narrations Parquet.
+"""``ingest`` job: Ego4D narration.json, em_train_narrations.pkl, LaViLa's metadata pickles, EK-100
+CSVs → narrations Parquet.
 
 One Ray task per input file reads it and splits it into ``num_shards`` buckets by video (CRC-32 of
 the video uid); one Ray task per bucket takes that bucket from every input, runs the clean-up
@@ -26,13 +27,15 @@ from egoray.config import JobConfig, Url
 from egoray.data.ego4d import read_narration_json, split_by_video
 from egoray.data.ek100 import read_ek100_csv
 from egoray.data.em_pkl import read_em_pickle
+from egoray.data.lavila import is_lavila_pickle, read_lavila_pickle
 from egoray.data.narrations import CleanOptions, build_narrations, clean_summaries
 from egoray.data.raw import InputError
+from egoray.data.safe_pickle import safe_load
 from egoray.data.splits import read_splits
 from egoray.runtime import RunManifest, ShardLedger, bucket_of, ensure_ray, record_metrics, wait_all
 from egoray.stages.base import StageTimer
 
-Format = Literal["auto", "ego4d_json", "em_pkl", "ek100_csv"]
+Format = Literal["auto", "ego4d_json", "em_pkl", "lavila_pkl", "ek100_csv"]
 
 
 class Config(JobConfig):
@@ -63,10 +66,10 @@ def detect_format(url: str, forced: Format = "auto") -> str:
     if name.endswith(".json"):
         return "ego4d_json"
     if name.endswith((".pkl", ".pickle")):
-        return "em_pkl"
+        return "pickle"  # Ego4D's clip dicts or LaViLa's tuples: told apart by the content
     if name.endswith(".csv"):
         return "ek100_csv"
-    raise InputError(f"{url}: cannot tell the format from the name; set format= (ego4d_json, em_pkl, ek100_csv)")
+    raise InputError(f"{url}: cannot tell the format from the name; set format= (ego4d_json, em_pkl, lavila_pkl, ek100_csv)")
 
 
 def read_input(url: str, fmt: str) -> tuple[pa.Table, pa.Table | None]:
@@ -78,8 +81,11 @@ def read_input(url: str, fmt: str) -> tuple[pa.Table, pa.Table | None]:
     name = storage.basename(url)
     if fmt == "ego4d_json":
         return read_narration_json(data, name)
-    if fmt == "em_pkl":
-        return read_em_pickle(data, name), None
+    if fmt in ("pickle", "em_pkl", "lavila_pkl"):
+        records = safe_load(data, name, numpy_arrays=True)
+        if fmt == "lavila_pkl" or (fmt == "pickle" and is_lavila_pickle(records)):
+            return read_lavila_pickle(data, name, records), None
+        return read_em_pickle(data, name, records), None
     return read_ek100_csv(data, name), None
 
 

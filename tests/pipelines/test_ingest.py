@@ -152,3 +152,23 @@ def test_s3_input_and_output(ray_session, synth_small, s3_server):
     _reconciles(manifest)
     assert storage.read_parquet(storage.join(out, "narrations")).num_rows == manifest["tables"]["narrations"]
     assert storage.read_json(storage.join(out, "run.json"))["status"] == "complete"
+
+
+def test_lavila_metadata_pickles(ray_session, tmp_path):
+    """LaViLa's narrations, rephraser and narrator pickles through ingest (the format told from the
+    content): a row per text, bad records rejected with their reasons, in = out + rejected."""
+    from tests.data.test_lavila import RECORDS
+
+    src = tmp_path / "ego4d_train.rephraser.pkl"
+    src.write_bytes(pickle.dumps(RECORDS))
+    manifest = ingest.run(_config(input=str(src), output=str(tmp_path / "out"), num_shards=2))
+    _reconciles(manifest)
+    narrations = storage.read_parquet(str(tmp_path / "out" / "narrations"))
+    assert sorted(narrations["narration_id"].to_pylist()) == [
+        "v1:0", "v1:1#0", "v1:1#1", "v1:1#2", "v2:2#0", "v2:2#1"]
+    assert set(narrations["source"].to_pylist()) == {"lavila", "lavila_rephraser", "lavila_narrator"}
+    assert not any("#" in t for t in narrations["text"].to_pylist())
+    rejects = storage.read_parquet(str(tmp_path / "out" / "rejects")).to_pylist()
+    assert sorted((r["record_id"], r["reason"]) for r in rejects) == [
+        ("record:8", "bad_record"), ("v2:3", "bad_timestamp"), ("v2:4", "empty_text"), ("v3:5", "bad_record"),
+        ("v3:6", "bad_record"), ("v3:7", "unknown_pickle_class")]
