@@ -63,13 +63,16 @@ def _noun_sets(values: list[str], url: str) -> list[list[int]]:
     return out
 
 
-def ek100_relevancy(videos_csv: str, sentences_csv: str | None = None) -> Relevancy:
-    """EK-100 MIR relevancy from the annotation CSVs.
+def ek100_relevancy(videos_csv: str, sentences_csv: str | None = None, matrix_url: str | None = None) -> Relevancy:
+    """EK-100 MIR relevancy from the annotation CSVs, or the official matrix with their ids.
 
     ``videos_csv``: an EK-100 action CSV (``narration_id``, ``verb_class``, ``all_noun_classes``,
     ``narration``), one row per video segment. ``sentences_csv``: the benchmark's sentence list
     (``narration_id``, ``narration``) whose ids point into ``videos_csv``; without it every distinct
-    narration of ``videos_csv`` is a sentence, in order of first appearance.
+    narration of ``videos_csv`` is a sentence, in order of first appearance. ``matrix_url``: the
+    official relevancy (``caption_relevancy_EPIC_100_retrieval_test.pkl``, or ``.npy``/``.npz``),
+    rows in ``videos_csv`` order and columns in ``sentences_csv`` order, used instead of the
+    one computed from the classes.
     """
     cols = ("narration_id", "narration", "verb_class", "all_noun_classes")
     v = _read_csv(videos_csv, cols)
@@ -96,7 +99,15 @@ def ek100_relevancy(videos_csv: str, sentences_csv: str | None = None) -> Releva
         rows = [row_of[nid] for nid in s["narration_id"]]
         sentence_ids, sentences = s["narration_id"], s["narration"]
     idx = np.asarray(rows, dtype=np.int64)
-    matrix = label_relevancy(verbs, nouns, verbs[idx], nouns[idx])
+    if matrix_url is None:
+        matrix = label_relevancy(verbs, nouns, verbs[idx], nouns[idx])
+    else:
+        if sentences_csv is None:
+            raise InputError(f"{matrix_url}: an official relevancy matrix needs sentences_csv (its columns' ids)")
+        matrix = load_relevancy(matrix_url)
+        if matrix.shape != (len(v["narration_id"]), len(rows)):
+            raise InputError(f"{matrix_url}: a {matrix.shape[0]}×{matrix.shape[1]} matrix, but {videos_csv} has "
+                             f"{len(v['narration_id'])} segments and {sentences_csv} {len(rows)} sentences")
     return Relevancy(matrix, list(v["narration_id"]), list(sentence_ids), list(sentences))
 
 

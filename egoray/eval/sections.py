@@ -27,6 +27,16 @@ class EK100Relevancy(StrictModel):
 
     videos_csv: Url
     sentences_csv: Url | None = None
+    relevancy: Url | None = Field(None, description="the official relevancy matrix (caption_relevancy_EPIC_100_"
+                                                    "retrieval_test.pkl, .npy, .npz) instead of one from the classes")
+
+
+def retrieval_offset(cfg: RetrievalSection) -> float:
+    """How far each narration's window is widened: EK-100's segments are exact, Ego4D's points
+    are not."""
+    if cfg.offset_sec is not None:
+        return cfg.offset_sec
+    return 0.0 if cfg.ek100 is not None else 1.0
 
 
 class RetrievalSection(StrictModel):
@@ -40,7 +50,8 @@ class RetrievalSection(StrictModel):
     text_features: Url = Field(description="text_features output over the same narrations")
     labels: Url | None = Field(None, description="video_uid,t_start,t_end,verb,noun for narrations without them")
     splits: list[str] = ["val", "test"]
-    offset_sec: float = Field(1.0, ge=0)
+    offset_sec: float | None = Field(None, ge=0, description="widen each narration's window; default 1 s, none "
+                                                             "with ek100 (its segments' exact bounds)")
     ek100: EK100Relevancy | None = Field(None, description="MIR relevancy from EK-100 CSVs instead of labels")
 
 
@@ -182,7 +193,7 @@ def retrieval(cfg: RetrievalSection, pairs: str) -> SectionResult:
     ids = table["id"].to_pylist()
     texts = table["text"].to_pylist()
     if cfg.ek100 is not None:
-        rel = ek100_relevancy(cfg.ek100.videos_csv, cfg.ek100.sentences_csv)
+        rel = ek100_relevancy(cfg.ek100.videos_csv, cfg.ek100.sentences_csv, cfg.ek100.relevancy)
         rows = {nid: i for i, nid in enumerate(ids)}
         v_idx = [rows.get(v, -1) for v in rel.video_ids]
         s_idx = [rows.get(s, -1) for s in rel.sentence_ids]

@@ -208,8 +208,10 @@ class Narrator(nn.Module):
     @torch.no_grad()
     def generate(self, frames: torch.Tensor, n: int = 1, max_new_tokens: int = 20, top_p: float = 0.95,
                  temperature: float = 0.7, do_sample: bool = True, use_cache: bool = True,
-                 seeds: list[list[int]] | None = None) -> tuple[list[list[str]], list[list[float]]]:
-        """``n`` captions per window and each caption's mean negative log-likelihood per token.
+                 seeds: list[list[int]] | None = None, return_entropy: bool = False) -> tuple[list[list[Any]], ...]:
+        """``n`` captions per window and each caption's mean negative log-likelihood per token
+        (and, with ``return_entropy``, the mean entropy of the model's next-token distribution
+        over the caption's steps: what LaViLa scores a caption by, as its exponential).
 
         Sample ``s`` of window ``i`` is drawn with its own generator seeded by ``seeds[i][s]``
         (:mod:`egoray.models.sampling`), so a window's captions do not depend on its batch. The
@@ -242,8 +244,13 @@ class Narrator(nn.Module):
         nll = -(token_logp * valid).sum(1) / valid.sum(1).clamp(min=1)
         texts = tok.batch_decode(new.masked_fill(~valid, tok.pad_token_id or 0), skip_special_tokens=True)
         texts = [" ".join(t.split()) for t in texts]
-        return ([texts[i * n:(i + 1) * n] for i in range(b)],
-                [nll[i * n:(i + 1) * n].tolist() for i in range(b)])
+        out_texts = [texts[i * n:(i + 1) * n] for i in range(b)]
+        out_nlls = [nll[i * n:(i + 1) * n].tolist() for i in range(b)]
+        if not return_entropy:
+            return out_texts, out_nlls
+        steps = torch.special.entr(logp.exp()).sum(-1)  # each step's entropy, the eos step included
+        entropy = (steps * valid).sum(1) / valid.sum(1).clamp(min=1)
+        return out_texts, out_nlls, [entropy[i * n:(i + 1) * n].tolist() for i in range(b)]
 
 
 def load_lm(name: str) -> tuple[nn.Module, Any]:

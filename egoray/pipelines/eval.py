@@ -69,7 +69,7 @@ def pooled_inputs(config: Config, section: str) -> str | None:
     if section == "retrieval":
         r = config.retrieval
         items, _ = text_features_source(r.text_features, r.splits)
-        return build_pairs(config.output, "retrieval", items, r.video_features, r.offset_sec, r.labels)
+        return build_pairs(config.output, "retrieval", items, r.video_features, sections.retrieval_offset(r), r.labels)
     if section == "zeroshot":
         z = config.zeroshot
         keep = None

@@ -12,9 +12,10 @@ did — into ``_work/windows``; one actor pool runs the trained narrator over th
 with a KV cache, each caption seeded by (seed, window, sample). Output::
 
     OUTPUT/captions/<part>.parquet   caption_id (<window_id>#<k>), window_id, video_uid, t_start,
-                                     t_end, k, text, nll
+                                     t_end, k, text, nll (mean per token), entropy (mean per step)
     OUTPUT/rejects/<part>.parquet    windows whose video has no features
-    OUTPUT/total.pkl                       LaViLa's format: [(video_uid, start, end, [texts], [nlls])]
+    OUTPUT/total.pkl                 LaViLa's format: [(video_uid, start, end, [texts], [scores])],
+                                     scores the NLLs (or, total_pkl.scores: lavila, LaViLa's exp(entropy))
     OUTPUT/run.json
 """
 
@@ -52,6 +53,14 @@ class Windows(StrictModel):
     offset_sec: float = Field(0.0, ge=0, description="table: widen each window by this on both sides")
 
 
+class TotalPkl(StrictModel):
+    """How ``total.pkl`` is written (the Parquet captions keep everything)."""
+
+    style: Literal["egoray", "lavila"] = Field("egoray", description="lavila: texts in LaViLa's #C C style")
+    scores: Literal["nll", "lavila"] = Field(
+        "nll", description="nll: mean negative log-likelihood per token; lavila: exp of the mean next-token entropy")
+
+
 class Config(JobConfig):
     """Config of the ``narrate`` job (``input``: a window table, or the video_features output when dense)."""
 
@@ -69,6 +78,7 @@ class Config(JobConfig):
     video_splits: Url | None = Field(None, description="a splits.json: narrate only videos of `splits`")
     splits: list[str] = ["val", "test"]
     sampling: Sampling = Sampling()
+    total_pkl: TotalPkl = TotalPkl()
     batch_size: int = Field(32, ge=1, description="windows per generate call")
     num_actors: int = Field(1, ge=1)
     cpus_per_actor: float = Field(1, gt=0)
@@ -79,6 +89,8 @@ class Config(JobConfig):
     def _backend_inputs(self) -> Config:
         if self.backend == "narrator" and not self.model:
             raise ValueError("backend narrator needs model (a train_narrator output)")
+        if self.backend == "vlm" and self.total_pkl.scores == "lavila":
+            raise ValueError("total_pkl.scores lavila needs the narrator's entropies; a vlm's total.pkl holds NLLs")
         if self.backend == "vlm" and self.windows.mode == "dense" and self.video_features:
             raise ValueError("backend vlm reads frames: dense windows tile the videos of `input`, not video_features")
         return self
@@ -157,7 +169,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         return Pass("narrate", Source(windows), [stage], sink, "window_id", rows_per_file=config.rows_per_file)
 
     def finish(manifest: Any) -> dict[str, Any]:
-        n = run_export(write_total_pkl, config.output)
+        n = run_export(write_total_pkl, config.output, config.total_pkl.style, config.total_pkl.scores)
         return {"model": config.model, "windows": n, "total_pkl": storage.join(config.output, "total.pkl")}
 
     return run_job(config, overwrite, inputs, plan, finish)

@@ -87,7 +87,7 @@ def run_vlm(config: Config, overwrite: bool = False) -> dict[str, Any]:
         return Pass("narrate", Source(clips), [stage], sink, "window_id", rows_per_file=config.rows_per_file)
 
     def finish(manifest: Any) -> dict[str, Any]:
-        n = run_export(write_total_pkl, config.output)
+        n = run_export(write_total_pkl, config.output, config.total_pkl.style, "nll")
         return {"model": config.vlm.model, "backend": "vlm", "in_context_k": ic.k, "windows": n,
                 "total_pkl": storage.join(config.output, "total.pkl")}
 

@@ -7,6 +7,8 @@ and punctuation) are dropped. A narration left with none is retried with the nex
 then rejected. Output::
 
     OUTPUT/paraphrases/<part>.parquet   narration id, video, times, text, paraphrases
+    OUTPUT/rephraser.pkl                LaViLa's rephraser metadata: [(video_uid, start, end,
+                                        [original, paraphrase, ...])], by video and time
     OUTPUT/rejects/<part>.parquet
     OUTPUT/run.json
 """
@@ -26,7 +28,7 @@ from egoray.executor import Pass, Source, prepare, read, run_job
 from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import RephrasePrompts
 from egoray.llm.steps import ParaphraseStep, clean_paraphrases
-from egoray.pipelines.llm import llm_stage
+from egoray.pipelines.llm import llm_stage, run_export
 from egoray.stages.base import Sink, with_constants, write_part
 
 __all__ = ["PARAPHRASES", "Config", "clean_paraphrases", "run"]
@@ -58,6 +60,27 @@ class Config(JobConfig):
     params: GenerationParams = GenerationParams(max_new_tokens=48, temperature=1.0, top_k=120)
     prompts: RephrasePrompts = RephrasePrompts()
     rows_per_file: int = Field(256, ge=1, description="narrations committed together (a file per table)")
+    pickle_style: Literal["egoray", "lavila"] = Field(
+        "egoray", description="rephraser.pkl texts as ingest cleaned them, or in LaViLa's #C C style")
+
+
+def write_rephraser_pkl(output: str, style: str = "egoray") -> int:
+    """``rephraser.pkl`` from ``paraphrases/``: LaViLa's ``--metadata-aux`` input, one tuple per
+    narration with its original text first."""
+    import pickle
+
+    from egoray.data.lavila import lavila_style
+
+    url = storage.join(output, "paraphrases")
+    table = storage.read_parquet(url) if storage.listdir(url, ".parquet") else PARAPHRASES.empty_table()
+    out = []
+    for r in table.sort_by([("video_uid", "ascending"), ("t_start", "ascending"),
+                            ("narration_id", "ascending")]).to_pylist():
+        texts = [r["text"], *r["paraphrases"]]
+        out.append((r["video_uid"], r["t_start"], r["t_end"],
+                    [lavila_style(t) for t in texts] if style == "lavila" else texts))
+    storage.write_bytes(storage.join(output, "rephraser.pkl"), pickle.dumps(out, protocol=4))
+    return len(out)
 
 
 @dataclass
@@ -95,4 +118,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                     [llm_stage(config.engine, [step], "narration_id")], sink, "narration_id",
                     rows_per_file=config.rows_per_file)
 
-    return run_job(config, overwrite, [source], plan)
+    def finish(manifest: Any) -> dict[str, Any]:
+        n = run_export(write_rephraser_pkl, config.output, config.pickle_style)
+        return {"rephraser_pkl": storage.join(config.output, "rephraser.pkl"), "narrations_in_pkl": n}
+
+    return run_job(config, overwrite, [source], plan, finish)

@@ -27,7 +27,7 @@ WINDOWS = pa.schema([("window_id", pa.string()), ("video_uid", pa.string()), ("t
                      ("t_end", pa.float64())])
 CAPTIONS = pa.schema([("caption_id", pa.string()), ("window_id", pa.string()), ("video_uid", pa.string()),
                       ("t_start", pa.float64()), ("t_end", pa.float64()), ("k", pa.int32()), ("text", pa.string()),
-                      ("nll", pa.float64())])
+                      ("nll", pa.float64()), ("entropy", pa.float64())])
 
 
 class Sampling(StrictModel):
@@ -137,12 +137,13 @@ class NarratorStage(Stage):
         s = self.sampling
         frames = np.stack([from_npy(b) for b in rows["frames"].to_pylist()])
         seeds = [[row_seed(s.seed, "narrate", w, k) for k in range(s.n)] for w in rows["window_id"].to_pylist()]
-        texts, nlls = self.model.generate(self.model.prepare(frames).to(self.device), n=s.n,
-                                          max_new_tokens=s.max_new_tokens, top_p=s.top_p, temperature=s.temperature,
-                                          do_sample=s.do_sample, use_cache=s.use_cache, seeds=seeds)
+        texts, nlls, entropies = self.model.generate(
+            self.model.prepare(frames).to(self.device), n=s.n, max_new_tokens=s.max_new_tokens, top_p=s.top_p,
+            temperature=s.temperature, do_sample=s.do_sample, use_cache=s.use_cache, seeds=seeds, return_entropy=True)
         rows = rows.drop_columns(["frames"])
         rows = rows.append_column("texts", pa.array(texts, pa.list_(pa.string())))
-        return rows.append_column("nlls", pa.array(nlls, pa.list_(pa.float64())))
+        rows = rows.append_column("nlls", pa.array(nlls, pa.list_(pa.float64())))
+        return rows.append_column("entropies", pa.array(entropies, pa.list_(pa.float64())))
 
 
 @dataclass
@@ -156,24 +157,37 @@ class CaptionSink(Sink):
 
     def write_rows(self, rows: pa.Table, output: str, base: str) -> dict[str, int]:
         out = []
-        for r in rows.select(["window_id", "video_uid", "t_start", "t_end", "texts", "nlls"]).to_pylist():
-            for k, (text, nll) in enumerate(zip(r["texts"], r["nlls"], strict=True)):
+        columns = ["window_id", "video_uid", "t_start", "t_end", "texts", "nlls", "entropies"]
+        for r in rows.select([c for c in columns if c in rows.column_names]).to_pylist():
+            entropies = r.get("entropies") or [None] * len(r["texts"])  # the VLM's captions have none
+            for k, (text, nll, entropy) in enumerate(zip(r["texts"], r["nlls"], entropies, strict=True)):
                 out.append({"caption_id": f"{r['window_id']}#{k}", "window_id": r["window_id"],
                             "video_uid": r["video_uid"], "t_start": r["t_start"], "t_end": r["t_end"], "k": k,
-                            "text": text, "nll": nll})
+                            "text": text, "nll": nll, "entropy": entropy})
         write_part(output, "captions", base, pa.Table.from_pylist(out, schema=CAPTIONS))
         return {"captions": len(out)}
 
 
-def write_total_pkl(output: str) -> int:
-    """LaViLa's ``total.pkl`` from ``captions/``: one quintuple per window, in video then time order."""
+def write_total_pkl(output: str, style: str = "egoray", scores: str = "nll") -> int:
+    """LaViLa's ``total.pkl`` from ``captions/``: one quintuple per window, in video then time order.
+
+    ``scores``: ``nll`` — each caption's mean negative log-likelihood per token (lower is more
+    likely); ``lavila`` — what LaViLa's narrator writes there: the exponential of the mean entropy
+    of the next-token distribution over the caption's steps. ``style: lavila`` writes the texts
+    in LaViLa's ``#C C`` style.
+    """
+    from egoray.data.lavila import lavila_style
+
     url = storage.join(output, "captions")
     table = storage.read_parquet(url) if storage.listdir(url, ".parquet") else CAPTIONS.empty_table()
+    if scores == "lavila" and table.num_rows and ("entropy" not in table.column_names
+                                                  or table["entropy"].null_count):
+        raise ValueError(f"{output}: captions without entropies (a VLM's): write total.pkl with scores: nll")
     windows: dict[str, tuple] = {}
     for r in table.sort_by([("video_uid", "ascending"), ("t_start", "ascending"), ("window_id", "ascending"),
                             ("k", "ascending")]).to_pylist():
         entry = windows.setdefault(r["window_id"], (r["video_uid"], r["t_start"], r["t_end"], [], []))
-        entry[3].append(r["text"])
-        entry[4].append(r["nll"])
+        entry[3].append(lavila_style(r["text"]) if style == "lavila" else r["text"])
+        entry[4].append(float(np.exp(r["entropy"])) if scores == "lavila" else r["nll"])
     storage.write_bytes(storage.join(output, "total.pkl"), pickle.dumps(list(windows.values()), protocol=4))
     return len(windows)

@@ -9,6 +9,7 @@ import pytest
 
 from egoray import storage
 from egoray.config import ConfigError
+from egoray.data.raw import InputError
 from egoray.eval import sections
 from egoray.pipelines import job_module, load_config
 
@@ -86,6 +87,35 @@ def test_retrieval_with_ek100_style_relevancy_csv(demo_run, tmp_path):
     # every narration is a video and a sentence here, with the same relevancy as the labels give,
     # except that repeated sentences are merged: mAP stays within reach of the label-based one
     assert abs(m["ek100_avg_mAP"] - plain.metrics["mir_avg_mAP"]) < 0.25
+
+    # the official relevancy pickle (EK-100 ships the matrix pickled): the same MIR as the same
+    # matrix given as .npy, and as the matrix computed from the CSV's classes
+    import pickle
+
+    import numpy as np
+
+    from egoray.eval.relevancy import ek100_relevancy
+
+    rows = [line.split(",", 1)[0] for line in lines[1:]]
+    (tmp_path / "sentences.csv").write_text("narration_id,narration\n" + "".join(f'{r},"x"\n' for r in rows))
+    computed = ek100_relevancy(str(tmp_path / "ek.csv"), str(tmp_path / "sentences.csv"))
+    (tmp_path / "relevancy.pkl").write_bytes(pickle.dumps(computed.matrix.astype(np.float64)))
+    np.save(tmp_path / "relevancy.npy", computed.matrix)
+    results = {}
+    for name in ("relevancy.pkl", "relevancy.npy", None):
+        section = base.model_copy(update={"ek100": sections.EK100Relevancy(
+            videos_csv=str(tmp_path / "ek.csv"), sentences_csv=str(tmp_path / "sentences.csv"),
+            relevancy=str(tmp_path / name) if name else None)})
+        results[name] = {k: v for k, v in sections.retrieval(section, pairs).metrics.items() if k.startswith("ek100")}
+    assert results["relevancy.pkl"] == results["relevancy.npy"] == results[None]
+    assert results[None]["ek100_avg_mAP"] > 0
+    np.save(tmp_path / "wrong.npy", computed.matrix[:, :-1])
+    with pytest.raises(InputError, match="matrix, but"):
+        sections.retrieval(base.model_copy(update={"ek100": sections.EK100Relevancy(
+            videos_csv=str(tmp_path / "ek.csv"), sentences_csv=str(tmp_path / "sentences.csv"),
+            relevancy=str(tmp_path / "wrong.npy"))}), pairs)
+    # EK-100's segments are exact: no widening unless asked; Ego4D's points get 1 s
+    assert sections.retrieval_offset(section) == 0.0 and sections.retrieval_offset(base) == 1.0
 
 
 def test_bad_eval_configs():

@@ -28,6 +28,22 @@ def test_rephrase_job(ingested_small, tmp_path):
         keys = [" ".join(p.lower().split()) for p in row["paraphrases"]]
         assert len(set(keys)) == len(keys)
         assert row["text"] and row["text"].lower() not in keys
+    # LaViLa's rephraser pickle: a tuple per narration, its original first, readable by ingest
+    import pickle
+
+    from egoray.data.lavila import lavila_style, read_lavila_pickle
+    from egoray.pipelines.rephrase import write_rephraser_pkl
+
+    tuples = pickle.loads((tmp_path / "r" / "rephraser.pkl").read_bytes())
+    by_video = sorted(table.to_pylist(), key=lambda r: (r["video_uid"], r["t_start"], r["narration_id"]))
+    assert tuples == [(r["video_uid"], r["t_start"], r["t_end"], [r["text"], *r["paraphrases"]]) for r in by_video]
+    assert manifest["narrations_in_pkl"] == len(tuples)
+    back = read_lavila_pickle((tmp_path / "r" / "rephraser.pkl").read_bytes())
+    assert back.num_rows == sum(1 + len(r["paraphrases"]) for r in by_video) and back["issue"].null_count == back.num_rows
+    write_rephraser_pkl(str(tmp_path / "r"), "lavila")
+    styled = pickle.loads((tmp_path / "r" / "rephraser.pkl").read_bytes())
+    assert [t[3] for t in styled] == [[lavila_style(x) for x in t[3]] for t in tuples]
+    assert any(x.startswith("#C C ") for t in styled for x in t[3])
 
     # two actors, SIGKILL mid-run, the same job again: the paraphrases of the one-actor run
     two = config.model_copy(update={"output": str(tmp_path / "r2"), "rows_per_file": 2,

@@ -376,3 +376,27 @@ def test_narrator_on_the_video_tower_trains_and_narrates_from_frames(features, v
                                                                                                windows[:-1]}
     rejects = storage.read_parquet(str(tmp_path / "narrate" / "rejects")).to_pylist()
     assert [(r["record_id"], r["reason"]) for r in rejects] == [("lost", "no_video")]
+
+
+def test_total_pkl_in_lavilas_style_and_scores(features, tmp_path):
+    """The demo's narrator captions as LaViLa's total.pkl: scores exp(mean entropy) instead of the
+    NLL, texts in the #C C style; the default keeps the NLLs."""
+    import pickle
+    import shutil
+
+    from egoray.data.lavila import lavila_style
+    from egoray.stages.narrate import write_total_pkl
+
+    shutil.copytree(features / "narrate" / "captions", tmp_path / "captions")
+    captions = storage.read_parquet(str(tmp_path / "captions")).to_pylist()
+    assert all(c["entropy"] is not None and c["entropy"] >= 0 and c["nll"] > 0 for c in captions)
+    by_window: dict = {}
+    for c in sorted(captions, key=lambda c: c["k"]):
+        by_window.setdefault((c["video_uid"], c["t_start"], c["t_end"]), []).append(c)
+    assert write_total_pkl(str(tmp_path), "lavila", "lavila") == len(by_window)
+    for uid, t0, t1, texts, scores in pickle.loads((tmp_path / "total.pkl").read_bytes()):
+        want = by_window[(uid, t0, t1)]
+        assert texts == [lavila_style(c["text"]) for c in want]
+        assert scores == pytest.approx([float(np.exp(c["entropy"])) for c in want])
+    default = pickle.loads((features / "narrate" / "total.pkl").read_bytes())
+    assert [s for *_, s in default] == [[c["nll"] for c in by_window[(u, a, b)]] for u, a, b, _, _ in default]

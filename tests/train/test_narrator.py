@@ -75,6 +75,27 @@ def test_kv_cache_gives_the_same_samples(lm_and_tokenizer):
     assert all(x > 0 for row in nll for x in row)
 
 
+def test_entropy_score_is_lavilas_mean_next_token_entropy(lm_and_tokenizer):
+    """``generate``'s entropy is the mean over a caption's steps of the entropy of the unmodified
+    next-token distribution (LaViLa scores captions by its exponential). Hand-worked case: an LM
+    whose logits are all zero is uniform over its V tokens, so both the entropy and the NLL of
+    every step are ln V, whatever is sampled."""
+    import math
+
+    model = _narrator(lm_and_tokenizer)
+    with torch.no_grad():
+        model.lm.get_output_embeddings().weight.zero_()  # logits = h · 0 = 0
+    vocab = model.lm.get_output_embeddings().weight.shape[0]
+    texts, nlls, entropies = model.generate(torch.randn(2, 4, 16), n=3, max_new_tokens=6,
+                                            seeds=[[1, 2, 3], [4, 5, 6]], return_entropy=True)
+    assert [len(t) for t in texts] == [3, 3]
+    for row_nll, row_entropy in zip(nlls, entropies, strict=True):
+        assert row_entropy == pytest.approx([math.log(vocab)] * 3, rel=1e-5)
+        assert row_nll == pytest.approx([math.log(vocab)] * 3, rel=1e-5)
+    _, with_cache = model.generate(torch.randn(1, 4, 16), n=1, max_new_tokens=4, seeds=[[7]])
+    assert len(with_cache) == 1  # without return_entropy: texts and NLLs, as before
+
+
 def test_export_round_trip(lm_and_tokenizer, tmp_path):
     model = _narrator(lm_and_tokenizer)
     with torch.no_grad():
