@@ -184,17 +184,18 @@ def write_parquet(url: str, table: pa.Table) -> None:
     write_bytes(url, buf.getvalue())
 
 
-def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
-    """Read a Parquet file, or every visible ``*.parquet`` file of a directory, as one table."""
+def read_parquet(url: str, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
+    """Read a Parquet file, or every visible ``*.parquet`` file of a directory, as one table
+    (``filters``: pyarrow's row filters, e.g. ``[("video_uid", "in", uids)]``)."""
     fs, path = filesystem(url)
     if _call(url, fs.isdir, path):
         files = listdir(url, ".parquet")
         if not files:
             raise StorageError(f"{url}: no .parquet files")
-        tables = [read_parquet(f, columns) for f in files]
+        tables = [read_parquet(f, columns, filters) for f in files]
         return pa.concat_tables(tables, promote_options="default")
     with _call(url, fs.open, path, "rb") as f:
-        return pq.read_table(f, columns=columns)
+        return pq.read_table(f, columns=columns, filters=filters)
 
 
 def parquet_schema(url: str) -> pa.Schema:

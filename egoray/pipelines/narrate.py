@@ -50,6 +50,8 @@ class Windows(StrictModel):
     mode: Literal["table", "dense"] = "table"
     length: float = Field(4.0, gt=0, description="dense: window length in seconds")
     stride: float = Field(4.0, gt=0, description="dense: step between window starts")
+    uncovered: Url | None = Field(None, description="dense: leave out windows overlapping a narration of this "
+                                                    "ingest output (LaViLa's pseudo-narrations of unnarrated time)")
     offset_sec: float = Field(0.0, ge=0, description="table: widen each window by this on both sides")
 
 
@@ -137,11 +139,14 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         inputs = [source]
     else:
         source, id_col, inputs = storage.join(features, "index"), None, []
+        if w.uncovered:
+            from egoray.data.narrations import check_narrations
 
+            inputs = [check_narrations(w.uncovered)]  # other narrations: other windows
     def build_windows() -> Any:
         if w.mode == "dense":
             ds = read(Source(source, columns=["key", "n", "fps", "t_start"])).map_batches(
-                DenseWindows(w.length, w.stride, videos), batch_format="pyarrow", batch_size=None)
+                DenseWindows(w.length, w.stride, videos, w.uncovered), batch_format="pyarrow", batch_size=None)
         else:
             columns = [c for c in (id_col, "video_uid", "t_start", "t_end") if c]
             ds = read(Source(source, columns=columns)).map_batches(

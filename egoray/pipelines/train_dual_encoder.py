@@ -50,6 +50,8 @@ class AuxSource(StrictModel):
     text_features: Url = Field(description="text_features output over the extra texts (video_uid, t_start, t_end kept)")
     kind: Literal["pseudo", "human"] = Field(
         "pseudo", description="pseudo: narrator texts (own temperature); human: rephrased narrations")
+    offset_sec: float | None = Field(None, ge=0, description="widen each window by this; default: 0 for pseudo "
+                                                             "texts (narrate's windows are final), else the job's")
 
 
 class Config(JobConfig):
@@ -216,7 +218,7 @@ def _train_loop(loop: dict[str, Any]) -> None:
 
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
-    from egoray.train.data import build_pairs, pairs_dataset, text_features_source
+    from egoray.train.data import aux_offset, build_pairs, pairs_dataset, text_features_source
 
     wall0 = time.perf_counter()
     splits = config.train_splits + config.eval_splits
@@ -228,8 +230,9 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     def pairs() -> dict[str, Any]:
         url = build_pairs(config.output, "pairs", items, config.video_features, config.offset_sec, config.labels)
-        aux = [build_pairs(config.output, f"aux{i}", build, config.video_features, config.offset_sec)
-               for i, (build, _) in enumerate(aux_items)]
+        aux = [build_pairs(config.output, f"aux{i}", build, config.video_features,
+                           aux_offset(a.offset_sec, a.kind, config.offset_sec))
+               for i, (a, (build, _)) in enumerate(zip(config.aux, aux_items, strict=True))]
         datasets = {"train": pairs_dataset(url, config.train_splits, PAIR_COLUMNS),
                     "eval": pairs_dataset(url, config.eval_splits, PAIR_COLUMNS)}
         if aux:

@@ -51,7 +51,8 @@ class AuxTexts(StrictModel):
                                    "table id, text, video_uid, t_start, t_end")
     kind: Literal["pseudo", "human"] | None = Field(
         None, description="pseudo: own temperature; human: people's texts. Default: narrate pseudo, rephrase human")
-    offset_sec: float | None = Field(None, ge=0, description="widen each window by this (default: the job's)")
+    offset_sec: float | None = Field(None, ge=0, description="widen each window by this; default: 0 for pseudo "
+                                                             "texts (narrate's windows are final), else the job's")
 
 
 class Config(JobConfig):
@@ -190,7 +191,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from egoray.models.clip import image_size
     from egoray.pipelines.narrate_vlm import video_paths
     from egoray.stages.clips import DecodeClips
-    from egoray.train.data import narrations_dataset, pairs_dataset, window_texts_dataset
+    from egoray.train.data import aux_offset, narrations_dataset, pairs_dataset, window_texts_dataset
 
     wall0 = time.perf_counter()
     items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
@@ -211,8 +212,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     def pairs() -> dict[str, Any]:
         url = decode("clips", items, config.offset_sec)
-        aux = [decode(f"aux{i}", build, config.offset_sec if a.offset_sec is None else a.offset_sec)
-               for i, (a, (build, _, _)) in enumerate(zip(config.aux, aux_sources, strict=True))]
+        aux = [decode(f"aux{i}", build, aux_offset(a.offset_sec, kind, config.offset_sec))
+               for i, (a, (build, _, _), kind) in enumerate(zip(config.aux, aux_sources, kinds, strict=True))]
         datasets = {"train": pairs_dataset(url, config.train_splits, CLIP_COLUMNS),
                     "eval": pairs_dataset(url, config.eval_splits, CLIP_COLUMNS)}
         if aux:

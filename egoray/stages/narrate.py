@@ -52,7 +52,8 @@ class TableWindows:
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.videos is not None:
             batch = batch.filter(pc.is_in(pc.cast(batch["video_uid"], pa.string()), value_set=self.videos))
-        t0 = pc.subtract(pc.cast(batch["t_start"], pa.float64()), self.offset).to_pylist()
+        # a window never starts before the video does
+        t0 = pc.max_element_wise(pc.subtract(pc.cast(batch["t_start"], pa.float64()), self.offset), 0.0).to_pylist()
         t1 = pc.add(pc.cast(batch["t_end"], pa.float64()), self.offset).to_pylist()
         uids = pc.cast(batch["video_uid"], pa.string()).to_pylist()
         if self.id_col:
@@ -72,21 +73,47 @@ def tile(video_uid: str, start: float, end: float, length: float, stride: float)
 
 
 class DenseWindows:
-    """Rows of a feature index (``key, n, fps, t_start``) → dense windows tiling each video."""
+    """Rows of a feature index (``key, n, fps, t_start``) → dense windows tiling each video.
 
-    def __init__(self, length: float, stride: float, videos: list[str] | None = None) -> None:
+    ``uncovered``: a narrations table (an ingest output); windows holding or overlapping one of
+    its narrations are left out — LaViLa's pseudo-narrations of what people did not narrate. Each
+    batch reads the narrations of its own videos only.
+    """
+
+    def __init__(self, length: float, stride: float, videos: list[str] | None = None,
+                 uncovered: str | None = None) -> None:
         self.length, self.stride = length, stride
         self.videos = set(videos) if videos is not None else None
+        self.uncovered = uncovered
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
-        for r in batch.select(["key", "n", "fps", "t_start"]).to_pylist():
-            if (self.videos is not None and r["key"] not in self.videos) or not r["fps"]:
-                continue
+        index = [r for r in batch.select(["key", "n", "fps", "t_start"]).to_pylist()
+                 if (self.videos is None or r["key"] in self.videos) and r["fps"]]
+        covered = self._narrated([r["key"] for r in index]) if self.uncovered else {}
+        for r in index:
             t0 = float(r["t_start"] or 0.0)
+            spans = covered.get(r["key"])
             for wid, s, e in tile(r["key"], t0, t0 + r["n"] / r["fps"], self.length, self.stride):
+                if spans is not None and ((spans[0] <= e) & (spans[1] >= s)).any():
+                    continue
                 rows.append({"window_id": wid, "video_uid": r["key"], "t_start": s, "t_end": e})
         return pa.Table.from_pylist(rows, schema=WINDOWS)
+
+    def _narrated(self, videos: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``[t_start, t_end]`` of the narrations of ``videos``, by video."""
+        from egoray.data.tables import table_source
+
+        table = storage.read_parquet(table_source(self.uncovered), ["video_uid", "t_start", "t_end"],
+                                     [("video_uid", "in", sorted(set(videos)))]) if videos else None
+        if table is None:
+            return {}
+        out: dict[str, tuple[list, list]] = {}
+        for uid, a, b in zip(*(table[c].to_pylist() for c in ("video_uid", "t_start", "t_end")), strict=True):
+            spans = out.setdefault(uid, ([], []))
+            spans[0].append(a)
+            spans[1].append(b)
+        return {k: (np.array(a, np.float64), np.array(b, np.float64)) for k, (a, b) in out.items()}
 
 
 class SampleWindows:

@@ -132,6 +132,14 @@ class FlattenTexts:
                          "t_end": pa.array(rows["t_end"], pa.float64())})
 
 
+def aux_offset(offset: float | None, kind: str, job_offset: float) -> float:
+    """How far an aux source's windows are widened: as set, else not at all for pseudo texts (a
+    narrate output's windows were widened when narrated) and like the narrations' for people's."""
+    if offset is not None:
+        return offset
+    return 0.0 if kind == "pseudo" else job_offset
+
+
 def aux_batches(shard: Any, n_aux: int, batch: int, world: int, seed: int) -> Iterator[Any] | None:
     """Aux (pseudo / rephrased) pairs to join each training batch, cycled (aux sets are smaller or
     larger than the main one), or None when there are too few to mix in: each worker takes up to

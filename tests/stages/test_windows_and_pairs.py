@@ -112,3 +112,21 @@ def test_window_texts_flatten_paraphrase_lists_and_drop_empty_texts():
     one = FlattenTexts("caption_id", "text")(pa.table({"caption_id": ["w#0"], "text": ["c"], "video_uid": ["va"],
                                                         "t_start": [0.0], "t_end": [1.0]}))
     assert one["id"].to_pylist() == ["w#0"] and one["text"].to_pylist() == ["c"]
+
+
+def test_dense_windows_leave_out_narrated_time_and_table_windows_start_at_zero(tmp_path):
+    from egoray.stages.narrate import DenseWindows, TableWindows
+
+    storage.write_parquet(str(tmp_path / "narr" / "narrations" / "part-0000.parquet"), pa.table({
+        "narration_id": ["a", "b", "c"], "video_uid": ["va", "va", "vb"], "t_start": [2.0, 9.5, 1.0],
+        "t_end": [2.0, 9.5, 1.0], "text": ["x", "y", "z"]}))
+    index = pa.table({"key": ["va", "vc"], "n": [12, 8], "fps": [1.0, 1.0], "t_start": [0.0, 0.0]})
+    every = DenseWindows(4.0, 4.0)(index)
+    assert [(r["video_uid"], r["t_start"]) for r in every.to_pylist()] == [
+        ("va", 0.0), ("va", 4.0), ("va", 8.0), ("vc", 0.0), ("vc", 4.0)]
+    # LaViLa's uncovered windows: va's narrations at 2 s and 9.5 s cover [0, 4] and [8, 12]; vc has none
+    uncovered = DenseWindows(4.0, 4.0, uncovered=str(tmp_path / "narr"))(index)
+    assert [(r["video_uid"], r["t_start"]) for r in uncovered.to_pylist()] == [("va", 4.0), ("vc", 0.0), ("vc", 4.0)]
+    widened = TableWindows(None, offset=1.5)(pa.table({"video_uid": ["va", "va"], "t_start": [0.5, 5.0],
+                                                      "t_end": [1.0, 6.0]}))
+    assert widened["t_start"].to_pylist() == [0.0, 3.5] and widened["t_end"].to_pylist() == [2.5, 7.5]
