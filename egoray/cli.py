@@ -161,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = score.add_parser("captions", help="BLEU-1..4, METEOR, ROUGE-L, CIDEr (COCO caption evaluation code)")
     q.add_argument("--pred", required=True, help="JSON or Parquet: id -> text")
     q.add_argument("--ref", required=True, help="JSON or Parquet: id -> text or [texts]")
-    q.add_argument("--tokenizer", choices=["ptb", "none"], default="ptb",
-                   help="ptb: COCO's PTB tokenizer (default); none: input is already tokenised")
+    q.add_argument("--tokenizer", choices=["ptb", "lavila", "none"], default="ptb",
+                   help="ptb: COCO's PTB tokenizer (default); lavila: LaViLa's narrator evaluation (BERT uncased "
+                        "tokens, punctuation kept); none: input is already tokenised")
     q = score.add_parser("retrieval", help="R@1/5/10, median rank; with --relevancy also MIR mAP and nDCG")
     q.add_argument("--sim", required=True, help=".npy similarity [videos, texts] (square without --relevancy)")
     q.add_argument("--relevancy", help=".npy/.npz or pickle relevancy of the same shape (EK-100 MIR)")

@@ -41,6 +41,19 @@ def ptb_tokenize(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
         return PTBTokenizer().tokenize({k: [{"caption": str(c)} for c in v] for k, v in captions.items()})
 
 
+def lavila_tokenize(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """LaViLa's narrator evaluation: each text through BERT's uncased tokenizer and back (lower
+    case, accents stripped, punctuation kept as its own token and re-attached by the decoder's
+    clean-up), no PTB tokenizer. BERT's basic tokenizer and transformers' clean-up reproduce that
+    round trip offline (word pieces rejoin to the same words)."""
+    from transformers import PreTrainedTokenizerBase
+    from transformers.models.bert.tokenization_bert import BasicTokenizer
+
+    basic = BasicTokenizer(do_lower_case=True)
+    return {k: [PreTrainedTokenizerBase.clean_up_tokenization(" ".join(basic.tokenize(str(c)))) for c in v]
+            for k, v in captions.items()}
+
+
 def simple_tokenize(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     """For input that is already tokenised: lower case and collapse whitespace only."""
     return {k: [" ".join(str(c).lower().split()) for c in v] for k, v in captions.items()}
@@ -121,8 +134,8 @@ def score_captions(predictions: Mapping[str, str | Sequence[str]], references: M
     missing = [k for k in refs if k not in preds]
     extra = [k for k in preds if k not in refs]
     pred_lists = {k: [preds.get(k, "")] for k in refs}
-    tokenize = {"ptb": ptb_tokenize, "none": simple_tokenize}.get(tokenizer)
+    tokenize = {"ptb": ptb_tokenize, "none": simple_tokenize, "lavila": lavila_tokenize}.get(tokenizer)
     if tokenize is None:
-        raise ValueError(f"unknown tokenizer {tokenizer!r}; use ptb or none")
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; use ptb, lavila or none")
     corpus, _ = caption_scores(tokenize(refs), tokenize(pred_lists))
     return {**corpus, "items": len(refs), "missing_predictions": len(missing), "unmatched_predictions": len(extra)}

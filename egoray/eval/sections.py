@@ -93,6 +93,15 @@ class CaptioningSection(StrictModel):
     predictions: Url
     references: Url = Field(description="an ingest output")
     tokenizer: Literal["ptb", "none"] = "ptb"
+    protocol: Literal["coco", "lavila"] = Field(
+        "coco", description="coco: every narration inside the window is a reference, PTB tokens; lavila (narrations): "
+                            "the window's own narration (window id = narration id) alone, LaViLa's tokenisation")
+
+    @model_validator(mode="after")
+    def _lavila_protocol_is_for_narrations(self) -> CaptioningSection:
+        if self.protocol == "lavila" and self.kind != "narrations":
+            raise ValueError("protocol lavila scores a narrator's captions (kind: narrations)")
+        return self
 
 
 class MCQSection(StrictModel):
@@ -376,7 +385,12 @@ def captioning(cfg: CaptioningSection) -> SectionResult:
         if "window_id" not in preds.column_names:
             raise InputError(f"{cfg.predictions}: not a narrate output (no window_id)")
         first = preds.filter(pc.equal(preds["k"], 0))
-        refs = _narration_references(load_narrations(cfg.references), first)
+        narrations = load_narrations(cfg.references)
+        if cfg.protocol == "lavila":  # one reference: the narration the window was made from
+            refs = {nid: [text] for nid, text in zip(narrations["narration_id"].to_pylist(),
+                                                     narrations["text"].to_pylist(), strict=True)}
+        else:
+            refs = _narration_references(narrations, first)
         pred = dict(zip(first["window_id"].to_pylist(), first["text"].to_pylist(), strict=True))
     else:
         if "summary" not in preds.column_names:
@@ -396,7 +410,8 @@ def captioning(cfg: CaptioningSection) -> SectionResult:
                for k in pred if k not in scored]
     if not scored:
         raise InputError(f"{cfg.name}: no prediction has a reference to compare with")
-    metrics = score_captions({k: pred[k] for k in scored}, scored, cfg.tokenizer)
+    tokenizer = "lavila" if cfg.protocol == "lavila" else cfg.tokenizer
+    metrics = {**score_captions({k: pred[k] for k in scored}, scored, tokenizer), "protocol": cfg.protocol}
     samples = [{"id": k, "generated": pred[k], "reference": scored[k][0]} for k in list(scored)[:12]]
     counts = {"in": len(pred), "out": len(scored), "rejected": len(pred) - len(scored)}
     return SectionResult(metrics, counts, rejects, samples)

@@ -73,3 +73,24 @@ def test_agrees_with_coco_eval_cap(monkeypatch, scored):
              "METEOR": "METEOR", "ROUGE-L": "ROUGE_L", "CIDEr": "CIDEr"}
     for ours_name, coco_name in names.items():
         assert ours[ours_name] == pytest.approx(ev.eval[coco_name], abs=1e-9), ours_name
+
+
+def test_lavila_protocol_keeps_punctuation_and_scores_identical_and_empty_captions():
+    """LaViLa's narrator evaluation: one reference per clip, BERT-uncased tokens with punctuation
+    kept (re-attached as its decoder does), no PTB tokenizer."""
+    from egoray.eval.captioning import lavila_tokenize, score_captions
+
+    assert lavila_tokenize({"a": ["#C C picks up the Knife, then cuts an onion."]})["a"] == [
+        "# c c picks up the knife, then cuts an onion."]
+    refs = {"w1": "#C C opens the fridge.", "w2": "C cuts the onion", "w3": "C stirs the soup"}
+    same = score_captions(refs, refs, "lavila")
+    assert same["BLEU-1"] == pytest.approx(1.0) and same["METEOR"] == pytest.approx(1.0, abs=1e-3)
+    assert same["ROUGE-L"] == pytest.approx(1.0)
+    empty = score_captions({k: "" for k in refs}, refs, "lavila")
+    for metric in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
+        assert empty[metric] == pytest.approx(0.0, abs=1e-6), metric
+    # the period is a token: without it one of the reference's unigrams is missed
+    dotless = score_captions({"w1": "#C C opens the fridge"}, {"w1": "#C C opens the fridge."}, "lavila")
+    assert dotless["ROUGE-L"] < 1.0 and score_captions({"w1": "#C C opens the fridge"},
+                                                       {"w1": "#C C opens the fridge."}, "ptb")["ROUGE-L"] == \
+        pytest.approx(1.0)

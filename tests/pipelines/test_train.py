@@ -377,6 +377,16 @@ def test_narrator_on_the_video_tower_trains_and_narrates_from_frames(features, v
     rejects = storage.read_parquet(str(tmp_path / "narrate" / "rejects")).to_pylist()
     assert [(r["record_id"], r["reason"]) for r in rejects] == [("lost", "no_video")]
 
+    # scored in LaViLa's protocol: each window against its own narration (window id = narration id)
+    from egoray.eval import sections
+
+    scored = sections.captioning(sections.CaptioningSection(
+        name="lavila", kind="narrations", predictions=str(tmp_path / "narrate"),
+        references=str(features / "narrations"), protocol="lavila"))
+    assert scored.metrics["protocol"] == "lavila" and scored.metrics["items"] == len(held)
+    assert scored.counts == {"in": len(held), "out": len(held), "rejected": 0}
+    assert {s["reference"] for s in scored.samples} <= {r["text"] for r in held}
+
 
 def test_total_pkl_in_lavilas_style_and_scores(features, tmp_path):
     """The demo's narrator captions as LaViLa's total.pkl: scores exp(mean entropy) instead of the
