@@ -23,3 +23,15 @@ def mcq_accuracy(scores: np.ndarray, correct: np.ndarray) -> dict[str, float]:
     credit = np.where(right == best, 1.0 / tied, 0.0)
     return {"accuracy": float(credit.mean()), "chance": float(1.0 / scores.shape[1]),
             "questions": float(len(correct))}
+
+
+def egomcq_accuracy(scores: np.ndarray, correct: np.ndarray, intra: np.ndarray) -> dict[str, float]:
+    """EgoMCQ's two figures: accuracy over the inter-video questions (choices from different
+    videos) and over the intra-video ones (choices from one video), each with its count."""
+    intra = np.asarray(intra, dtype=bool)
+    out: dict[str, float] = {"chance": float(1.0 / scores.shape[1]) if len(scores) else 0.0}
+    for name, sel in (("inter_video", ~intra), ("intra_video", intra)):
+        if sel.any():
+            out[f"{name}_accuracy"] = mcq_accuracy(scores[sel], correct[sel])["accuracy"]
+            out[f"{name}_questions"] = float(sel.sum())
+    return out

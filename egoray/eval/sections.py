@@ -113,6 +113,40 @@ class MCQSection(StrictModel):
     text_features: Url = Field(description="the text_features output the model trained on (its encoder is reused)")
 
 
+class EgoMCQSection(StrictModel):
+    """EgoMCQ (EgoVLP / LaViLa): pick the clip a narration describes among 5, inter- and intra-video."""
+
+    egomcq: Url = Field(description="egomcq.json")
+    video_features: Url = Field(description="features of the choices' videos (keyed by video uid)")
+    text_features: Url | None = Field(None, description="embed the queries with this text_features output's encoder")
+    encoder: TextEncoderConfig | None = None
+    model: Url | None = Field(None, description="a train_dual_encoder output; none: one joint space")
+
+    @model_validator(mode="after")
+    def _one_encoder(self) -> EgoMCQSection:
+        if bool(self.text_features) == bool(self.encoder):
+            raise ValueError("egomcq needs exactly one of text_features (its encoder) or encoder")
+        return self
+
+
+class EGTEASection(StrictModel):
+    """EGTEA Gaze+ zero-shot action recognition: top-1 and mean-class accuracy (LaViLa's figures)."""
+
+    classes: Url = Field(description="action_idx.txt")
+    split: Url = Field(description="a split file, e.g. test_split1.txt")
+    video_features: Url = Field(description="features of the EGTEA clip files (one key per clip id)")
+    templates: list[str] = ["{label}"]
+    text_features: Url | None = Field(None, description="embed the class names with this output's encoder")
+    encoder: TextEncoderConfig | None = None
+    model: Url | None = Field(None, description="a train_dual_encoder output; none: one joint space")
+
+    @model_validator(mode="after")
+    def _one_encoder(self) -> EGTEASection:
+        if bool(self.text_features) == bool(self.encoder):
+            raise ValueError("egtea needs exactly one of text_features (its encoder) or encoder")
+        return self
+
+
 class GapSection(StrictModel):
     """Modality gap of paired embeddings, with 2-D plots."""
 
@@ -272,7 +306,7 @@ def zeroshot(cfg: ZeroShotSection, clips: str) -> SectionResult:
     ``clips``: the labelled clips with their pooled video feature, built per video by the eval job.
     """
     from egoray.data.labels import read_labels as read_class_list
-    from egoray.eval.zeroshot import class_embeddings, expand_templates, multilabel_map, read_class_names, topk_accuracy
+    from egoray.eval.zeroshot import expand_templates, read_class_names
 
     if cfg.class_prompts:
         class_ids, prompts = _prompt_matrix(cfg.class_prompts)
@@ -285,15 +319,24 @@ def zeroshot(cfg: ZeroShotSection, clips: str) -> SectionResult:
         label_of = read_class_names(cfg.classes)
         prompts = embed_texts(expand_templates(label_of, cfg.templates), cfg.text_features, cfg.encoder)
         prompts = prompts.reshape(len(label_of), len(cfg.templates), -1)
+    return classify(label_of, prompts, cfg.model, clips, str(cfg.class_prompts or cfg.classes), cfg.clips)
+
+
+def classify(label_of: list[str], prompts: np.ndarray, model_url: str | None, clips: str, prompt_source: str,
+             clips_source: str) -> SectionResult:
+    """Zero-shot classification of the pooled ``clips`` by ``prompts`` [classes, templates, d]:
+    top-1/top-5 and mean-class accuracy (one label per clip) or mAP (a list of labels)."""
+    from egoray.eval.zeroshot import class_embeddings, mean_class_accuracy, multilabel_map, topk_accuracy
+
     index = {name.lower(): i for i, name in enumerate(label_of)}
     n_cls, n_tpl, dim = prompts.shape
     model = None
-    if cfg.model:
+    if model_url:
         from egoray.models.dual_encoder import load_dual_encoder
 
-        model = load_dual_encoder(cfg.model)
+        model = load_dual_encoder(model_url)
         if model.config.text_dim != dim:
-            raise InputError(f"{cfg.class_prompts or cfg.classes}: prompts are {dim}-d but the model's text head takes "
+            raise InputError(f"{prompt_source}: prompts are {dim}-d but the model's text head takes "
                              f"{model.config.text_dim}-d; embed the classes with the encoder the model trained on")
         prompts = _encode(model, text=prompts.reshape(-1, dim)).reshape(n_cls, n_tpl, -1)
     classes = class_embeddings(prompts.reshape(n_cls * n_tpl, -1), n_cls)
@@ -311,7 +354,7 @@ def zeroshot(cfg: ZeroShotSection, clips: str) -> SectionResult:
             keep.append(i)
             targets.append(known)
     if not keep:
-        raise InputError(f"{cfg.clips}: no clip has video features and a known class")
+        raise InputError(f"{clips_source}: no clip has video features and a known class")
     video = _matrix(table["video"].take(pa.array(keep, pa.int64())))
     if model is not None:
         video = _encode(model, video=video)
@@ -331,6 +374,7 @@ def zeroshot(cfg: ZeroShotSection, clips: str) -> SectionResult:
     else:
         labels_arr = np.array([t[0] for t in targets])
         metrics.update(topk_accuracy(scores, labels_arr, (1, 5)))
+        metrics["mean_class_accuracy"] = mean_class_accuracy(scores, labels_arr)
         metrics["chance_top1"] = 1.0 / n_cls
         metrics["chance_top5"] = min(5, n_cls) / n_cls
     best = scores.argmax(1)
@@ -446,6 +490,71 @@ def mcq(cfg: MCQSection, moments: str) -> SectionResult:
                for j, r in enumerate(rows[:8])]
     counts = {"in": int(total), "out": len(rows), "rejected": len(rejects)}
     return SectionResult(metrics, counts, rejects, samples)
+
+
+def egomcq(cfg: EgoMCQSection, choices: str) -> SectionResult:
+    """EgoMCQ accuracy, inter- and intra-video: each query's text against its choices' clips.
+
+    ``choices``: one row per (question, choice) with the clip's pooled video feature, built per
+    video by the eval job. A question with a choice whose video has no features is rejected.
+    """
+    from egoray.eval.mcq import egomcq_accuracy
+
+    table, rejects, _ = read_pooled(choices, ["id", "question_id", "choice", "query", "answer", "intra", "video"])
+    lost = {r["record_id"].rpartition(":")[0] for r in rejects}
+    table = table.filter(pa.array([q not in lost for q in table["question_id"].to_pylist()], pa.bool_())) \
+        if lost else table
+    questions: dict[str, dict[str, Any]] = {}
+    vectors = _matrix(table["video"]) if table.num_rows else np.zeros((0, 0), np.float32)
+    for i, r in enumerate(table.select(["question_id", "choice", "query", "answer", "intra"]).to_pylist()):
+        q = questions.setdefault(r["question_id"], {"query": r["query"], "answer": r["answer"], "intra": r["intra"],
+                                                    "rows": {}})
+        q["rows"][r["choice"]] = i
+    if not questions:
+        raise InputError(f"{cfg.egomcq}: no question has features for all its choices")
+    order = sorted(questions, key=_question_key)
+    n_opt = {len(questions[q]["rows"]) for q in order}
+    if len(n_opt) != 1:
+        raise InputError(f"{cfg.egomcq}: questions have different numbers of choices {sorted(n_opt)}")
+    n = n_opt.pop()
+    text = embed_texts([questions[q]["query"] for q in order], cfg.text_features, cfg.encoder)
+    video = vectors[[questions[q]["rows"][k] for q in order for k in range(n)]]
+    if cfg.model:
+        from egoray.models.dual_encoder import load_dual_encoder
+
+        model = load_dual_encoder(cfg.model)
+        text, video = _encode(model, text=text.astype(np.float32)), _encode(model, video=video)
+    elif video.shape[1] != text.shape[1]:
+        raise InputError(f"video features are {video.shape[1]}-d and query embeddings {text.shape[1]}-d: without a "
+                         "model both must come from one joint space")
+    video = video / np.maximum(np.linalg.norm(video, axis=1, keepdims=True), 1e-12)
+    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    scores = np.einsum("qd,qod->qo", text, video.reshape(len(order), n, -1))
+    answers = np.array([questions[q]["answer"] for q in order], dtype=np.int64)
+    intra = np.array([questions[q]["intra"] for q in order], dtype=bool)
+    metrics: dict[str, Any] = {"questions": len(order), "space": "dual_encoder" if cfg.model else "raw",
+                               **egomcq_accuracy(scores, answers, intra)}
+    samples = [{"question": q, "query": questions[q]["query"], "intra_video": bool(questions[q]["intra"]),
+                "answer": int(answers[j]), "chosen": int(scores[j].argmax())} for j, q in enumerate(order[:8])]
+    question_rejects = [_reject(q, "egomcq", "no_video_features", "a choice's video has no features")
+                        for q in sorted(lost)]
+    counts = {"in": len(order) + len(lost), "out": len(order), "rejected": len(lost)}
+    return SectionResult(metrics, counts, question_rejects, samples)
+
+
+def _question_key(qid: str) -> tuple[int, int | str]:
+    return (0, int(qid)) if qid.isdigit() else (1, qid)
+
+
+def egtea(cfg: EGTEASection, clips: str) -> SectionResult:
+    """EGTEA zero-shot: the clips of the split against the action names under the templates."""
+    from egoray.data.benchmarks import read_egtea_classes
+    from egoray.eval.zeroshot import expand_templates
+
+    label_of = read_egtea_classes(storage.read_bytes(cfg.classes), cfg.classes)
+    prompts = embed_texts(expand_templates(label_of, cfg.templates), cfg.text_features, cfg.encoder)
+    prompts = prompts.reshape(len(label_of), len(cfg.templates), -1)
+    return classify(label_of, prompts, cfg.model, clips, cfg.classes, cfg.split)
 
 
 def gap(cfg: GapSection, dual_pairs: tuple[np.ndarray, np.ndarray] | None) -> SectionResult:

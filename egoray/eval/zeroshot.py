@@ -75,6 +75,18 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = 
     return {f"top{k}": float((rank < k).mean()) if len(labels) else 0.0 for k in ks}
 
 
+def mean_class_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """EGTEA's figure: the top-1 accuracy of each class's clips, averaged over the classes that
+    have clips (rare classes weigh as much as common ones). Ties count against the clip."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return 0.0
+    true = scores[np.arange(len(labels)), labels]
+    right = (scores >= true[:, None]).sum(axis=1) == 1
+    return float(np.mean([right[labels == c].mean() for c in np.unique(labels)]))
+
+
 def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
     """AP of one ranking (positives ranked by ``scores``; ties broken against the positives)."""
     order = np.lexsort((positive.astype(np.int8), -scores))

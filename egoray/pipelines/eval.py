@@ -2,7 +2,8 @@
 
 Sections (each optional): ``retrieval`` (R@k, median rank, MIR mAP/nDCG with a dual encoder),
 ``zeroshot`` (class prompts, top-1/5 or mAP), ``captioning`` (narrator output or summaries against
-human text, COCO metrics), ``mcq`` (ClosedQA accuracy), ``gap`` (modality gap + plots). Each
+human text, COCO or LaViLa metrics), ``mcq`` (ClosedQA accuracy), ``egomcq`` (EgoMCQ inter- and
+intra-video accuracy), ``egtea`` (EGTEA top-1 and mean-class accuracy), ``gap`` (modality gap + plots). Each
 section is a unit of work with its own completion marker, so a re-run skips finished sections.
 Output::
 
@@ -40,13 +41,16 @@ class Config(JobConfig):
     zeroshot: sections.ZeroShotSection | None = None
     captioning: list[sections.CaptioningSection] = []
     mcq: sections.MCQSection | None = None
+    egomcq: sections.EgoMCQSection | None = None
+    egtea: sections.EGTEASection | None = None
     gap: sections.GapSection | None = None
     report: bool = Field(True, description="write OUTPUT/report.html of the run directory `input`")
 
     @model_validator(mode="after")
     def _something_to_do(self) -> Config:
-        if not (self.retrieval or self.zeroshot or self.captioning or self.mcq or self.gap):
-            raise ValueError("configure at least one of retrieval, zeroshot, captioning, mcq, gap")
+        if not (self.retrieval or self.zeroshot or self.captioning or self.mcq or self.egomcq or self.egtea
+                or self.gap):
+            raise ValueError("configure at least one of retrieval, zeroshot, captioning, mcq, egomcq, egtea, gap")
         names = [c.name for c in self.captioning]
         if len(set(names)) != len(names):
             raise ValueError(f"captioning names must be unique; got {names}")
@@ -57,7 +61,7 @@ class Config(JobConfig):
     def section_ids(self) -> list[str]:
         ids = [name for name in ("retrieval", "zeroshot") if getattr(self, name)]
         ids += [f"captioning-{c.name}" for c in self.captioning]
-        ids += [name for name in ("mcq", "gap") if getattr(self, name)]
+        ids += [name for name in ("mcq", "egomcq", "egtea", "gap") if getattr(self, name)]
         return ids
 
 
@@ -100,7 +104,46 @@ def pooled_inputs(config: Config, section: str) -> str | None:
                                             "wrong_answers"])).map_batches(_group_id, batch_format="pyarrow")
 
         return build_pairs(config.output, "mcq", moments, m.video_features, 0.0)
+    if section in ("egomcq", "egtea"):
+        table = _benchmark_table(config, section)
+        clips = sections.zeroshot_clips if section == "egtea" else None
+
+        def items() -> Any:
+            ds = read(Source(table))
+            return ds.map_batches(clips, batch_format="pyarrow") if clips else ds
+
+        return build_pairs(config.output, section, items, getattr(config, section).video_features, 0.0)
     return None
+
+
+def _benchmark_table(config: Config, section: str) -> str:
+    """``_work/<section>_items``: the benchmark's annotation file as a table, written by a worker."""
+    from egoray.pipelines.llm import run_export
+
+    url = storage.join(config.output, "_work", f"{section}_items", "part-0000.parquet")
+    cfg = getattr(config, section)
+    run_export(_write_benchmark, section, url, cfg.egomcq if section == "egomcq" else [cfg.classes, cfg.split])
+    return url
+
+
+def _write_benchmark(section: str, url: str, source: Any) -> None:
+    from egoray.data.benchmarks import read_egomcq, read_egtea_classes, read_egtea_split
+
+    if section == "egomcq":
+        table = read_egomcq(_read(source), source)
+    else:
+        classes = read_egtea_classes(_read(source[0]), source[0])
+        table = read_egtea_split(_read(source[1]), classes, source[1])
+    if table.num_rows == 0:
+        raise InputError(f"{source}: no {section} items")
+    storage.write_parquet(url, table)
+
+
+def _read(url: str) -> bytes:
+    try:
+        return storage.read_bytes(url)
+    except storage.StorageError as e:
+        raise InputError(f"cannot read {url}: {e}") from None
 
 
 class KeepVideos:
@@ -138,6 +181,10 @@ def _compute(config: Config, section: str, pooled: str | None) -> sections.Secti
         return sections.captioning(next(c for c in config.captioning if c.name == name))
     if section == "mcq":
         return sections.mcq(config.mcq, pooled)
+    if section == "egomcq":
+        return sections.egomcq(config.egomcq, pooled)
+    if section == "egtea":
+        return sections.egtea(config.egtea, pooled)
     pairs = None
     if "dual_encoder" in config.gap.sources:
         import io

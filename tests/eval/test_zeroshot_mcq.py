@@ -71,3 +71,53 @@ def test_mcq_accuracy_perfect_chance_and_ties():
     assert mcq_accuracy(tied, correct)["accuracy"] == pytest.approx((0.5 + 1 + 1) / 3)
     with pytest.raises(ValueError):
         mcq_accuracy(np.zeros(3), correct)
+
+
+def test_mean_class_accuracy_by_hand():
+    from egoray.eval.zeroshot import mean_class_accuracy
+
+    # class 0: 3 clips, 2 right; class 1: 1 clip, right; class 2: none. A tie counts against the clip.
+    scores = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.1, 0.9, 0.0], [0.2, 0.7, 0.1]])
+    labels = np.array([0, 0, 0, 1])
+    assert mean_class_accuracy(scores, labels) == pytest.approx((2 / 3 + 1) / 2)
+    assert mean_class_accuracy(np.array([[0.5, 0.5]]), np.array([0])) == 0.0
+
+
+def test_egomcq_accuracy_splits_inter_and_intra_video_questions():
+    from egoray.eval.mcq import egomcq_accuracy
+
+    scores = np.array([[0.9, 0.1, 0.2], [0.1, 0.2, 0.9], [0.3, 0.8, 0.1], [0.5, 0.5, 0.1]])
+    answers = np.array([0, 1, 1, 0])
+    intra = np.array([False, False, True, True])
+    m = egomcq_accuracy(scores, answers, intra)
+    # inter: right, wrong; intra: right, a two-way tie at the top (half credit)
+    assert m == {"chance": pytest.approx(1 / 3), "inter_video_accuracy": 0.5, "inter_video_questions": 2.0,
+                 "intra_video_accuracy": 0.75, "intra_video_questions": 2.0}
+
+
+def test_egomcq_and_egtea_readers():
+    import json
+
+    from egoray.data.benchmarks import read_egomcq, read_egtea_classes, read_egtea_split
+    from egoray.data.raw import InputError
+
+    def choice(v, a, b):
+        return {"video_uid": v, "clip_start": a, "clip_end": b, "clip_text": "x"}
+
+    questions = {"0": {"query": {"clip_text": "#C C cuts"}, "answer": 1, "types": 1,
+                       "choices": {"0": choice("va", 1, 2), "1": choice("vb", 3, 4)}},
+                 "1": {"query": {"clip_text": "#C C opens"}, "answer": 0, "types": 2,
+                       "choices": {"0": choice("va", 1, 2), "1": choice("va", "5.5", 6)}}}
+    table = read_egomcq(json.dumps(questions).encode()).to_pylist()
+    assert [(r["id"], r["video_uid"], r["t_start"], r["answer"], r["intra"]) for r in table] == [
+        ("0:0", "va", 1.0, 1, False), ("0:1", "vb", 3.0, 1, False), ("1:0", "va", 1.0, 0, True),
+        ("1:1", "va", 5.5, 0, True)]
+    with pytest.raises(InputError, match="question '0': answer 3"):
+        read_egomcq(json.dumps({"0": {**questions["0"], "answer": 3}}).encode())
+    classes = read_egtea_classes(b"Take_bowl 2\nOpen_fridge 1\n")
+    assert classes == ["open fridge", "take bowl"]
+    clips = read_egtea_split(b"P01-R01-PastaSalad-1-2-F003 2 5 7\n", classes).to_pylist()
+    assert clips == [{"clip_id": "P01-R01-PastaSalad-1-2-F003", "video_uid": "P01-R01-PastaSalad-1-2-F003",
+                      "t_start": 0.0, "t_end": 0.0, "label": "take bowl"}]
+    with pytest.raises(InputError, match="action 1..2"):
+        read_egtea_split(b"clip 9 1 1\n", classes)

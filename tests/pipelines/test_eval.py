@@ -164,3 +164,59 @@ def test_zeroshot_multilabel_clips_report_map(demo_run, tmp_path):
     assert result.rejects[0]["reason"] == "unknown_label"
     m = result.metrics
     assert 0 < m["mAP"] <= 1 and 0 < m["chance_mAP"] < 1 and "top1" not in m
+
+
+def test_egomcq_and_egtea_sections_on_the_demo(demo_run, tmp_path):
+    """EgoMCQ and EGTEA files written from the demo's held-out data, scored by the eval job with
+    the demo's dual encoder: every question and clip accounted for, a lost video rejected."""
+    import json
+
+    out = demo_run[0]
+    every = storage.read_parquet(str(out / "narrations" / "narrations")).to_pylist()
+    narrations = [n for n in every if n["split"] in ("val", "test")]
+    by_video: dict = {}
+    for n in every:
+        by_video.setdefault(n["video_uid"], []).append(n)
+    videos = sorted(by_video)
+    assert len(videos) >= 4
+    questions = {}
+    for i, n in enumerate(narrations[:12]):
+        same = [m for m in by_video[n["video_uid"]] if m["narration_id"] != n["narration_id"]][:3]
+        others = [by_video[v][0] for v in videos if v != n["video_uid"]][:3]
+        pool = same if i % 2 else others  # odd questions intra-video, even ones inter-video
+        choices = [n, *pool]
+        assert len(choices) == 4
+        questions[str(i)] = {"query": {"clip_text": n["text"]}, "answer": 0, "types": 2 if i % 2 else 1,
+                             "choices": {str(k): {"video_uid": c["video_uid"], "clip_start": c["t_start"] - 1,
+                                                  "clip_end": c["t_end"] + 1, "clip_text": c["text"]}
+                                         for k, c in enumerate(choices)}}
+    lost = json.loads(json.dumps(questions["0"]))
+    lost["choices"]["3"]["video_uid"] = "no-such-video"
+    questions["99"] = lost
+    (tmp_path / "egomcq.json").write_text(json.dumps(questions))
+    clips = storage.read_parquet(str(out / "data" / "clips.parquet")).to_pylist()
+    labels = sorted({c["label"] for c in clips})
+    (tmp_path / "action_idx.txt").write_text("".join(f"{x.replace(' ', '_').title()} {i + 1}\n"
+                                                     for i, x in enumerate(labels)))
+    first = {v: next(c for c in clips if c["video_uid"] == v) for v in videos}
+    (tmp_path / "test_split1.txt").write_text("".join(f"{v} {labels.index(first[v]['label']) + 1} 1 1\n"
+                                                      for v in videos))
+    base = load_config(CONFIG, [])
+    config = type(base)(
+        input=str(tmp_path), output=str(tmp_path / "eval"), report=False, ray=base.ray,
+        egomcq=sections.EgoMCQSection(egomcq=str(tmp_path / "egomcq.json"), model=str(out / "dual_encoder"),
+                                      video_features=str(out / "video_features"),
+                                      text_features=str(out / "text_features")),
+        egtea=sections.EGTEASection(classes=str(tmp_path / "action_idx.txt"), split=str(tmp_path / "test_split1.txt"),
+                                    model=str(out / "dual_encoder"), video_features=str(out / "video_features"),
+                                    text_features=str(out / "text_features")))
+    run = job_module("eval").run(config)
+    mcq, egtea = run["metrics"]["egomcq"], run["metrics"]["egtea"]
+    assert mcq["questions"] == 12 and mcq["inter_video_questions"] == 6 and mcq["intra_video_questions"] == 6
+    assert mcq["chance"] == 0.25 and 0 <= mcq["inter_video_accuracy"] <= 1
+    assert run["stages"]["egomcq"]["rejected"] == 1
+    rejects = storage.read_parquet(str(tmp_path / "eval" / "rejects")).to_pylist()
+    assert [(r["record_id"], r["reason"]) for r in rejects if r["stage"] == "egomcq"] == [("99", "no_video_features")]
+    # every whole video is a clip of its own (its key is the clip id); mean-class accuracy reported
+    assert egtea["clips"] == len(videos) and egtea["classes"] == len(labels)
+    assert 0 <= egtea["mean_class_accuracy"] <= 1 and egtea["chance_top1"] == 1 / len(labels)
