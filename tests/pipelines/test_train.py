@@ -189,20 +189,29 @@ def test_narrator_metrics_best_model_and_tensorboard(narrator):
     assert events.Scalars("model/mean_abs_gate")[-1].value > 0
 
 
-def test_narrate_dense_windows(features, narrator, tmp_path):
+def test_narrate_dense_windows_of_unnarrated_time(features, narrator, tmp_path):
+    """LaViLa's pseudo-narrations: 1 s windows tiling every video, less those holding one of the
+    ingested narrations (windows.uncovered; the demo narrates every 1–4 s)."""
     model, _, _ = narrator
     out = tmp_path / "dense"
     run = _run("demo/narrate.yaml", [f"input={features}/video_features", f"output={out}", f"model={model}",
                                      "video_features=null", "video_splits=null", "windows.mode=dense",
-                                     "windows.length=5", "windows.stride=5", "sampling.n=1"])
-    index = storage.read_parquet(str(features / "video_features" / "index"))
-    expected = sum(int(np.ceil(max(n / fps - 5, 0) / 5 + 1e-9)) or 1 for n, fps in
-                   zip(index["n"].to_pylist(), index["fps"].to_pylist()))
-    assert run["stages"]["narrate"] == {"in": expected, "out": expected, "rejected": 0,
+                                     "windows.length=1", "windows.stride=1", f"windows.uncovered={features}/narrations",
+                                     "sampling.n=1"])
+    index = storage.read_parquet(str(features / "video_features" / "index")).to_pylist()
+    narrations = storage.read_parquet(str(features / "narrations" / "narrations")).to_pylist()
+    tiles = [(r["key"], float(k), min(k + 1.0, r["n"] / r["fps"])) for r in index
+             for k in range(int(np.ceil(max(r["n"] / r["fps"] - 1, 0) + 1e-9)) or 1)]
+    expected = [t for t in tiles if not any(n["video_uid"] == t[0] and n["t_start"] <= t[2] and n["t_end"] >= t[1]
+                                            for n in narrations)]
+    assert 0 < len(expected) < len(tiles)
+    assert run["stages"]["narrate"] == {"in": len(expected), "out": len(expected), "rejected": 0,
                                         "seconds": run["stages"]["narrate"]["seconds"]}
     captions = storage.read_parquet(str(out / "captions"))
-    assert captions.num_rows == expected
-    assert (captions["t_end"].to_numpy() - captions["t_start"].to_numpy() <= 5 + 1e-9).all()
+    got = sorted((u, round(t, 6)) for u, t in zip(captions["video_uid"].to_pylist(), captions["t_start"].to_pylist(),
+                                                  strict=True))
+    assert got == sorted((t[0], round(t[1], 6)) for t in expected)
+    assert (captions["t_end"].to_numpy() - captions["t_start"].to_numpy() <= 1 + 1e-9).all()
 
 
 def test_narrate_killed_mid_run_with_two_actors_gives_the_demo_captions(features, tmp_path):
