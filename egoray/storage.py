@@ -111,8 +111,9 @@ def makedirs(url: str) -> None:
         _call(url, fs.makedirs, path, exist_ok=True)
 
 
-def listdir(url: str, suffix: str = "") -> list[str]:
-    """Sorted URLs of the files directly under ``url`` ending in ``suffix`` (hidden files skipped)."""
+def listdir(url: str, suffix: str = "", skip: tuple[str, ...] = (".", "_")) -> list[str]:
+    """Sorted URLs of the files directly under ``url`` ending in ``suffix``, less the names that
+    start with ``skip`` (hidden files, and ``_`` ones: our work and markers)."""
     fs, path = filesystem(url)
     if not _call(url, fs.isdir, path):
         return []
@@ -120,7 +121,7 @@ def listdir(url: str, suffix: str = "") -> list[str]:
     names = sorted(
         basename(e["name"]) for e in entries if e.get("type") == "file" and e["name"].endswith(suffix)
     )
-    return [join(url, n) for n in names if not n.startswith((".", "_"))]
+    return [join(url, n) for n in names if not (skip and n.startswith(skip))]
 
 
 def listdirs(url: str) -> list[str]:

@@ -28,10 +28,11 @@ def list_video_files(url: str) -> list[str]:
     """Video files directly under ``url`` (or under its ``videos/``: a synthetic dataset folder)."""
     if not storage.exists(url):
         raise InputError(f"input not found: {url}")
-    out = storage.listdir(url)
+    # a file name may start with "_" (YouTube ids do): only hidden files are skipped here
+    out = storage.listdir(url, skip=(".",))
     videos = storage.join(url, "videos")
     if not any(u.lower().endswith(VIDEO_EXTENSIONS) for u in out) and storage.exists(videos):
-        out = storage.listdir(videos)
+        out = storage.listdir(videos, skip=(".",))
     files = [u for u in out if u.lower().endswith(VIDEO_EXTENSIONS)]
     if not files:
         raise InputError(f"no videos ({', '.join(VIDEO_EXTENSIONS)}) under {url}")
@@ -50,6 +51,16 @@ def check_clip_table(names: list[str], url: str) -> None:
         raise InputError(f"{url}: needs columns video_uid and path; found {names}")
 
 
+def clip_key(video_uid: str, t_start: float | None, t_end: float | None) -> str:
+    """``<video_uid>_<t_start>_<t_end>``; a missing time is the video's start or end (left empty),
+    both missing the whole video (its uid)."""
+    if t_start is None and t_end is None:
+        return video_uid
+    a = "" if t_start is None else f"{t_start:.3f}"
+    b = "" if t_end is None else f"{t_end:.3f}"
+    return f"{video_uid}_{a}_{b}"
+
+
 def key_clips(batch: pa.Table, table_url: str) -> pa.Table:
     """Clip-table rows keyed (``clip_id``, else the video uid for whole videos, else
     ``<video_uid>_<t_start>_<t_end>``) with relative paths resolved from the table's folder."""
@@ -61,6 +72,5 @@ def key_clips(batch: pa.Table, table_url: str) -> pa.Table:
     uids = pc.cast(batch["video_uid"], pa.string()).to_pylist()
     clip_ids = batch["clip_id"].to_pylist() if "clip_id" in batch.column_names else [None] * n
     paths = [p if ("://" in p or p.startswith("/")) else storage.join(base, p) for p in batch["path"].to_pylist()]
-    keys = [str(c) if c else (u if a is None else f"{u}_{a:.3f}_{b:.3f}")
-            for c, u, a, b in zip(clip_ids, uids, t0, t1, strict=True)]
+    keys = [str(c) if c else clip_key(u, a, b) for c, u, a, b in zip(clip_ids, uids, t0, t1, strict=True)]
     return pa.table({"key": keys, "video_uid": uids, "path": paths, "t_start": t0, "t_end": t1}, schema=ITEMS)

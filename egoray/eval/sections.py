@@ -295,8 +295,10 @@ def zeroshot_clips(batch: pa.Table) -> pa.Table:
     ``<video_uid>_<t_start>_<t_end>`` (features keyed by clip id are the clip's own)."""
     if "clip_id" in batch.column_names:
         return batch.append_column("id", pc.cast(batch["clip_id"], pa.string())).drop_columns(["clip_id"])
-    ids = [f"{v}_{a:.3f}_{b:.3f}" for v, a, b in zip(batch["video_uid"].to_pylist(), batch["t_start"].to_pylist(),
-                                                    batch["t_end"].to_pylist(), strict=True)]
+    from egoray.data.videos import clip_key
+
+    ids = [clip_key(v, a, b) for v, a, b in zip(batch["video_uid"].to_pylist(), batch["t_start"].to_pylist(),
+                                                batch["t_end"].to_pylist(), strict=True)]
     return batch.append_column("id", pa.array(ids, pa.string()))
 
 

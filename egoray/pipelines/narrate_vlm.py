@@ -35,7 +35,8 @@ def video_paths(folder: str | None) -> dict[str, str] | None:
     """``{video_uid: path}`` of a folder of videos (the plan: file names, not records)."""
     if not folder:
         return None
-    return {PurePosixPath(u).stem: u for u in storage.listdir(folder) if u.lower().endswith(VIDEO_EXTENSIONS)}
+    return {PurePosixPath(u).stem: u for u in storage.listdir(folder, skip=(".",))  # "_" can start a YouTube id
+            if u.lower().endswith(VIDEO_EXTENSIONS)}
 
 
 def run_vlm(config: Config, overwrite: bool = False) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from egoray.stages.base import mark, with_reject_columns
 from egoray.stages.video import to_npy
 
 FLOATS = pa.list_(pa.float32())
+UNBOUNDED = 1e9  # seconds: before or after any video
 
 
 def label_code(value: str | None) -> int:
@@ -87,8 +88,9 @@ class PoolPairs:
         group = with_reject_columns(group)
         n = group.num_rows
         uid = str(group["video_uid"][0]) if n else ""
-        t_start = pc.cast(group["t_start"], pa.float64()).to_numpy(zero_copy_only=False)
-        t_end = pc.cast(group["t_end"], pa.float64()).to_numpy(zero_copy_only=False)
+        # a missing time is the video's start or end (a clip table row for a whole video)
+        t_start = pc.fill_null(pc.cast(group["t_start"], pa.float64()), -UNBOUNDED).to_numpy(zero_copy_only=False)
+        t_end = pc.fill_null(pc.cast(group["t_end"], pa.float64()), UNBOUNDED).to_numpy(zero_copy_only=False)
         verbs = group["verb"].to_pylist() if "verb" in group.column_names else [None] * n
         nouns = group["noun"].to_pylist() if "noun" in group.column_names else [None] * n
         if self.labels is not None:

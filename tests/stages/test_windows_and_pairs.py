@@ -130,3 +130,20 @@ def test_dense_windows_leave_out_narrated_time_and_table_windows_start_at_zero(t
     widened = TableWindows(None, offset=1.5)(pa.table({"video_uid": ["va", "va"], "t_start": [0.5, 5.0],
                                                       "t_end": [1.0, 6.0]}))
     assert widened["t_start"].to_pylist() == [0.0, 3.5] and widened["t_end"].to_pylist() == [2.5, 7.5]
+
+
+def test_items_without_times_pool_the_whole_video_and_key_safely(tmp_path):
+    from egoray.data.videos import clip_key, list_video_files
+
+    url, feats = _features(tmp_path)
+    out = PoolPairs(url, offset=1.0)(pa.table({"id": ["k1", "k2"], "video_uid": ["va", "va"],
+                                               "t_start": pa.array([None, 2.0], pa.float64()),
+                                               "t_end": pa.array([None, None], pa.float64())}))
+    np.testing.assert_allclose(out["video"][0].as_py(), feats["va"].mean(0))
+    np.testing.assert_allclose(out["video"][1].as_py(), feats["va"][1:].mean(0))  # from 2 - 1 s to the end
+    assert clip_key("v", None, None) == "v" and clip_key("v", 1.0, None) == "v_1.000_"
+    assert clip_key("v", 1.0, 2.5) == "v_1.000_2.500"
+    # a YouTube id may start with "_": such videos are listed (hidden files are not)
+    for name in ("_abc123.mp4", "x.mp4", ".hidden.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    assert [u.rsplit("/", 1)[1] for u in list_video_files(str(tmp_path))] == ["_abc123.mp4", "x.mp4"]
