@@ -100,6 +100,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a job's output in another tool's format (hdf5: features as one file keyed by video uid)."""
+    from egoray.features.export import export_hdf5
+
+    n = export_hdf5(args.features, args.out)
+    print(f"{n} keys -> {args.out}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print a submitted job's status as JSON."""
     from egoray import submit
@@ -173,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--plot", help="also write a PNG of the pairs in 2-D here")
     q.add_argument("--method", choices=["svd", "umap"], default="svd")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
+    export = p.add_subparsers(dest="format", required=True)
+    q = export.add_parser("hdf5", help="a video_features (or import_features) output as one HDF5 file, "
+                                       "f[video_uid][:] as CLEP's and GroundVQA's loaders read it")
+    q.add_argument("features", help="a video_features output")
+    q.add_argument("out", help="the .h5 file to write (path or URL)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     p.add_argument("run_dir", help="a directory of job outputs (e.g. egoray demo's --out)")

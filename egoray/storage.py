@@ -241,6 +241,21 @@ def write_hdf5_shard(
         fill(tmp)
 
 
+@contextlib.contextmanager
+def local_target(url: str) -> Iterator[str]:
+    """A local path to write ``url``'s contents to; on success it becomes ``url`` at once (renamed
+    into place, or uploaded in one request), on failure nothing appears there."""
+    fs, path = filesystem(url)
+    if is_remote(url):
+        with tempfile.TemporaryDirectory() as tmpdir:
+            local = os.path.join(tmpdir, basename(url))
+            yield local
+            _call(url, fs.put_file, local, path)
+        return
+    with _local_atomic(path) as tmp:
+        yield tmp
+
+
 def read_hdf5_shard(url: str, keys: list[str] | None = None) -> dict[str, np.ndarray]:
     """Read datasets (all, or ``keys``) of one HDF5 file into memory."""
     import h5py

@@ -19,6 +19,7 @@ JOBS: dict[str, str] = {
     "rephrase": "egoray.pipelines.rephrase",
     "text_features": "egoray.pipelines.text_features",
     "video_features": "egoray.pipelines.video_features",
+    "import_features": "egoray.pipelines.import_features",
     "captions": "egoray.pipelines.captions",
     "train_dual_encoder": "egoray.pipelines.train_dual_encoder",
     "train_narrator": "egoray.pipelines.train_narrator",

@@ -180,3 +180,44 @@ def test_captions_job(synth_videos, tmp_path, ray_session):
     gap = sections.gap(sections.GapSection(sources=["captions"], captions=str(out), plots=["svd"]), None)
     assert gap.metrics["captions"]["pairs"] == table.num_rows and gap.metrics["captions"]["dim"] == 64
     assert list(gap.plots) == ["gap_captions_svd.png"]
+
+
+def test_import_ego4d_features_then_export_one_hdf5(ray_session, tmp_path):
+    """Ego4D's released per-video features (files written by torch) into our layout, read back
+    exactly and pooled at 1.875 features/s; then the whole output as one HDF5 file that plain
+    h5py opens by video uid (CLEP's and GroundVQA's loaders); a malformed file is rejected."""
+    import h5py
+    import torch
+
+    from egoray.cli import main
+    from egoray.features.windows import FeatureStore, pool
+    from egoray.pipelines import import_features
+    from egoray.pipelines.video_features import read_features
+
+    src = tmp_path / "omnivore"
+    src.mkdir()
+    torch.manual_seed(0)
+    tensors = {"v1": torch.randn(9, 6), "_yt-id": torch.randn(4, 6), "v3": torch.randn(1, 6)}
+    for uid, t in tensors.items():
+        torch.save(t, src / f"{uid}.pt")
+    torch.save(torch.randn(6), src / "flat.pt")
+    out = tmp_path / "features"
+    run = import_features.run(validate_config({"job": "import_features", "input": str(src), "output": str(out),
+                                               "model": "ego4d:omnivore_video_swinl", "rows_per_file": 2}))
+    assert run["stages"]["load"]["in"] == 4 and run["stages"]["load"]["rejected"] == 1
+    rejects = storage.read_parquet(str(out / "rejects")).to_pylist()
+    assert [(r["record_id"], r["reason"]) for r in rejects] == [("flat", "unreadable")]
+    for uid, t in tensors.items():
+        np.testing.assert_array_equal(read_features(str(out), uid), t.numpy())
+    video = FeatureStore(str(out)).get("v1")
+    assert video.fps == 1.875 and video.duration == pytest.approx(9 / 1.875)
+    # feature k covers [k / 1.875, (k + 1) / 1.875): 1.0–2.0 s touches features 1, 2 and 3 (Ego4D's convention)
+    np.testing.assert_allclose(pool(video, np.array([1.0]), np.array([2.0]))[0], tensors["v1"][1:4].mean(0).numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+    assert main(["export", "hdf5", str(out), str(tmp_path / "all.h5")]) == 0
+    with h5py.File(tmp_path / "all.h5", "r") as f:
+        assert sorted(f.keys()) == sorted(tensors)
+        for uid, t in tensors.items():
+            np.testing.assert_array_equal(f[uid][:], t.numpy())
+        assert f["v1"].attrs["fps"] == 1.875 and f["v1"].attrs["model"] == "ego4d:omnivore_video_swinl"
