@@ -68,7 +68,12 @@ class ZeroShotSection(StrictModel):
     text_features: Url | None = Field(None, description="reuse the encoder of this text_features output")
     encoder: TextEncoderConfig | None = None
     class_prompts: Url | None = Field(None, description="precomputed prompt embeddings instead of classes")
-    clips: Url = Field(description="table video_uid, t_start, t_end, label (a class name or a list of them)")
+    clips: Url = Field(description="table video_uid, t_start, t_end, label (a class name or a list of them), or "
+                                   "a benchmark's own file (clips_format)")
+    clips_format: Literal["table", "kinetics_csv", "charades_ego_csv"] = Field(
+        "table", description="kinetics_csv: Kinetics-400 val.csv (clips = the downloader's files); charades_ego_csv: "
+                             "CharadesEgo_v1_test.csv (whole videos, every class they hold)")
+    charades_subset: Literal["ego", "third_person", "all"] = "ego"
     video_features: Url
     model: Url | None = Field(None, description="a train_dual_encoder output; none: raw features vs prompts")
     video_splits: Url | None = Field(None, description="a splits.json: only clips of videos in `splits`")
@@ -80,6 +85,8 @@ class ZeroShotSection(StrictModel):
             raise ValueError("zeroshot needs exactly one of classes (embedded here) or class_prompts")
         if self.classes and bool(self.text_features) == bool(self.encoder):
             raise ValueError("zeroshot.classes needs exactly one of text_features (its encoder) or encoder")
+        if self.clips_format == "charades_ego_csv" and not self.classes:
+            raise ValueError("clips_format charades_ego_csv needs classes (Charades' cNNN class list)")
         return self
 
 
@@ -350,7 +357,7 @@ def classify(label_of: list[str], prompts: np.ndarray, model_url: str | None, cl
     for i, r in enumerate(rows):
         labels = r["label"] if isinstance(r["label"], list) else [r["label"]]
         known = [index.get(str(x).lower()) for x in labels]
-        if None in known or not known:
+        if None in known or (not known and not multilabel):  # a video with no action: negative for every class
             rejects.append(_reject(r["id"], "zeroshot", "unknown_label", f"{labels} not in the class list"))
         else:
             keep.append(i)

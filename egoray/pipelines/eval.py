@@ -82,13 +82,14 @@ def pooled_inputs(config: Config, section: str) -> str | None:
 
             keep = [v for v, split in read_splits(z.video_splits).items() if split in z.splits]
         need = {"video_uid", "t_start", "t_end", "label"}
-        names = set(storage.parquet_schema(z.clips).names) if storage.exists(z.clips) else set()
+        table = z.clips if z.clips_format == "table" else _benchmark_table(config, section)
+        names = set(storage.parquet_schema(table).names) if storage.exists(table) else set()
         if not need <= names:
             raise InputError(f"{z.clips}: needs columns {sorted(need)}; found {sorted(names)}")
 
         def clips() -> Any:
             columns = sorted(need | ({"clip_id"} & names))
-            ds = read(Source(z.clips, columns=columns)).map_batches(sections.zeroshot_clips,
+            ds = read(Source(table, columns=columns)).map_batches(sections.zeroshot_clips,
                                                                          batch_format="pyarrow")
             return ds.map_batches(KeepVideos(keep), batch_format="pyarrow") if keep is not None else ds
 
@@ -121,19 +122,29 @@ def _benchmark_table(config: Config, section: str) -> str:
     from egoray.pipelines.llm import run_export
 
     url = storage.join(config.output, "_work", f"{section}_items", "part-0000.parquet")
-    cfg = getattr(config, section)
-    run_export(_write_benchmark, section, url, cfg.egomcq if section == "egomcq" else [cfg.classes, cfg.split])
+    run_export(_write_benchmark, getattr(config, section), section, url)
     return url
 
 
-def _write_benchmark(section: str, url: str, source: Any) -> None:
-    from egoray.data.benchmarks import read_egomcq, read_egtea_classes, read_egtea_split
+def _write_benchmark(cfg: Any, section: str, url: str) -> None:
+    from egoray.data import benchmarks
 
     if section == "egomcq":
-        table = read_egomcq(_read(source), source)
-    else:
-        classes = read_egtea_classes(_read(source[0]), source[0])
-        table = read_egtea_split(_read(source[1]), classes, source[1])
+        source = cfg.egomcq
+        table = benchmarks.read_egomcq(_read(source), source)
+    elif section == "egtea":
+        source = cfg.split
+        classes = benchmarks.read_egtea_classes(_read(cfg.classes), cfg.classes)
+        table = benchmarks.read_egtea_split(_read(source), classes, source)
+    elif cfg.clips_format == "kinetics_csv":
+        source = cfg.clips
+        table = benchmarks.read_kinetics_csv(_read(source), source)
+    else:  # charades_ego_csv: class codes become the names of the class list
+        from egoray.data.labels import read_labels
+
+        source = cfg.clips
+        table = benchmarks.read_charades_ego_csv(_read(source), dict(read_labels(cfg.classes)), cfg.charades_subset,
+                                                 source)
     if table.num_rows == 0:
         raise InputError(f"{source}: no {section} items")
     storage.write_parquet(url, table)

@@ -121,3 +121,44 @@ def test_egomcq_and_egtea_readers():
                       "t_start": 0.0, "t_end": 0.0, "label": "take bowl"}]
     with pytest.raises(InputError, match="action 1..2"):
         read_egtea_split(b"clip 9 1 1\n", classes)
+
+
+def test_kinetics_and_charades_ego_readers_on_rows_in_their_formats():
+    from egoray.data.benchmarks import read_charades_ego_csv, read_kinetics_csv
+    from egoray.data.labels import read_labels
+    from egoray.data.raw import InputError
+
+    fixtures = Path(__file__).resolve().parent.parent / "fixtures" / "benchmarks"
+    kinetics = read_kinetics_csv((fixtures / "kinetics400_val.csv").read_bytes()).to_pylist()
+    # each clip is the downloader's file: <youtube_id>_<start:06d>_<end:06d>; ids may start with "_"
+    assert [(r["clip_id"], r["label"], r["t_start"]) for r in kinetics] == [
+        ("-3B32lodo2M_000059_000069", "abseiling", None), ("_Zq1Vmt0xYA_000020_000030", "eating ice cream", None),
+        ("a0Tq3rAk4Oo_000003_000013", "texting", None)]
+    names = dict(read_labels(str(LABELS / "Charades_v1_classes.reconstructed.txt")))
+    data = (fixtures / "CharadesEgo_v1_test.csv").read_bytes()
+    ego = read_charades_ego_csv(data, names).to_pylist()
+    assert [(r["clip_id"], r["label"]) for r in ego] == [
+        ("005BUEGO", sorted([names["c000"], names["c002"]])), ("0A8ZTEGO", [])]  # no action: negative everywhere
+    assert [r["clip_id"] for r in read_charades_ego_csv(data, names, "third_person").to_pylist()] == ["005BU"]
+    assert len(read_charades_ego_csv(data, names, "all")) == 3
+    with pytest.raises(InputError, match="class 'c002' is not in the class list"):
+        read_charades_ego_csv(data, {"c000": "x"})
+    with pytest.raises(InputError, match="missing column"):
+        read_kinetics_csv(b"label,youtube\nx,y\n")
+
+
+def test_zeroshot_reads_a_benchmark_file_as_its_clip_table(tmp_path):
+    """What the eval job's worker writes for zeroshot.clips_format: the clip table it pools."""
+    from egoray import storage
+    from egoray.eval.sections import ZeroShotSection
+    from egoray.pipelines.eval import _write_benchmark
+
+    fixtures = Path(__file__).resolve().parent.parent / "fixtures" / "benchmarks"
+    cfg = ZeroShotSection(classes=str(LABELS / "Charades_v1_classes.reconstructed.txt"), encoder={},
+                          clips=str(fixtures / "CharadesEgo_v1_test.csv"), clips_format="charades_ego_csv",
+                          video_features=str(tmp_path / "vf"))
+    _write_benchmark(cfg, "zeroshot", str(tmp_path / "clips.parquet"))
+    table = storage.read_parquet(str(tmp_path / "clips.parquet"))
+    assert table["clip_id"].to_pylist() == ["005BUEGO", "0A8ZTEGO"] and table["t_start"].null_count == 2
+    with pytest.raises(ValueError, match="needs classes"):
+        ZeroShotSection(class_prompts="x", clips="y", clips_format="charades_ego_csv", video_features="z")
