@@ -8,9 +8,10 @@ with LaViLa's optional second temperature for auxiliary (rephrased / narrator) p
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
@@ -20,13 +21,21 @@ MAX_LOGIT_SCALE = math.log(100.0)
 
 
 class DualEncoderConfig(StrictModel):
-    """Shape of the heads; stored next to the weights so a model loads without its job config."""
+    """Shape of the heads; stored next to the weights so a model loads without its job config.
+
+    ``normalize: false`` with ``scale: raw`` is seed 001's (CLEP's) ``ClipModel``: unnormalised
+    projections, and a logit scale that is the parameter itself (initialised ln(1/T), kept in
+    [0, ln 100]) rather than CLIP's exp of it.
+    """
 
     video_dim: int = 0
     text_dim: int = 0
     embed_dim: int = 256
     hidden_dim: int = 512
     init_temperature: float = 0.07
+    normalize: bool = Field(True, description="L2-normalise both embeddings (false: the CLEP notebook's raw heads)")
+    scale: Literal["exp", "raw"] = Field("exp", description="logits × exp(s) (CLIP), or × s itself in [0, ln 100] "
+                                                            "(the CLEP notebook)")
 
 
 def _head(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -57,7 +66,7 @@ class DualEncoder(nn.Module):
             y = checkpoint(head, x, use_reentrant=False)
         else:
             y = head(x)
-        return F.normalize(y, dim=-1)
+        return F.normalize(y, dim=-1) if self.config.normalize else y
 
     def encode_video(self, x: torch.Tensor) -> torch.Tensor:
         return self._project(self.video_proj, x)
@@ -66,12 +75,24 @@ class DualEncoder(nn.Module):
         return self._project(self.text_proj, x)
 
     def scales(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """exp of the (clamped, ≤ 100) logit scales for the main and auxiliary pairs."""
+        """The logit scales of the main and auxiliary pairs: exp of the parameters clamped to
+        ≤ ln 100, or (``scale: raw``) the parameters themselves clamped to [0, ln 100]."""
+        if self.config.scale == "raw":
+            return (self.logit_scale.clamp(0, MAX_LOGIT_SCALE).squeeze(0),
+                    self.aux_logit_scale.clamp(0, MAX_LOGIT_SCALE).squeeze(0))
         return (self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().squeeze(0),
                 self.aux_logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().squeeze(0))
 
+    def clamp_scales(self) -> None:
+        """After an optimiser step, as the CLEP notebook and CLIP do: keep a raw scale's parameter
+        in [0, ln 100] (so that a gradient can bring it back from a bound)."""
+        if self.config.scale == "raw":
+            with torch.no_grad():
+                self.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                self.aux_logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
     def forward(self, video: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Normalised embeddings and both scales (returned so ZeRO-3 gathers them in forward)."""
+        """Embeddings and both scales (returned so ZeRO-3 gathers them in forward)."""
         scale, aux_scale = self.scales()
         return self.encode_video(video), self.encode_text(text), scale, aux_scale
 

@@ -199,6 +199,9 @@ class DualEncoderRecipe(Recipe):
         positives = same_label(verb, noun) if self.loop["egonce"] else None
         return contrastive_loss(ve, te, scales, positives), size
 
+    def after_step(self, engine: Any) -> None:
+        engine.module.clamp_scales()  # in place: exact under DDP; the forward pass clamps under DeepSpeed too
+
     def evaluate(self, engine: Any) -> dict[str, float]:
         return evaluate(engine.module, self.data)
 

@@ -46,6 +46,9 @@ class TrainerOptions(StrictModel):
     warmup_steps: int = Field(0, ge=0, description="linear warmup, in optimiser steps")
     lr_end_ratio: float = Field(0.0, ge=0, le=1, description="cosine: the last learning rate / lr")
     weight_decay: float = Field(0.01, ge=0, description="not applied to biases, norms, temperatures, gates")
+    no_decay_group: bool = Field(True, description="false: every parameter decays (torch's AdamW default)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW's (beta1, beta2)")
+    eps: float = Field(1e-8, gt=0, description="AdamW's epsilon")
     grad_clip: float = Field(1.0, ge=0)
     freeze: list[str] = Field([], description="parameter-name prefixes that do not train")
     init_from: str | None = Field(None, description="another training output (or model.pt) to start from")
@@ -87,7 +90,8 @@ class Engine:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("every parameter is frozen: nothing to train")
-        optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay), lr=options.lr)
+        optimizer = torch.optim.AdamW(param_groups(model, options.weight_decay, options.no_decay_group), lr=options.lr,
+                                      betas=tuple(options.betas), eps=options.eps)
         factor = schedule_fn(options.schedule, total_steps, options.warmup_steps, options.lr_end_ratio)
         self.micro_steps = 0  # micro-batches since the last optimiser step
         if options.strategy == "deepspeed":

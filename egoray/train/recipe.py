@@ -69,6 +69,9 @@ class Recipe:
         """Model state worth a curve (temperatures, gates), read inside ``engine.gathered()``."""
         return {}
 
+    def after_step(self, engine: Engine) -> None:
+        """Called after each optimiser step (e.g. to clamp a parameter in place)."""
+
     def export(self) -> dict[str, Any]:
         """What the exported ``model.pt`` holds besides the weights (kind, config)."""
         raise NotImplementedError
@@ -184,6 +187,7 @@ def train(recipe: Recipe, loop: dict[str, Any]) -> None:
             seen += n
             if not stepped:
                 continue
+            recipe.after_step(engine)
             step += 1
             step_in_epoch += 1
             log.add(step, {"loss": losses[-1], "lr": engine.lr}, "train/")

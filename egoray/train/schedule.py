@@ -45,12 +45,13 @@ def is_no_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim < 2 or any(key in name.lower() for key in NO_DECAY_NAMES)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """The trainable parameters in two optimiser groups: decayed, and not (empty groups dropped)."""
+def param_groups(model: nn.Module, weight_decay: float, no_decay_group: bool = True) -> list[dict]:
+    """The trainable parameters in two optimiser groups: decayed, and not (empty groups dropped;
+    without ``no_decay_group`` every parameter decays, as torch's AdamW does by default)."""
     decay, keep = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (keep if is_no_decay(name, p) else decay).append(p)
+            (keep if no_decay_group and is_no_decay(name, p) else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 

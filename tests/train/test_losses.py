@@ -69,3 +69,44 @@ def test_mixed_batch_scales_follow_lavila():
     # the pseudo block's logits use s': by hand for a batch of pseudo pairs only
     nobody = pair_scales(torch.zeros(5, dtype=torch.bool), torch.tensor(4.0), torch.tensor(9.0))
     assert float(contrastive_loss(v, t, nobody)) == pytest.approx(float(contrastive_loss(v, t, torch.tensor(9.0))))
+
+
+def test_the_clep_config_is_seed_001s_clip_model():
+    """configs/train_clep.yaml builds the notebook's ClipModel: 1536 → 1536 → 1536 heads with
+    Xavier (ReLU gain) weights and zero biases, unnormalised outputs, logits × the raw scale
+    ln(1/0.07) clamped to [0, ln 100], AdamW (0.98, 0.9), eps 1e-6, decay on every parameter."""
+    import math
+    from pathlib import Path
+
+    from egoray.models.dual_encoder import DualEncoder, contrastive_loss
+    from egoray.pipelines import load_config
+    from egoray.train.schedule import param_groups
+
+    config = load_config(str(Path(__file__).resolve().parents[2] / "configs" / "train_clep.yaml"))
+    model = DualEncoder(config.model.model_copy(update={"video_dim": 1536, "text_dim": 768}))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.endswith("weight")}
+    assert shapes == {"video_proj.0.weight": (1536, 1536), "video_proj.2.weight": (1536, 1536),
+                      "text_proj.0.weight": (1536, 768), "text_proj.2.weight": (1536, 1536)}
+    bound = math.sqrt(2) * math.sqrt(6 / (768 + 1536))  # xavier_uniform_ with gain calculate_gain("relu")
+    w = model.text_proj[0].weight
+    assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.95 * bound
+    assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.02)
+    assert all(float(m.bias.abs().max()) == 0 for m in (model.video_proj[0], model.text_proj[2]))
+    scale, _ = model.scales()
+    assert float(scale) == pytest.approx(math.log(1 / 0.07))  # the raw parameter, not its exp
+    torch.manual_seed(0)
+    video, text = torch.randn(6, 1536), torch.randn(6, 768)
+    v, t, s, _ = model(video, text)
+    assert not torch.allclose(v.norm(dim=-1), torch.ones(6))  # unnormalised
+    # the notebook's loss: CE of logit_scale · v tᵀ against the identity, both directions
+    logits = s * v @ t.T
+    eye = torch.eye(6)
+    seed = (torch.nn.functional.cross_entropy(logits, eye) + torch.nn.functional.cross_entropy(logits.T, eye)) / 2
+    assert float(contrastive_loss(v, t, s)) == pytest.approx(float(seed), rel=1e-5)
+    with torch.no_grad():
+        model.logit_scale.fill_(5.0)
+    model.clamp_scales()  # after each step, in place, as the notebook does
+    assert float(model.logit_scale) == pytest.approx(math.log(100))
+    groups = param_groups(model, config.train.weight_decay, config.train.no_decay_group)
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.01  # every parameter decays
+    assert tuple(config.train.betas) == (0.98, 0.9) and config.train.eps == 1e-6 and config.train.grad_clip == 0
