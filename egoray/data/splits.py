@@ -1,7 +1,11 @@
 """Video splits files: which videos are train, val or test.
 
-Two layouts are read: JSON ``{"train": [video_uid, ...], "val": [...], "test": [...]}`` and CSV
-with a header holding ``video_uid`` (or ``video_id``) and ``split`` columns.
+Three layouts are read: JSON ``{"train": [video_uid, ...], "val": [...], "test": [...]}``, CSV
+with a header holding ``video_uid`` (or ``video_id``) and ``split`` columns, and Ego4D's own
+metadata ``ego4d.json`` (``{"videos": [{"video_uid", "split_em", "split_fho", "split_av", ...}]}``):
+there a video is ``test`` if any benchmark holds it out for test, else ``val`` if any validates on
+it, else ``train`` — the removal of every benchmark's validation and test videos from
+pre-training (EgoVLP's, which the CLEP notebook lacks) without a hand-made list.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ def read_splits(url: str) -> dict[str, str]:
         raise InputError(f"{url}: not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise InputError(f"{url}: expected an object of split name → list of video uids")
+    if isinstance(obj.get("videos"), list):
+        return _from_ego4d_json(obj["videos"], url)
     mapping: dict[str, str] = {}
     for name, uids in obj.items():
         split = _split_name(name, url)
@@ -39,6 +45,21 @@ def read_splits(url: str) -> dict[str, str]:
             raise InputError(f"{url}: split {name!r} must be a list of video uid strings")
         for uid in uids:
             _assign(mapping, uid, split, url)
+    return mapping
+
+
+def _from_ego4d_json(videos: list, url: str) -> dict[str, str]:
+    """video_uid → the most held-out split any Ego4D benchmark gives it (test > val > train)."""
+    rank = {"train": 0, "val": 1, "test": 2}
+    mapping: dict[str, str] = {}
+    for i, video in enumerate(videos):
+        if not isinstance(video, dict) or not isinstance(video.get("video_uid"), str):
+            raise InputError(f"{url}: videos[{i}] has no video_uid")
+        splits = [ALIASES.get(str(v).lower(), str(v).lower()) for k, v in video.items()
+                  if k.startswith("split") and isinstance(v, str)]
+        known = [x for x in splits if x in rank]
+        if known:
+            mapping[video["video_uid"]] = max(known, key=rank.__getitem__)
     return mapping
 
 

@@ -33,3 +33,16 @@ def test_bad_splits(tmp_path, content, message):
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="cannot read splits"):
         read_splits(str(tmp_path / "nope.json"))
+
+
+def test_ego4d_json_holds_out_every_benchmarks_val_and_test_videos(tmp_path):
+    from egoray.data.splits import read_splits
+
+    meta = {"version": "v2", "videos": [
+        {"video_uid": "a", "split_em": "train", "split_fho": None, "split_av": None},
+        {"video_uid": "b", "split_em": "train", "split_fho": "val", "split_av": None},
+        {"video_uid": "c", "split_em": "val", "split_fho": "test", "split_av": "train"},
+        {"video_uid": "d", "split_em": None, "split_fho": None, "split_av": None},
+        {"video_uid": "e", "split_em": "multi", "split_fho": "train"}]}
+    (tmp_path / "ego4d.json").write_text(json.dumps(meta))
+    assert read_splits(str(tmp_path / "ego4d.json")) == {"a": "train", "b": "val", "c": "test", "e": "train"}
