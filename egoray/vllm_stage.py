@@ -96,6 +96,8 @@ class VLLMStage(Stage):
                                         "seed": step.seeds(str(row[key]), attempt)[row["_sample"]] % 2**31}
             if params.top_k:
                 sampling["top_k"] = params.top_k
+            if params.repetition_penalty != 1.0:
+                sampling["repetition_penalty"] = params.repetition_penalty
             if schema and not row["_skip"]:
                 sampling["structured_outputs"] = {"json": schema}
             return {**row, "prompt": " " if row["_skip"] else step.prompt(row), "sampling_params": sampling}

@@ -27,6 +27,7 @@ class GenerationParams(StrictModel):
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="0 = no top-k filtering")
+    repetition_penalty: float = Field(1.0, gt=0, description="> 1 discourages repeating tokens (CTRL's penalty)")
     seed: int = Field(0, description="base seed; each attempt and batch derives its own")
 
 
@@ -81,6 +82,10 @@ class HFEngine:
             self._grammars[key] = self._compiler.compile_json_schema(key, any_whitespace=False)
         return self._grammars[key]
 
+    def fits(self, prompt: str) -> bool:
+        """Whether ``prompt`` is within ``max_prompt_tokens`` (longer prompts lose their end)."""
+        return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"]) <= self.max_prompt_tokens
+
     def generate(
         self,
         prompts: list[str],
@@ -108,6 +113,8 @@ class HFEngine:
         enc = self.tokenizer(expanded, return_tensors="pt", padding=True, truncation=True,
                              max_length=self.max_prompt_tokens, return_token_type_ids=False).to(self.device)
         kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        if params.repetition_penalty != 1.0:  # transformers applies it before our sampler
+            kwargs["repetition_penalty"] = params.repetition_penalty
         sample = sampling_kwargs([s for row in seeds for s in row], params.do_sample, params.temperature,
                                  params.top_k, params.top_p)
         processors = list(sample.pop("logits_processor", []))

@@ -82,6 +82,7 @@ class SummaryPrompts(Template):
     instruction: str = "Summarise what the camera wearer did, in one sentence, from captions of video frames in order."
     example: str = "Captions: {captions}\nSummary: {summary}"
     query: str = "Captions: {captions}\nSummary:"
+    separator: str = Field("; ", description="between the captions of a list (the lab's prompt: a new line each)")
     examples: list[dict[str, str | list[str]]] = Field(default_factory=lambda: list(SUMMARY_EXAMPLES))
     FIELDS: ClassVar[dict[str, set[str]]] = {"example": {"captions", "summary"}, "query": {"captions"},
                                              "instruction": set()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -122,10 +123,36 @@ class ParaphraseStep(Step):
 
 def summary_prompt(captions: list[str], prompts: SummaryPrompts | None = None) -> str:
     prompts = prompts or SummaryPrompts()
-    shots = [prompts.example.format(captions="; ".join(ex["captions"]), summary=ex["summary"])
+    sep = prompts.separator
+    shots = [prompts.example.format(captions=sep.join(ex["captions"]), summary=ex["summary"])
              for ex in prompts.examples]
-    query = prompts.query.format(captions="; ".join(c.strip() for c in captions if c and c.strip()))
+    query = prompts.query.format(captions=sep.join(c.strip() for c in captions if c and c.strip()))
     return "\n\n".join([prompts.instruction, *shots, query])
+
+
+def shorten_captions(captions: list[str], fits: Callable[[list[str]], bool]) -> list[str]:
+    """The captions a prompt can hold: all if they fit; else repeated captions go first, the
+    oldest copy first (a later one stays), then captions from the front (the oldest) — never the
+    prompt's end, whose cue (``Summary:``) the model needs."""
+    kept = list(captions)
+    if fits(kept):
+        return kept
+    i = 0
+    while i < len(kept) and not fits(kept):
+        if kept[i] in kept[i + 1:]:
+            del kept[i]
+        else:
+            i += 1
+    if fits(kept):
+        return kept
+    lo, hi = 0, len(kept)  # the fewest captions dropped from the front that fit (binary search)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(kept[mid:]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return kept[lo:]
 
 
 def parse_summary(raw: str | bytes | None, max_words: int = 60) -> Parsed:
@@ -158,6 +185,11 @@ class SummaryStep(Step):
 
     def prompt(self, row: dict[str, Any]) -> str:
         return summary_prompt(row[self.captions_col] or [], self.prompts)
+
+    def fit_prompt(self, row: dict[str, Any], fits: Callable[[str], bool]) -> str:
+        captions = shorten_captions(list(row[self.captions_col] or []),
+                                    lambda c: fits(summary_prompt(c, self.prompts)))
+        return summary_prompt(captions, self.prompts)
 
     def validate(self, row: dict[str, Any], outputs: list[str]) -> Parsed:
         return parse_summary(outputs[0] if outputs else None)

@@ -12,6 +12,7 @@ so an item's outputs do not depend on its batch, its actor or an earlier interru
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,6 +36,11 @@ class Step:
 
     def prompt(self, row: dict[str, Any]) -> str:
         raise NotImplementedError
+
+    def fit_prompt(self, row: dict[str, Any], fits: Callable[[str], bool]) -> str:
+        """The prompt, shortened where the step knows how until ``fits`` accepts it (by default
+        as it is: the engine cuts what is left over)."""
+        return self.prompt(row)
 
     def validate(self, row: dict[str, Any], outputs: list[str]) -> Parsed:
         raise NotImplementedError
@@ -89,7 +95,7 @@ class LLMStage(Stage):
     def run_step(self, step: Step, rows: pa.Table) -> pa.Table:
         todo = [int(i) for i in np.flatnonzero(pending(rows))]
         records = rows.to_pylist()
-        prompts = {i: step.prompt(records[i]) for i in todo}
+        prompts = {i: step.fit_prompt(records[i], self.engine.fits) for i in todo}
         outputs: dict[int, list[str]] = {}
         results: dict[int, Parsed] = {}
         attempts: dict[int, int] = {}

@@ -103,3 +103,41 @@ def test_generated_tokens_are_counted_without_padding(llama):
     assert 0 < counted <= 2 * 2 * 6  # at most max_new_tokens per sequence; padding is not counted
     llama.generate(["c"], params)
     assert counted < llama.generated_tokens <= counted + 6
+
+
+def test_long_caption_lists_are_shortened_to_fit_and_keep_the_summary_cue(llama):
+    """Over max_prompt_tokens the engine would cut the prompt's end ("Summary:"); the summary step
+    drops repeated captions (oldest copy first), then the oldest captions, until the prompt fits."""
+    from egoray.llm.prompts import SummaryPrompts
+    from egoray.llm.steps import SummaryStep, shorten_captions, summary_prompt
+
+    def under(limit):
+        return lambda caps: sum(len(c) for c in caps) <= limit
+
+    caps = ["a", "bb", "a", "ccc", "bb", "dddd"]
+    assert shorten_captions(caps, under(100)) == caps
+    assert shorten_captions(caps, under(10)) == ["a", "ccc", "bb", "dddd"]  # the first "a" and "bb" went
+    assert shorten_captions(caps, under(7)) == ["bb", "dddd"]  # then from the front
+    assert shorten_captions(caps, under(0)) == []
+
+    step = SummaryStep(GenerationParams(), SummaryPrompts())
+    engine = llama
+    base = len(engine.tokenizer(summary_prompt([], step.prompts))["input_ids"])
+    engine.max_prompt_tokens, saved = base + 150, engine.max_prompt_tokens
+    try:
+        row = {"kept_captions": [f"frame {i}: a person picks up the cup number {i}" for i in range(60)]}
+        assert not engine.fits(step.prompt(row))
+        prompt = step.fit_prompt(row, engine.fits)
+        assert engine.fits(prompt) and prompt.endswith("Summary:")
+        kept = prompt.rsplit("Captions: ", 1)[1].split("\nSummary:")[0].split("; ")
+        assert kept == row["kept_captions"][-len(kept):] and 0 < len(kept) < 60  # the latest captions stay
+        assert not engine.fits(summary_prompt(row["kept_captions"][-len(kept) - 1:], step.prompts))  # as many as fit
+    finally:
+        engine.max_prompt_tokens = saved
+
+
+def test_repetition_penalty_changes_greedy_output(llama):
+    prompt = ["the cup the cup the cup the cup"]
+    plain = llama.generate(prompt, GenerationParams(do_sample=False, max_new_tokens=12))
+    penalised = llama.generate(prompt, GenerationParams(do_sample=False, max_new_tokens=12, repetition_penalty=50.0))
+    assert plain != penalised
