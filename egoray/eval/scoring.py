@@ -17,7 +17,7 @@ import pyarrow as pa
 from egoray import storage
 from egoray.data.raw import InputError
 
-ID_COLS = ("id", "caption_id", "window_id", "video_uid", "narration_id", "image_id")
+ID_COLS = ("id", "caption_id", "window_id", "video_uid", "video_id", "narration_id", "image_id")
 TEXT_COLS = ("text", "caption", "captions", "summary", "narration", "references")
 
 

@@ -1,5 +1,5 @@
 """``ingest`` job: Ego4D narration.json, em_train_narrations.pkl, LaViLa's metadata pickles, EK-100
-CSVs → narrations Parquet.
+CSVs, ActivityNet Captions → narrations Parquet.
 
 One Ray task per input file reads it and splits it into ``num_shards`` buckets by video (CRC-32 of
 the video uid); one Ray task per bucket takes that bucket from every input, runs the clean-up
@@ -7,7 +7,7 @@ stages (so duplicates across input files are found too) and commits the shard. O
 
     OUTPUT/narrations/part-<bucket>.parquet
     OUTPUT/rejects/part-<bucket>.parquet
-    OUTPUT/summaries/part-<bucket>.parquet   (Ego4D inputs)
+    OUTPUT/summaries/part-<bucket>.parquet   (Ego4D and ActivityNet inputs)
     OUTPUT/_shards/<bucket>.json            (completion markers)
     OUTPUT/run.json
 """
@@ -24,6 +24,7 @@ from pydantic import Field, field_validator
 
 from egoray import storage
 from egoray.config import JobConfig, Url
+from egoray.data.activitynet import read_activitynet
 from egoray.data.ego4d import read_narration_json, split_by_video
 from egoray.data.ek100 import read_ek100_csv
 from egoray.data.em_pkl import read_em_pickle
@@ -35,7 +36,7 @@ from egoray.data.splits import read_splits
 from egoray.runtime import RunManifest, ShardLedger, bucket_of, ensure_ray, record_metrics, wait_all
 from egoray.stages.base import StageTimer
 
-Format = Literal["auto", "ego4d_json", "em_pkl", "lavila_pkl", "ek100_csv"]
+Format = Literal["auto", "ego4d_json", "em_pkl", "lavila_pkl", "ek100_csv", "activitynet"]
 
 
 class Config(JobConfig):
@@ -63,13 +64,15 @@ def detect_format(url: str, forced: Format = "auto") -> str:
     if forced != "auto":
         return forced
     name = storage.basename(url).lower()
+    if "activitynet" in name or name.endswith((".parquet", ".jsonl")):
+        return "activitynet"
     if name.endswith(".json"):
         return "ego4d_json"
     if name.endswith((".pkl", ".pickle")):
         return "pickle"  # Ego4D's clip dicts or LaViLa's tuples: told apart by the content
     if name.endswith(".csv"):
         return "ek100_csv"
-    raise InputError(f"{url}: cannot tell the format from the name; set format= (ego4d_json, em_pkl, lavila_pkl, ek100_csv)")
+    raise InputError(f"{url}: cannot tell the format from the name; set format= (ego4d_json, em_pkl, lavila_pkl, ek100_csv, activitynet)")
 
 
 def read_input(url: str, fmt: str) -> tuple[pa.Table, pa.Table | None]:
@@ -81,6 +84,8 @@ def read_input(url: str, fmt: str) -> tuple[pa.Table, pa.Table | None]:
     name = storage.basename(url)
     if fmt == "ego4d_json":
         return read_narration_json(data, name)
+    if fmt == "activitynet":
+        return read_activitynet(data, name)
     if fmt in ("pickle", "em_pkl", "lavila_pkl"):
         records = safe_load(data, name, numpy_arrays=True)
         if fmt == "lavila_pkl" or (fmt == "pickle" and is_lavila_pickle(records)):
@@ -122,12 +127,18 @@ def _read_and_split(url: str, fmt: str, num_shards: int, wanted: list[int]) -> l
         del data
         share = (time.perf_counter() - t0) / num_shards
         empty = b"{}"
-        return [("json", blobs.get(b, empty), storage.basename(url), share) for b in wanted]
+        return _returns([("json", blobs.get(b, empty), storage.basename(url), share) for b in wanted])
     raw, summaries = read_input(url, fmt)
     raw_parts = split_into_buckets(raw, "video_uid", num_shards)
     sum_parts = split_into_buckets(summaries, "video_uid", num_shards) if summaries is not None else None
     share = (time.perf_counter() - t0) / num_shards
-    return [("table", raw_parts[b], sum_parts[b] if sum_parts else None, share) for b in wanted]
+    return _returns([("table", raw_parts[b], sum_parts[b] if sum_parts else None, share) for b in wanted])
+
+
+def _returns(parts: list[tuple[Any, ...]]) -> Any:
+    """A task's ``num_returns = len(parts)`` values: with one, Ray stores the value itself (so a
+    run with one shard left to do must return the part, not a list holding it)."""
+    return parts if len(parts) > 1 else parts[0]
 
 
 def _finish_shard(

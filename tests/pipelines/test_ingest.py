@@ -172,3 +172,35 @@ def test_lavila_metadata_pickles(ray_session, tmp_path):
     assert sorted((r["record_id"], r["reason"]) for r in rejects) == [
         ("record:8", "bad_record"), ("v2:3", "bad_timestamp"), ("v2:4", "empty_text"), ("v3:5", "bad_record"),
         ("v3:6", "bad_record"), ("v3:7", "unknown_pickle_class")]
+
+
+def test_activitynet_captions_as_narrations_and_summaries(ray_session, tmp_path):
+    """ActivityNet Captions (original JSON, and the Hugging Face rows as Parquet): a narration per
+    sentence over its interval, the paragraph as the video's summary, a malformed video rejected;
+    `egoray score captions` reads the Parquet rows as references by video id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from egoray.cli import main
+    from tests.conftest import FIXTURES
+
+    src = FIXTURES / "benchmarks" / "activitynet_captions_val_1.json"
+    manifest = ingest.run(_config(input=str(src), output=str(tmp_path / "out"), num_shards=2))
+    _reconciles(manifest)
+    narrations = storage.read_parquet(str(tmp_path / "out" / "narrations")).to_pylist()
+    assert sorted((n["narration_id"], n["t_start"]) for n in narrations) == [
+        ("v_demo0000001:0", 0.83), ("v_demo0000001:1", 17.37), ("v_demo0000001:2", 56.26),
+        ("v_demo0000002:0", 0.0), ("v_demo0000002:1", 10.0)]
+    assert {n["source"] for n in narrations} == {"activitynet"}
+    summaries = storage.read_parquet(str(tmp_path / "out" / "summaries")).to_pylist()
+    assert sorted(s["video_uid"] for s in summaries) == ["v_demo0000001", "v_demo0000002"]  # not the rejected one
+    rejects = storage.read_parquet(str(tmp_path / "out" / "rejects")).to_pylist()
+    assert [(r["record_id"], r["reason"]) for r in rejects] == [("v_demo0000003:*", "bad_record")]
+
+    rows = [{"video_id": "v_a", "video": "v_a.mp4", "caption": "A man rides a bike. He falls.", "duration": 9.0,
+             "timestamps": [[0.0, 4.0], [4.0, 9.0]], "sentences": ["A man rides a bike.", "He falls."]}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "hf.parquet")
+    (tmp_path / "pred.json").write_text(json.dumps({"v_a": "A man rides a bike. He falls."}))
+    assert main(["score", "captions", "--pred", str(tmp_path / "pred.json"), "--ref", str(tmp_path / "hf.parquet")]) == 0
+    manifest = ingest.run(_config(input=str(tmp_path / "hf.parquet"), output=str(tmp_path / "hf"), num_shards=1))
+    assert manifest["tables"]["narrations"] == 2
