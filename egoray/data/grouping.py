@@ -17,13 +17,22 @@ GROUPS = pa.schema(
 )
 
 
-def group_narrations(narrations: pa.Table, max_group: int = 5, max_span: float = 30.0) -> pa.Table:
-    """Greedy, deterministic grouping within each (video, pass) in time order.
+def group_narrations(narrations: pa.Table, max_group: int = 5, max_span: float = 30.0,
+                     seed: int | None = None) -> pa.Table:
+    """Consecutive narrations of one (video, pass) in time order, as GroundVQA groups them for
+    EgoTimeQA.
 
-    A group starts at the first ungrouped narration and takes the following ones while it has
-    fewer than ``max_group`` and the last one starts less than ``max_span`` seconds after the first.
-    The group id is ``g:<first narration id>``.
+    From the first ungrouped narration, the longest run of at most ``max_group`` whose span (the
+    last one's end minus the first one's start) is under ``max_span`` is found (one narration at
+    least); the group takes a length drawn uniformly from 1 to that run's — with a generator
+    seeded from (``seed``, video, pass), so a clip's groups are the same in every run and on every
+    worker. ``seed=None`` takes the whole run (the longest groups). The group id is
+    ``g:<first narration id>``.
     """
+    import numpy as np
+
+    from egoray.data.seeds import row_seed
+
     t = narrations.select(["narration_id", "video_uid", "pass", "text", "t_start", "t_end"]).sort_by(
         [("video_uid", "ascending"), ("pass", "ascending"), ("t_start", "ascending"), ("narration_id", "ascending")]
     )
@@ -31,11 +40,17 @@ def group_narrations(narrations: pa.Table, max_group: int = 5, max_span: float =
     out: dict[str, list] = {name: [] for name in GROUPS.names}
     n = t.num_rows
     i = 0
+    rng = None
     while i < n:
-        j = i + 1
-        while (j < n and j - i < max_group and cols["video_uid"][j] == cols["video_uid"][i]
-               and cols["pass"][j] == cols["pass"][i] and cols["t_start"][j] - cols["t_start"][i] < max_span):
+        key = (cols["video_uid"][i], cols["pass"][i])
+        if seed is not None and (i == 0 or key != (cols["video_uid"][i - 1], cols["pass"][i - 1])):
+            rng = np.random.default_rng(row_seed(seed, "group", *key))
+        j = i + 1  # the longest run: same clip, at most max_group, span under max_span
+        while (j < n and j - i < max_group and (cols["video_uid"][j], cols["pass"][j]) == key
+               and cols["t_end"][j] - cols["t_start"][i] < max_span):
             j += 1
+        if rng is not None:
+            j = i + int(rng.integers(1, j - i + 1))
         out["group_id"].append(f"g:{cols['narration_id'][i]}")
         out["video_uid"].append(cols["video_uid"][i])
         out["pass"].append(cols["pass"][i])

@@ -41,12 +41,13 @@ WRONG_ANSWERS_PROMPT = (
 
 
 class QAPrompts(Template):
-    """Prompts of the qa job: ``{narrations}`` is one line per narration of the group."""
+    """Prompts of the qa job: ``{narrations}`` is the group's narrations, each as ``narration_line``."""
 
     version: str = "egotimeqa-v1"
     question: str = QUESTION_PROMPT
     wrong_answers: str = WRONG_ANSWERS_PROMPT
     narration_line: str = "- {text}"
+    narration_separator: str = Field("\n", description="between the narration lines (GroundVQA: a space)")
     FIELDS: ClassVar[dict[str, set[str]]] = {
         "question": {"narrations"},
         "wrong_answers": {"question", "answer"},

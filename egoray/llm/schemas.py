@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-# One word: letters, digits, apostrophes, hyphens; at most 15 characters, an optional comma after.
-_WORD = r"[A-Za-z0-9'\-]{1,15},?"
+# One word: letters (accented Latin ones too: café, Müller), digits, apostrophes, hyphens, dots and
+# slashes (e.g., 1/2, w/o); at most 15 characters, an optional comma after.
+_WORD = r"[A-Za-z0-9\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u024F'\-./]{1,15},?"
 
 
 def words_pattern(max_words: int, end: str = "") -> str:

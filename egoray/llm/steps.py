@@ -36,7 +36,7 @@ class QuestionStep(Step):
     def prompt(self, row: dict[str, Any]) -> str:
         lines = [self.prompts.narration_line.format(text=t, t_start=row["t_start"], t_end=row["t_end"])
                  for t in row["texts"]]
-        return self.prompts.question.format(narrations="\n".join(lines))
+        return self.prompts.question.format(narrations=self.prompts.narration_separator.join(lines))
 
     def validate(self, row: dict[str, Any], outputs: list[str]) -> Parsed:
         return validate_qa(outputs[0] if outputs else None, self.max_q, self.max_a)

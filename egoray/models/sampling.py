@@ -11,16 +11,13 @@ from ``p``. :class:`RowSeededSampler` goes last in the logits processors of a *g
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import torch
 
+from egoray.data.seeds import row_seed
 
-def row_seed(*parts: Any) -> int:
-    """A 63-bit seed from any parts (stable across processes, machines and Python versions)."""
-    digest = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
+__all__ = ["RowSeededSampler", "row_seed", "sampling_kwargs"]
 
 
 class RowSeededSampler:

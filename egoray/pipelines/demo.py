@@ -46,7 +46,7 @@ STEPS: list[Step] = [
          ["input={data}/narration.json", "splits={data}/splits.json", "output={out}/narrations"]),
     Step("ingest (episodic-memory pickle)", "demo/ingest.yaml",
          ["input={data}/em_train_narrations.pkl", "splits={data}/splits.json", "output={out}/em_narrations"]),
-    Step("qa (EgoTimeQA)", "demo/qa.yaml", ["input={out}/narrations", "output={out}/qa"]),
+    Step("qa (EgoTimeQA)", "demo/qa.yaml", ["input={out}/em_narrations", "output={out}/qa"]),
     Step("rephrase", "demo/rephrase.yaml", ["input={out}/narrations", "output={out}/rephrase"]),
     Step("text_features (narrations)", "demo/text_features.yaml",
          ["input={out}/narrations", "output={out}/text_features"]),
@@ -119,6 +119,8 @@ def run_demo(out: str, videos: int = 8, seed: int = 0, skip: tuple[str, ...] = (
                 print(f"[demo] {step.name}: skipped", flush=True)
                 continue
             overrides = [o.format(out=out, data=data) for o in step.overrides]
+            if step.key == "qa" and "ingest_em" in skip:  # the pickle's clips were not ingested
+                overrides = [o.replace("/em_narrations", "/narrations") for o in overrides]
             config = load_config(str(config_dir() / step.config), overrides)
             if step.key == "eval":
                 config = eval_without_skipped(config, skip)

@@ -1,6 +1,7 @@
 """``qa`` job (EgoTimeQA): open question–answer pairs with three wrong answers, from narrations.
 
-Narrations are grouped (1–5 consecutive narrations of one video and pass, spanning under 30 s) by
+Narrations are grouped as GroundVQA groups them (1–5 consecutive narrations of one video and pass
+spanning under 30 s, the length drawn per clip with a seed; point narrations widened first) by
 a Ray Data pass grouped by video, written to ``_work/groups``; one actor pool then asks an LLM,
 for each group, for a question (past tense, ≤ 10 words, "I" for the camera wearer) and a short
 answer, then three plausible wrong answers. Every output is validated; a failure is retried with
@@ -15,10 +16,13 @@ output. Output::
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from egoray import storage
@@ -57,6 +61,10 @@ QA = pa.schema(
 class Grouping(StrictModel):
     max_group: int = Field(5, ge=1, le=50, description="narrations per group at most")
     max_span_sec: float = Field(30.0, gt=0, description="a group spans less than this")
+    seed: int | None = Field(0, description="a group's length is drawn from 1 to the longest that fits, seeded per "
+                                            "clip (GroundVQA); null: always the longest")
+    point_window_sec: float = Field(4.0, ge=0, description="a point narration (t_start = t_end, narration.json) "
+                                                           "covers this much time around it")
     limit: int | None = Field(None, ge=1, description="only the first N groups by id (demos, trials)")
 
 
@@ -79,6 +87,8 @@ class Config(JobConfig):
     wrong_answer_params: GenerationParams = GenerationParams(max_new_tokens=96, temperature=0.5, top_k=10)
     prompts: QAPrompts = QAPrompts()
     fps: float = Field(30.0, gt=0, description="frame rate of the exported moment frames")
+    normalize_durations: bool = Field(True, description="the export's moments as GroundVQA's merge.py leaves them: "
+                                                        "each duration divided by the mean, about its centre")
     rows_per_file: int = Field(256, ge=1, description="groups committed together (a file per table)")
 
 
@@ -98,33 +108,51 @@ class QASink(Sink):
         return {"narrations": sum(len(x) for x in rows["narration_ids"].to_pylist())}
 
 
-def groups_of_video(batch: pa.Table, max_group: int, max_span: float) -> pa.Table:
-    """:func:`group_narrations` of one video's narrations (a ``map_groups`` function)."""
-    return group_narrations(batch, max_group, max_span)
+def groups_of_video(batch: pa.Table, max_group: int, max_span: float, seed: int | None = None,
+                    point_window: float = 0.0) -> pa.Table:
+    """:func:`group_narrations` of one video's narrations (a ``map_groups`` function); point
+    narrations first get ``point_window`` seconds around them (a zero-length moment otherwise)."""
+    start = pc.cast(batch["t_start"], pa.float64())
+    end = pc.cast(batch["t_end"], pa.float64())
+    point = pc.fill_null(pc.equal(start, end), False)
+    if point_window > 0 and pc.any(point).as_py():
+        half = point_window / 2
+        batch = batch.set_column(batch.schema.get_field_index("t_start"), "t_start",
+                                 pc.if_else(point, pc.max_element_wise(pc.subtract(start, half), 0.0), start))
+        batch = batch.set_column(batch.schema.get_field_index("t_end"), "t_end",
+                                 pc.if_else(point, pc.add(end, half), end))
+    elif pc.any(point).as_py():
+        warnings.warn("point narrations (t_start = t_end) with grouping.point_window_sec 0: their groups' moments "
+                      "have no length", stacklevel=2)
+    return group_narrations(batch, max_group, max_span, seed)
 
 
-def export_egotimeqa(qa: pa.Table, fps: float) -> list[dict[str, Any]]:
-    """The EgoTimeQA JSON list: moment frames at ``fps`` from each group's time window."""
+def export_egotimeqa(qa: pa.Table, fps: float, normalize: bool = True) -> list[dict[str, Any]]:
+    """The EgoTimeQA JSON list as GroundVQA writes it: moment frames ``int(t · fps)`` of each
+    group's window and, with ``normalize`` (its ``merge.py``), each moment's duration divided by
+    the mean duration of all moments, about the moment's centre; ``start_sec``/``end_sec`` and the
+    group's narrations (joined by spaces) as they were."""
     rows = sorted(qa.to_pylist(), key=lambda r: r["group_id"])
-    return [
-        {
-            "video_id": r["video_uid"],
-            "sample_id": r["group_id"],
-            "question": r["question"],
-            "answer": r["answer"],
-            "moment_start_frame": round(float(r["t_start"] * fps), 3),
-            "moment_end_frame": round(float(r["t_end"] * fps), 3),
-            "wrong_answers": list(r["wrong_answers"]),
-        }
-        for r in rows
-    ]
+    frames = [(int(r["t_start"] * fps), int(r["t_end"] * fps)) for r in rows]
+    mean = float(np.mean([(b - a) / fps for a, b in frames])) if frames else 0.0
+    out = []
+    for r, (a, b) in zip(rows, frames, strict=True):
+        start, end = float(a), float(b)
+        if normalize and mean > 0:
+            centre, duration = (a + b) / 2 / fps, (b - a) / fps / mean
+            start, end = (centre - duration / 2) * fps, (centre + duration / 2) * fps
+        out.append({"video_id": r["video_uid"], "sample_id": r["group_id"], "question": r["question"],
+                    "answer": r["answer"], "start_sec": r["t_start"], "end_sec": r["t_end"],
+                    "moment_start_frame": start, "moment_end_frame": end,
+                    "narrations": " ".join(r["narrations"]), "wrong_answers": list(r["wrong_answers"])})
+    return out
 
 
-def write_export(output: str, fps: float) -> int:
+def write_export(output: str, fps: float, normalize: bool = True) -> int:
     """Read ``qa/`` and write the EgoTimeQA JSON (a worker's job: the export is one file)."""
     qa_url = storage.join(output, "qa")
     table = storage.read_parquet(qa_url) if storage.listdir(qa_url, ".parquet") else QA.empty_table()
-    items = export_egotimeqa(table, fps)
+    items = export_egotimeqa(table, fps, normalize)
     storage.write_json(storage.join(output, EXPORT_FILE), items)
     return len(items)
 
@@ -138,7 +166,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         names = storage.parquet_schema(source).names
         columns = [c for c in ("narration_id", "video_uid", "pass", "text", "t_start", "t_end", "split") if c in names]
         ds = read(Source(source, columns=columns, where=split_filter(config.splits)))
-        ds = ds.groupby("video_uid").map_groups(groups_of_video, fn_args=(g.max_group, g.max_span_sec),
+        ds = ds.groupby("video_uid").map_groups(groups_of_video, fn_args=(g.max_group, g.max_span_sec, g.seed,
+                                                                          g.point_window_sec),
                                                 batch_format="pyarrow")
         return ds.sort("group_id").limit(g.limit) if g.limit else ds
 
@@ -155,7 +184,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                     "group_id", rows_per_file=config.rows_per_file)
 
     def finish(manifest: Any) -> dict[str, Any]:
-        n = run_export(write_export, config.output, config.fps)
+        n = run_export(write_export, config.output, config.fps, config.normalize_durations)
         return {"export": storage.join(config.output, EXPORT_FILE), "exported": n}
 
     return run_job(config, overwrite, [source], plan, finish)

@@ -76,3 +76,15 @@ def test_schema_patterns_match_the_validator_limits():
     assert not q.match(" ".join(["word"] * 11) + "?")
     a = re.compile(words_pattern(5))
     assert a.match("a red onion") and not a.match("one two three four five six")
+
+
+def test_word_pattern_admits_dots_slashes_and_accented_letters():
+    import re
+
+    from egoray.llm.schemas import words_pattern
+
+    answer = re.compile(words_pattern(5))
+    for ok in ("the café", "1/2 cup", "e.g. salt", "Müller's bag", "w/o lid"):
+        assert answer.match(ok), ok
+    for bad in ("two  spaces", "bad!", "a b c d e f", ""):
+        assert not answer.match(bad), bad

@@ -29,13 +29,46 @@ def _ids(out):
 
 
 def test_grouping_rules(ingested_small):
+    """GroundVQA's groups: 1–5 consecutive narrations of a clip spanning under 30 s (the last
+    one's end minus the first one's start), the length drawn per clip from a seed."""
     narrations = load_narrations(str(ingested_small))
-    groups = group_narrations(narrations, max_group=5, max_span=30.0)
+    groups = group_narrations(narrations, max_group=5, max_span=30.0, seed=0)
     assert sum(len(g) for g in groups["narration_ids"].to_pylist()) == narrations.num_rows
+    lengths = [len(g) for g in groups["narration_ids"].to_pylist()]
     for g in groups.to_pylist():
         assert 1 <= len(g["narration_ids"]) <= 5
-        assert g["t_end"] - g["t_start"] < 30.0 + 1e-9 or len(g["narration_ids"]) == 1
+        assert g["t_end"] - g["t_start"] < 30.0 or len(g["narration_ids"]) == 1
     assert len(set(groups["group_id"].to_pylist())) == groups.num_rows
+    assert len(set(lengths)) > 2  # drawn, not always the longest
+    again = group_narrations(narrations.take(list(range(narrations.num_rows))[::-1]), 5, 30.0, seed=0)
+    assert again.to_pylist() == groups.to_pylist()  # the same groups whatever the row order
+    assert group_narrations(narrations, 5, 30.0, seed=1).to_pylist() != groups.to_pylist()
+    longest = [len(g) for g in group_narrations(narrations, 5, 30.0, seed=None)["narration_ids"].to_pylist()]
+    assert sum(longest) / len(longest) > sum(lengths) / len(lengths)
+
+
+def test_egotimeqa_export_normalises_durations_as_groundvqa_merge_does():
+    import pyarrow as pa
+
+    from egoray.pipelines.qa import QA, export_egotimeqa, groups_of_video
+
+    rows = [{"group_id": "g:a", "video_uid": "v", "t_start": 1.0, "t_end": 3.0, "question": "Q?", "answer": "a",
+             "narrations": ["C cuts.", "C eats."], "wrong_answers": ["b", "c", "d"]},
+            {"group_id": "g:b", "video_uid": "v", "t_start": 10.0, "t_end": 16.0, "question": "Q2?", "answer": "e",
+             "narrations": ["C runs."], "wrong_answers": ["f", "g", "h"]}]
+    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in QA} for r in rows], schema=QA)
+    plain = export_egotimeqa(table, 30.0, normalize=False)
+    assert [(x["moment_start_frame"], x["moment_end_frame"]) for x in plain] == [(30.0, 90.0), (300.0, 480.0)]
+    # merge.py: mean duration (2 + 6) / 2 = 4 s; durations 2/4 = 0.5 and 6/4 = 1.5 about centres 2 s and 13 s
+    norm = export_egotimeqa(table, 30.0)
+    assert [(x["moment_start_frame"], x["moment_end_frame"]) for x in norm] == [
+        pytest.approx((1.75 * 30, 2.25 * 30)), pytest.approx((12.25 * 30, 13.75 * 30))]
+    assert norm[0]["start_sec"] == 1.0 and norm[0]["end_sec"] == 3.0 and norm[0]["narrations"] == "C cuts. C eats."
+    # a point narration is widened by point_window_sec around it (never before 0)
+    points = pa.table({"narration_id": ["n1", "n2"], "video_uid": ["v", "v"], "pass": pa.array([1, 1], pa.int8()),
+                       "text": ["x", "y"], "t_start": [1.0, 20.0], "t_end": [1.0, 20.0]})
+    grouped = groups_of_video(points, 5, 30.0, None, 4.0).to_pylist()
+    assert [(g["t_start"], g["t_end"]) for g in grouped] == [(0.0, 22.0)]
 
 
 def test_qa_job(ingested_small, tmp_path):
@@ -58,11 +91,12 @@ def test_qa_job(ingested_small, tmp_path):
     export = json.loads((out / EXPORT_FILE).read_text())
     assert len(export) == table.num_rows > 0
     first = export[0]
-    assert set(first) == {"video_id", "sample_id", "question", "answer", "moment_start_frame",
-                          "moment_end_frame", "wrong_answers"}
+    assert set(first) == {"video_id", "sample_id", "question", "answer", "start_sec", "end_sec", "narrations",
+                          "moment_start_frame", "moment_end_frame", "wrong_answers"}
     row = table.filter(pc.equal(table["group_id"], first["sample_id"])).to_pylist()[0]
-    assert first["moment_start_frame"] == pytest.approx(row["t_start"] * 30)
-    assert first["moment_end_frame"] == pytest.approx(row["t_end"] * 30)
+    assert (first["start_sec"], first["end_sec"]) == (row["t_start"], row["t_end"])
+    centre = (int(row["t_start"] * 30) + int(row["t_end"] * 30)) / 2  # normalised about the moment's centre
+    assert (first["moment_start_frame"] + first["moment_end_frame"]) / 2 == pytest.approx(centre)
 
     # a second run of a complete job does nothing
     again = qa.run(_config(ingested_small, out))
