@@ -1,5 +1,5 @@
-"""``ingest`` job: Ego4D narration.json, em_train_narrations.pkl, LaViLa's metadata pickles, EK-100
-CSVs, ActivityNet Captions → narrations Parquet.
+"""``ingest`` job: Ego4D narration.json, fho_main.json and em_train_narrations.pkl, LaViLa's metadata
+pickles, EK-100 CSVs, ActivityNet Captions → narrations Parquet.
 
 One Ray task per input file reads it and splits it into ``num_shards`` buckets by video (CRC-32 of
 the video uid); one Ray task per bucket takes that bucket from every input, runs the clean-up
@@ -28,6 +28,7 @@ from egoray.data.activitynet import read_activitynet
 from egoray.data.ego4d import read_narration_json, split_by_video
 from egoray.data.ek100 import read_ek100_csv
 from egoray.data.em_pkl import read_em_pickle
+from egoray.data.fho import read_fho_main
 from egoray.data.lavila import is_lavila_pickle, read_lavila_pickle
 from egoray.data.narrations import CleanOptions, build_narrations, clean_summaries
 from egoray.data.raw import InputError
@@ -36,7 +37,7 @@ from egoray.data.splits import read_splits
 from egoray.runtime import RunManifest, ShardLedger, bucket_of, ensure_ray, record_metrics, wait_all
 from egoray.stages.base import StageTimer
 
-Format = Literal["auto", "ego4d_json", "em_pkl", "lavila_pkl", "ek100_csv", "activitynet"]
+Format = Literal["auto", "ego4d_json", "ego4d_fho", "em_pkl", "lavila_pkl", "ek100_csv", "activitynet"]
 
 
 class Config(JobConfig):
@@ -66,13 +67,15 @@ def detect_format(url: str, forced: Format = "auto") -> str:
     name = storage.basename(url).lower()
     if "activitynet" in name or name.endswith((".parquet", ".jsonl")):
         return "activitynet"
+    if name.startswith("fho_") and name.endswith(".json"):
+        return "ego4d_fho"
     if name.endswith(".json"):
         return "ego4d_json"
     if name.endswith((".pkl", ".pickle")):
         return "pickle"  # Ego4D's clip dicts or LaViLa's tuples: told apart by the content
     if name.endswith(".csv"):
         return "ek100_csv"
-    raise InputError(f"{url}: cannot tell the format from the name; set format= (ego4d_json, em_pkl, lavila_pkl, ek100_csv, activitynet)")
+    raise InputError(f"{url}: cannot tell the format from the name; set format= (ego4d_json, ego4d_fho, em_pkl, lavila_pkl, ek100_csv, activitynet)")
 
 
 def read_input(url: str, fmt: str) -> tuple[pa.Table, pa.Table | None]:
@@ -86,6 +89,8 @@ def read_input(url: str, fmt: str) -> tuple[pa.Table, pa.Table | None]:
         return read_narration_json(data, name)
     if fmt == "activitynet":
         return read_activitynet(data, name)
+    if fmt == "ego4d_fho":
+        return read_fho_main(data, name), None
     if fmt in ("pickle", "em_pkl", "lavila_pkl"):
         records = safe_load(data, name, numpy_arrays=True)
         if fmt == "lavila_pkl" or (fmt == "pickle" and is_lavila_pickle(records)):

@@ -204,3 +204,31 @@ def test_activitynet_captions_as_narrations_and_summaries(ray_session, tmp_path)
     assert main(["score", "captions", "--pred", str(tmp_path / "pred.json"), "--ref", str(tmp_path / "hf.parquet")]) == 0
     manifest = ingest.run(_config(input=str(tmp_path / "hf.parquet"), output=str(tmp_path / "hf"), num_shards=1))
     assert manifest["tables"]["narrations"] == 2
+
+
+def test_ego4d_fho_main_narrated_actions_as_eilev_keeps_them(ray_session, tmp_path):
+    """fho_main.json: valid, unrejected "#C C" actions, numbered per video as EILEV's frame paths
+    (<video_uid>|<index>), with the structured verb and the object of change's noun (PNR frame)."""
+
+    def action(text, t, valid=True, rejected=False, noun="cup_(mug)", frame="pnr_frame"):
+        return {"narration_text": text, "narration_timestamp_sec": t, "structured_verb": "take_(pick,_grab)",
+                "is_valid_action": valid, "is_rejected": rejected,
+                "frames": [{"frame_type": frame, "boxes": [{"object_type": "object_of_change", "structured_noun": noun},
+                                                           {"object_type": "left_hand", "structured_noun": None}]}]}
+
+    fho = {"videos": [
+        {"video_uid": "v1", "annotated_intervals": [
+            {"narrated_actions": [action("#C C takes a cup", 3.5), action("#O man X takes a cup", 4.0),
+                                  action("#C C drops it", 5.0, valid=False)]},
+            {"narrated_actions": [action("#C C washes the cup", 9.0, frame="contact_frame"),
+                                  action("#C C dries it", 12.0, rejected=True)]}]}]}
+    (tmp_path / "fho_main.json").write_text(json.dumps(fho))
+    manifest = ingest.run(_config(input=str(tmp_path / "fho_main.json"), output=str(tmp_path / "out"), num_shards=1))
+    _reconciles(manifest)
+    rows = {r["narration_id"]: r for r in storage.read_parquet(str(tmp_path / "out" / "narrations")).to_pylist()}
+    assert sorted(rows) == ["v1|0", "v1|1"]
+    assert rows["v1|0"]["verb"] == "take_(pick,_grab)" and rows["v1|0"]["noun"] == "cup_(mug)"
+    assert rows["v1|0"]["t_start"] == rows["v1|0"]["t_end"] == 3.5
+    assert rows["v1|1"]["noun"] is None  # no point-of-no-return frame
+    reasons = sorted(r["reason"] for r in storage.read_parquet(str(tmp_path / "out" / "rejects")).to_pylist())
+    assert reasons == ["invalid_action", "not_camera_wearer", "rejected_action"]
