@@ -108,7 +108,7 @@ def _train_workers() -> list:
     return found
 
 
-NARRATOR_EPOCHS, CHECKPOINT_STEPS, EVAL_STEPS = 6, 7, 20
+NARRATOR_EPOCHS, CHECKPOINT_STEPS, EVAL_STEPS = 4, 7, 20
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +222,7 @@ def test_narrate_killed_mid_run_with_two_actors_gives_the_demo_captions(features
     reference = json.loads((features / "narrate" / "run.json").read_text())
     config = load_config(str(config_dir() / "demo/narrate.yaml"), [])
     config = type(config).model_validate({**reference["config"], "output": str(tmp_path / "n2"), "num_actors": 2,
-                                          "cpus_per_actor": 0.5, "batch_size": 3, "rows_per_file": 2})
+                                          "cpus_per_actor": 0.5, "batch_size": 6, "rows_per_file": 2})
     assert kill_mid_run(config, tmp_path) >= 1
     run = job_module("narrate").run(config)
     assert run["stages"]["narrate"]["out"] == reference["stages"]["narrate"]["out"]
@@ -242,7 +242,7 @@ def video_text(features, tmp_path_factory) -> tuple[Path, dict, int]:
     training windows in narrate's layout (captions/) mixed in, one of them of a missing video."""
     tmp = tmp_path_factory.mktemp("video_text")
     narr = storage.read_parquet(str(features / "narrations" / "narrations"))
-    train_rows = narr.filter(pc.equal(narr["split"], "train")).to_pylist()[:24]
+    train_rows = narr.filter(pc.equal(narr["split"], "train")).to_pylist()[:8]
     pseudo = [{"caption_id": f"{r['narration_id']}#0", "text": r["text"].lower(), "video_uid": r["video_uid"],
                "t_start": r["t_start"], "t_end": r["t_end"]} for r in train_rows]
     pseudo.append({**pseudo[0], "caption_id": "lost#0", "video_uid": "no-such-video"})
@@ -357,7 +357,7 @@ def test_narrator_on_the_video_tower_trains_and_narrates_from_frames(features, v
     out = tmp_path / "narrator"
     run = _run("demo/train_narrator.yaml", [f"input={features}/narrations", f"output={out}", "video_features=null",
                                              f"tower={towers / 'best'}", f"videos={features}/data/videos",
-                                             "train.epochs=6"])
+                                             "train.epochs=3", "train.batch_size=8"])
     tower_weights = {k: v for k, v in load_exported(str(towers / "best"))["state_dict"].items()
                      if k.startswith("video.")}
     assert run["status"] == "complete" and run["init_from"] == str(towers / "best")
