@@ -35,7 +35,7 @@ from egoray.eval.retrieval import blockwise_ranks, chance_recall_at_1, recall_at
 from egoray.models.dual_encoder import DualEncoder, DualEncoderConfig, load_dual_encoder
 from egoray.stages.pairs import caption_codes
 from egoray.train.distributed import TrainerOptions
-from egoray.train.job import launch, prepare
+from egoray.train.job import launch, prepare, with_temperature_freezes
 from egoray.train.recipe import Recipe
 
 __all__ = ["AuxSource", "Config", "evaluate", "load_dual_encoder", "run"]
@@ -161,14 +161,10 @@ class DualEncoderRecipe(Recipe):
         self.aux_shard = ray.train.get_dataset_shard("aux") if self.n_aux else None
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
-        from egoray.train.data import aux_batches
+        from egoray.train.data import batches_with_aux
 
-        aux = aux_batches(self.aux_shard, self.n_aux, batch, self.options.num_workers, self.options.seed + epoch) \
-            if self.n_aux else None
-        for b in self.train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
-                                               local_shuffle_buffer_size=max(batch, 8 * batch),
-                                               local_shuffle_seed=self.options.seed * 100_003 + epoch * 31 + rank):
-            yield b, (next(aux, None) if aux is not None else None)
+        return batches_with_aux(self.train_shard, self.aux_shard, self.n_aux, batch, self.options, epoch, rank,
+                                shuffle_batches=8)
 
     def loss(self, engine: Any, item: Any) -> tuple[Any, int]:
         import torch
@@ -250,8 +246,6 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                 "gather": config.gather_negatives and config.train.num_workers > 1,
                 "n_train": counts["train"], "n_aux": counts["aux"], "pseudo": pseudo}
 
-    # without pseudo pairs the pseudo temperature gets no gradient (DDP refuses such parameters)
-    pseudo = any(a.kind == "pseudo" for a in config.aux) and not config.freeze_pseudo_temperature
-    frozen = (["logit_scale"] if config.freeze_temperature else []) + ([] if pseudo else ["aux_logit_scale"])
-    options = config.train.model_copy(update={"freeze": config.train.freeze + frozen})
+    options, pseudo = with_temperature_freezes(config.train, any(a.kind == "pseudo" for a in config.aux),
+                                               config.freeze_temperature, config.freeze_pseudo_temperature)
     return launch(config, options, ledger, _train_loop, pairs, loop, wall0)

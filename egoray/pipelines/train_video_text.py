@@ -36,7 +36,7 @@ from egoray.data.raw import InputError
 from egoray.models.video_text import VideoTextConfig, export_config, load_video_text
 from egoray.stages.video import stack_npy
 from egoray.train.distributed import TrainerOptions
-from egoray.train.job import launch, prepare
+from egoray.train.job import launch, prepare, with_temperature_freezes
 from egoray.train.recipe import Recipe
 
 __all__ = ["Config", "load_video_text", "run"]
@@ -109,14 +109,10 @@ class VideoTextRecipe(Recipe):
         self.aux_shard = ray.train.get_dataset_shard("aux") if self.n_aux else None
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
-        from egoray.train.data import aux_batches
+        from egoray.train.data import batches_with_aux
 
-        aux = aux_batches(self.aux_shard, self.n_aux, batch, self.options.num_workers, self.options.seed + epoch) \
-            if self.n_aux else None
-        for b in self.train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
-                                               local_shuffle_buffer_size=max(batch, 4 * batch),
-                                               local_shuffle_seed=self.options.seed * 100_003 + epoch * 31 + rank):
-            yield b, (next(aux, None) if aux is not None else None)
+        return batches_with_aux(self.train_shard, self.aux_shard, self.n_aux, batch, self.options, epoch, rank,
+                                shuffle_batches=4)
 
     def _tokens(self, engine: Any, texts: list[str]) -> Any:
         tokens = self.model.tokenize(texts)
@@ -227,8 +223,6 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                 "gather": config.gather_negatives and config.train.num_workers > 1,
                 "eval_batch_size": config.eval_batch_size}
 
-    # without pseudo pairs the pseudo temperature gets no gradient (DDP refuses such parameters)
-    pseudo = "pseudo" in kinds and not config.freeze_pseudo_temperature
-    frozen = ([] if pseudo else ["aux_logit_scale"]) + (["logit_scale"] if config.freeze_temperature else [])
-    options = config.train.model_copy(update={"freeze": config.train.freeze + frozen})
+    options, pseudo = with_temperature_freezes(config.train, "pseudo" in kinds, config.freeze_temperature,
+                                               config.freeze_pseudo_temperature)
     return launch(config, options, ledger, _train_loop, pairs, loop, wall0)

@@ -150,6 +150,17 @@ def aux_batches(shard: Any, n_aux: int, batch: int, world: int, seed: int) -> It
     return _cycle(shard, aux_batch, seed)
 
 
+def batches_with_aux(train_shard: Any, aux_shard: Any, n_aux: int, batch: int, options: Any, epoch: int, rank: int,
+                     shuffle_batches: int) -> Iterator[tuple[Any, Any]]:
+    """An epoch of (training batch, aux batch or None): the worker's shard shuffled within
+    ``shuffle_batches`` batches, seeded per run, epoch and rank; aux pairs cycled alongside."""
+    aux = aux_batches(aux_shard, n_aux, batch, options.num_workers, options.seed + epoch) if n_aux else None
+    for b in train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
+                                      local_shuffle_buffer_size=max(batch, shuffle_batches * batch),
+                                      local_shuffle_seed=options.seed * 100_003 + epoch * 31 + rank):
+        yield b, (next(aux, None) if aux is not None else None)
+
+
 def _cycle(shard: Any, batch: int, seed: int) -> Iterator[Any]:
     epoch = 0
     while True:

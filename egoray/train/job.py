@@ -35,6 +35,15 @@ def prepare(config: JobConfig, overwrite: bool, inputs: list[str] | None = None)
     return ledger
 
 
+def with_temperature_freezes(options: TrainerOptions, has_pseudo: bool, freeze_temperature: bool,
+                             freeze_pseudo_temperature: bool) -> tuple[TrainerOptions, bool]:
+    """The options with the dual encoders' temperatures frozen as asked, and whether the pseudo
+    temperature τ′ trains: without pseudo pairs it gets no gradient (DDP refuses such parameters)."""
+    pseudo = has_pseudo and not freeze_pseudo_temperature
+    frozen = (["logit_scale"] if freeze_temperature else []) + ([] if pseudo else ["aux_logit_scale"])
+    return options.model_copy(update={"freeze": options.freeze + frozen}), pseudo
+
+
 def launch(config: JobConfig, options: TrainerOptions, ledger: ShardLedger, train_fn: Callable[[dict], None],
            pairs: Callable[[], dict[str, Any]], loop: Callable[[dict[str, Any]], dict[str, Any]],
            wall0: float) -> dict[str, Any]:
