@@ -25,15 +25,7 @@ import torch
 
 from egoray import storage
 from egoray.data.synth import synthesize
-from egoray.models.vlm import (
-    VLMOptions,
-    choose_examples,
-    clip_prompts,
-    embed_prompt,
-    generate,
-    pixel_values,
-    prompt_segments,
-)
+from egoray.models.vlm import VLMOptions, choose_examples, clip_prompts, generate, pixel_values, query_inputs
 from egoray.stages.vlm import VLMStage
 
 HERE = Path(__file__).resolve().parent
@@ -62,9 +54,9 @@ def reference(actor: VLMStage, rows: list[dict]) -> list[str]:
         frames.append(actor._frames(r["path"], r["t_start"], r["t_end"]))
         with torch.no_grad():
             visual = clip_prompts(actor.vlm.model, pixel_values(actor.vlm, frames))
-        segments = prompt_segments(o.question, o.answer_prefix, [e["text"] for e in examples])
-        prompt = embed_prompt(actor.vlm, segments, visual[:-1], visual[-1])
-        out.append(generate(actor.vlm, o, [prompt])[0][0][0])
+            embeds, mask = query_inputs(actor.vlm, f"{o.question} {o.answer_prefix}", [[e["text"] for e in examples]],
+                                        visual, actor.vlm.model.config.num_query_tokens)
+        out.append(generate(actor.vlm, o, embeds, mask)[0][0][0])
     return out
 
 

@@ -269,7 +269,8 @@ def read_hdf5_shard(url: str, keys: list[str] | None = None) -> dict[str, np.nda
 
 
 class LocalFiles:
-    """Local paths for files that are read again and again (HDF5 shards): a local file is itself;
+    """Local paths for files that are read again and again (HDF5 shards, the videos a VLM actor
+    narrates clips of): a local file is itself;
     a remote one is downloaded once and kept, the ``keep`` most recently used at most."""
 
     def __init__(self, keep: int = 4) -> None:

@@ -9,7 +9,9 @@ resolve to a directory this module builds (deterministically, in seconds) and ca
 - ``tiny:llama`` — a 2-layer ``LlamaForCausalLM``; ``tiny:t5`` — a 2-layer
   ``T5ForConditionalGeneration``; ``tiny:gpt2`` — a 2-layer ``GPT2LMHeadModel``;
 - ``tiny:blip2`` / ``tiny:blip2-t5`` — a ``Blip2ForConditionalGeneration`` (OPT / T5 language model)
-  with its image processor;
+  with its image processor; ``tiny:blip2``'s OPT is briefly pre-trained on synthetic narrations
+  in BLIP-2's question–answer form (:func:`pretrain_narration_lm`), so that — frozen, as BLIP-2
+  trains it — it is a language model a trained Q-Former can steer, as OPT is for BLIP-2;
 - ``tiny:sentence`` — a sentence-transformers model (2-layer BERT, mean pooling), and
   ``tiny:sentence-base`` with BERT-base dimensions for benchmarks.
 
@@ -25,8 +27,9 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
-PRESET_VERSION = "1"
+PRESET_VERSION = "2"
 PRESETS = ("llama", "t5", "gpt2", "sentence", "sentence-base", "blip2", "blip2-t5")
 SPECIAL = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
 
@@ -140,6 +143,8 @@ def build_tiny_model(preset: str, out_dir: str, seed: int = 0) -> None:
         return
     elif preset in ("blip2", "blip2-t5"):
         model = _tiny_blip2(preset, vocab, ids)
+        if preset == "blip2":
+            pretrain_narration_lm(model.language_model, tokenizer, seed)
         if preset == "blip2-t5":
             tokenizer.padding_side = "right"
         transformers.BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out_dir)
@@ -156,6 +161,50 @@ def build_tiny_model(preset: str, out_dir: str, seed: int = 0) -> None:
     model.generation_config.eos_token_id = ids["eos"]
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def narration_lines(rng: Any, n: int) -> list[str]:
+    """Synthetic narrations in the form BLIP-2 and EILEV feed them: one to three "<question>
+    <narration>." blocks separated by newlines, each narration built from the synthetic data's
+    verbs and nouns."""
+    from egoray.data.synth import NOUNS, VERBS
+
+    questions = ["Question: What is the camera wearer doing? Answer:", "What is the camera wearer doing?",
+                 "Q: What is the camera wearer doing? A:", ""]
+    lines = []
+    for _ in range(n):
+        blocks = []
+        for _ in range(int(rng.integers(1, 4))):
+            verb, noun = VERBS[int(rng.integers(len(VERBS)))][1], NOUNS[int(rng.integers(len(NOUNS)))]
+            article = "the" if rng.random() < 0.7 else "a"
+            blocks.append(f"{questions[int(rng.integers(len(questions)))]} The camera wearer {verb} {article} {noun}."
+                          .strip())
+        lines.append("\n".join(blocks) + "\n")
+    return lines
+
+
+def pretrain_narration_lm(lm: Any, tokenizer: Any, seed: int = 0, steps: int = 300, batch: int = 32) -> None:
+    """A short text-only run of a tiny causal LM on :func:`narration_lines` (seconds on a CPU)."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=3e-3)
+    lm.train()
+    pad = tokenizer.pad_token_id
+    for _ in range(steps):
+        ids = [[tokenizer.bos_token_id, *tokenizer(t, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+               for t in narration_lines(rng, batch)]
+        longest = max(len(x) for x in ids)
+        input_ids = torch.tensor([x + [pad] * (longest - len(x)) for x in ids])
+        mask = (torch.arange(longest)[None] < torch.tensor([len(x) for x in ids])[:, None]).long()
+        labels = input_ids.masked_fill(mask == 0, -100)
+        loss = lm(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    lm.eval()
 
 
 def _tiny_blip2(preset: str, vocab: int, ids: dict[str, int]):

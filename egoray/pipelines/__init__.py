@@ -24,6 +24,7 @@ JOBS: dict[str, str] = {
     "train_dual_encoder": "egoray.pipelines.train_dual_encoder",
     "train_narrator": "egoray.pipelines.train_narrator",
     "train_video_text": "egoray.pipelines.train_video_text",
+    "train_vlm": "egoray.pipelines.train_vlm",
     "narrate": "egoray.pipelines.narrate",
     "eval": "egoray.pipelines.eval",
 }

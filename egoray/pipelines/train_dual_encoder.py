@@ -27,14 +27,14 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from egoray import storage
 from egoray.config import JobConfig, StrictModel, Url
 from egoray.eval.retrieval import blockwise_ranks, chance_recall_at_1, recall_at
 from egoray.models.dual_encoder import DualEncoder, DualEncoderConfig, load_dual_encoder
 from egoray.stages.pairs import caption_codes
-from egoray.train.distributed import TrainerOptions
+from egoray.train.distributed import TrainerOptions, contrastive
 from egoray.train.job import launch, prepare, with_temperature_freezes
 from egoray.train.recipe import Recipe
 
@@ -72,6 +72,11 @@ class Config(JobConfig):
     freeze_pseudo_temperature: bool = Field(False, description="keep the pseudo pairs' temperature fixed")
     resumable_changes = {"train": {"epochs", "max_failures", "keep_checkpoints"}}
     train: TrainerOptions = TrainerOptions()
+
+    @field_validator("train")
+    @classmethod
+    def _contrastive_batch(cls, train: TrainerOptions) -> TrainerOptions:
+        return contrastive(train)
 
 
 def evaluate(model: DualEncoder, data: dict[str, np.ndarray]) -> dict[str, float]:

@@ -29,13 +29,13 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from egoray.config import JobConfig, StrictModel, Url
 from egoray.data.raw import InputError
 from egoray.models.video_text import VideoTextConfig, export_config, load_video_text
 from egoray.stages.video import stack_npy
-from egoray.train.distributed import TrainerOptions
+from egoray.train.distributed import TrainerOptions, contrastive
 from egoray.train.job import launch, prepare, with_temperature_freezes
 from egoray.train.recipe import Recipe
 
@@ -73,6 +73,11 @@ class Config(JobConfig):
     eval_batch_size: int = Field(32, ge=1, description="clips per forward pass in evaluation")
     resumable_changes = {"train": {"epochs", "max_failures", "keep_checkpoints"}}
     train: TrainerOptions = TrainerOptions(batch_size=32, lr=3e-5)
+
+    @field_validator("train")
+    @classmethod
+    def _contrastive_batch(cls, train: TrainerOptions) -> TrainerOptions:
+        return contrastive(train)
 
 
 class VideoTextRecipe(Recipe):

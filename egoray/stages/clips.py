@@ -23,8 +23,9 @@ class DecodeClips:
     over ``[t_start - offset, t_end + offset]``, with ``verb_code``/``noun_code``."""
 
     def __init__(self, videos: dict[str, str], num_frames: int, size: int, offset: float = 0.0,
-                 labels: str | None = None, stage: str = "clips") -> None:
+                 labels: str | None = None, stage: str = "clips", squash: bool = False) -> None:
         self.videos, self.num_frames, self.size, self.offset, self.stage = videos, num_frames, size, offset, stage
+        self.squash = squash  # BLIP-2: the whole frame resized, not centre-cropped
         self.labels_url = labels
         self.labels: Labels | None = None
 
@@ -57,7 +58,7 @@ class DecodeClips:
                     for r in rows:
                         start = max(0.0, float(t0[r]))
                         times = sample_times(start, max(start, float(t1[r])), num_frames=self.num_frames)
-                        clip = np.stack([f for _, f in iter_frames(local, times, self.size)])
+                        clip = np.stack([f for _, f in iter_frames(local, times, self.size, self.squash)])
                         frames[r] = to_npy(clip)
             except (VideoError, storage.StorageError) as err:
                 for r in rows:
@@ -75,6 +76,11 @@ class DecodeClips:
                 for r, v, o in zip(rows, lv, ln, strict=True):
                     verbs[r] = verbs[r] if verbs[r] is not None else v
                     nouns[r] = nouns[r] if nouns[r] is not None else o
+        if self.labels_url:  # the labels found are the rows' verb and noun too
+            for name, values in (("verb", verbs), ("noun", nouns)):
+                column = pa.array([None if v is None else str(v) for v in values], pa.string())
+                batch = (batch.set_column(batch.schema.get_field_index(name), name, column)
+                         if name in batch.column_names else batch.append_column(name, column))
         batch = batch.append_column("frames", pa.array(frames, pa.binary()))
         batch = batch.append_column("verb_code", pa.array([label_code(v) for v in verbs], pa.int64()))
         batch = batch.append_column("noun_code", pa.array([label_code(v) for v in nouns], pa.int64()))

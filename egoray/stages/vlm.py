@@ -22,7 +22,7 @@ from egoray import storage
 from egoray.data.raw import InputError
 from egoray.data.text import normalise_one
 from egoray.models.sampling import row_seed
-from egoray.models.vlm import InContext, VLMOptions, choose_examples
+from egoray.models.vlm import ExamplePool, InContext, VLMOptions, fit_window, point_window
 from egoray.stages.base import Resources, Stage, mark, with_reject_columns
 from egoray.stages.narrate import tile
 from egoray.video.decode import VideoError
@@ -101,7 +101,7 @@ class FolderClips:
 
 def load_pool(url: str, ic: InContext, videos: dict[str, str] | None) -> list[dict[str, Any]]:
     """In-context examples: narrated clips of ``pool_splits`` with a video, text cleaned
-    (``#C C`` → "The camera wearer"); point narrations get a 2 s window around their time."""
+    (``#C C`` → "The camera wearer"); point narrations get ``point_window_sec`` around their time."""
     source = storage.join(url, "narrations") if storage.exists(storage.join(url, "narrations")) else url
     try:
         table = storage.read_parquet(source)
@@ -116,9 +116,7 @@ def load_pool(url: str, ic: InContext, videos: dict[str, str] | None) -> list[di
     rows = []
     for r in table.to_pylist():
         text = normalise_one(r.get("raw_text") or r["text"] or "")
-        t0, t1 = float(r["t_start"]), float(r["t_end"])
-        if t1 - t0 < 0.5:
-            t0, t1 = max(0.0, t0 - 1.0), t1 + 1.0
+        t0, t1 = point_window(float(r["t_start"]), float(r["t_end"]), ic.point_window_sec)
         path = resolve_path(r.get("path"), base, videos, r["video_uid"])
         if text and path:
             rows.append({"video_uid": r["video_uid"], "t_start": t0, "t_end": t1, "text": text,
@@ -134,50 +132,55 @@ class ChooseExamples:
 
     def __init__(self, pool_url: str, ic: InContext, videos: dict[str, str] | None) -> None:
         self.pool_url, self.ic, self.videos = pool_url, ic, videos
-        self.pool: list[dict[str, Any]] | None = None
+        self.pool: ExamplePool | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.pool is None:
-            self.pool = load_pool(self.pool_url, self.ic, self.videos) if self.ic.k else []
+            self.pool = ExamplePool(load_pool(self.pool_url, self.ic, self.videos) if self.ic.k else [])
         chosen = []
         for r in batch.select(["window_id", "video_uid", "t_start", "t_end", "verb", "noun"]).to_pylist():
             rng = np.random.default_rng(row_seed(self.ic.seed, "examples", r["window_id"]))
-            picks = choose_examples(r, self.pool, self.ic.k, self.ic.strategy, self.ic.verb_noun_ratio, rng)
-            chosen.append(json.dumps([{k: self.pool[i][k] for k in ("path", "t_start", "t_end", "text")}
+            picks = self.pool.choose(r, self.ic.k, self.ic.strategy, self.ic.verb_noun_ratio, rng)
+            chosen.append(json.dumps([{k: self.pool.pool[i][k] for k in ("path", "t_start", "t_end", "text")}
                                       for i in picks]))
         return batch.append_column("examples", pa.array(chosen, pa.string()))
 
 
-def check_video(path: str, reencode: bool, tolerance: float, cfr_dir: str | None) -> str:
-    """The file to narrate ``path`` from: itself, or (``reencode``) its constant-rate copy under
-    ``cfr_dir``. Raises :class:`VideoError` for unreadable or (without ``reencode``) VFR videos."""
+def check_video(path: str, reencode: bool, tolerance: float, cfr_dir: str | None,
+                files: storage.LocalFiles | None = None) -> tuple[str, float]:
+    """The file to narrate ``path`` from — itself, or (``reencode``) its constant-rate copy under
+    ``cfr_dir`` — and its duration. Every frame interval of the whole video is checked. Raises
+    :class:`VideoError` for unreadable or (without ``reencode``) VFR videos. ``files``: where
+    remote videos are downloaded to (once)."""
     from egoray.video.decode import probe
     from egoray.video.frame_rate import frame_timing, reencode_cfr
 
+    files = files or storage.LocalFiles(keep=1)
     try:
-        with storage.local_copy(path) as local:
-            probe(local)
-            timing = frame_timing(local, tolerance=tolerance)
-            if not timing.variable:
-                return path
-            if not reencode or not cfr_dir:
-                raise VideoError("variable_frame_rate", timing.detail + "; set reencode_vfr to re-encode")
-            target = storage.join(cfr_dir, PurePosixPath(path).stem + ".mp4")
-            if not storage.exists(target):
-                with tempfile.TemporaryDirectory() as tmp:
-                    out = os.path.join(tmp, PurePosixPath(path).stem + ".mp4")
-                    reencode_cfr(local, out)
-                    with open(out, "rb") as f:
-                        storage.write_bytes(target, f.read())
-            return target
+        local = files.path(path)
+        duration = probe(local).duration
+        timing = frame_timing(local, tolerance=tolerance, max_packets=None)
+        if not timing.variable:
+            return path, duration
+        if not reencode or not cfr_dir:
+            raise VideoError("variable_frame_rate", timing.detail + "; set reencode_vfr to re-encode")
+        target = storage.join(cfr_dir, PurePosixPath(path).stem + ".mp4")
+        if not storage.exists(target):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = os.path.join(tmp, PurePosixPath(path).stem + ".mp4")
+                reencode_cfr(local, out)
+                with open(out, "rb") as f:
+                    storage.write_bytes(target, f.read())
+        return target, probe(files.path(target)).duration
     except storage.StorageError as e:
         raise VideoError("unreadable", str(e)[:300]) from None
 
 
 class VLMStage(Stage):
     """A BLIP-2-family model; narrates clips with their in-context examples (EILEV) → ``texts``,
-    ``nlls``. Each clip's video (and each example's) is checked once per actor; a clip whose
-    video is unusable is rejected with the reason, an example whose video is unusable is left out."""
+    ``nlls``. Each clip's video (and each example's) is downloaded and checked once per actor; a
+    clip whose video is unusable is rejected with the reason, an example whose video is unusable
+    is left out. Point narrations are narrated over ``point_window_sec`` around them."""
 
     name = "narrate"
 
@@ -188,8 +191,9 @@ class VLMStage(Stage):
             options, reencode_vfr, vfr_tolerance, cfr_dir, gpu)
         self.vlm: Any = None
         self.size = 0
-        self.checked: dict[str, tuple[str | None, str, str]] = {}
+        self.checked: dict[str, tuple[str | None, str, str, float | None]] = {}
         self.cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.files = storage.LocalFiles(keep=8)
 
     def setup(self) -> None:
         import torch
@@ -200,19 +204,26 @@ class VLMStage(Stage):
         self.vlm = load_vlm(self.options.model, device, self.options.dtype)
         self.size = int(self.vlm.image_processor.size["height"])
 
-    def usable(self, path: str | None) -> tuple[str | None, str, str]:
-        """(file to read, reason, detail) of a video, checked once per actor."""
+    def usable(self, path: str | None) -> tuple[str | None, str, str, float | None]:
+        """(file to read, reason, detail, duration) of a video, checked once per actor."""
         if not path:
-            return None, "no_video", "no video file for this clip"
+            return None, "no_video", "no video file for this clip", None
         if path not in self.checked:
             try:
-                self.checked[path] = (check_video(path, self.reencode, self.tolerance, self.cfr_dir), "", "")
+                url, duration = check_video(path, self.reencode, self.tolerance, self.cfr_dir, self.files)
+                self.checked[path] = (url, "", "", duration)
             except VideoError as e:
-                self.checked[path] = (None, e.reason, e.detail)
+                self.checked[path] = (None, e.reason, e.detail, None)
         return self.checked[path]
 
+    def window(self, t0: float, t1: float | None, duration: float | None) -> tuple[float, float]:
+        """The clip's interval: points widened to ``point_window_sec``, kept inside the video."""
+        end = float(t1) if t1 is not None else (duration or float(t0))
+        return fit_window(*point_window(float(t0), end, self.options.in_context.point_window_sec), duration)
+
     def _frames(self, path: str, t0: float, t1: float) -> np.ndarray:
-        """The clip's frames, from a small LRU cache: the same examples serve many queries."""
+        """The clip's frames (squashed to the processor's size, as BLIP-2's processor does), from a
+        small LRU cache: the same examples serve many queries."""
         from egoray.video.decode import iter_frames, sample_times
 
         key = (path, t0, t1)
@@ -220,8 +231,7 @@ class VLMStage(Stage):
             self.cache.move_to_end(key)
             return self.cache[key]
         times = sample_times(t0, max(t1, t0 + 1e-3), num_frames=self.options.num_frames)
-        with storage.local_copy(path) as local:
-            frames = np.stack([f for _, f in iter_frames(local, times, self.size)])
+        frames = np.stack([f for _, f in iter_frames(self.files.path(path), times, self.size, squash=True)])
         if self.options.frame_cache:
             self.cache[key] = frames
             while len(self.cache) > self.options.frame_cache:
@@ -231,7 +241,7 @@ class VLMStage(Stage):
     def process(self, rows: pa.Table) -> pa.Table:
         import torch
 
-        from egoray.models.vlm import clip_prompts, embed_prompt, generate, pixel_values, prompt_segments
+        from egoray.models.vlm import clip_prompts, generate, pixel_values, query_inputs
 
         o = self.options
         records = rows.to_pylist()
@@ -239,16 +249,16 @@ class VLMStage(Stage):
         clips: dict[tuple, np.ndarray] = {}
         plans: dict[int, tuple[tuple, list[tuple]]] = {}
         for i, r in enumerate(records):
-            path, reason, detail = self.usable(r["path"])
+            path, reason, detail, duration = self.usable(r["path"])
             if path is None:
                 errors[i] = (reason, detail)
                 continue
-            query = (path, r["t_start"], r["t_end"])
+            query = (path, *self.window(r["t_start"], r["t_end"], duration))
             examples = []
             for e in json.loads(r.get("examples") or "[]"):
-                epath = self.usable(e["path"])[0]
+                epath, _, _, eduration = self.usable(e["path"])
                 if epath is not None:
-                    examples.append(((epath, e["t_start"], e["t_end"]), e["text"]))
+                    examples.append(((epath, *self.window(e["t_start"], e["t_end"], eduration)), e["text"]))
             try:
                 for key in [query, *(k for k, _ in examples)]:
                     if key not in clips:
@@ -260,19 +270,16 @@ class VLMStage(Stage):
         texts: list[list[str]] = [[] for _ in records]
         nlls: list[list[float]] = [[] for _ in records]
         if plans:
-            keys = list(clips)
-            index = {k: j for j, k in enumerate(keys)}
+            order = sorted(plans)
+            # each row's clips in prompt order: its examples, then its query
+            keys = [k for i in order for k in [*(e for e, _ in plans[i][1]), plans[i][0]]]
             with torch.no_grad():
                 visual = clip_prompts(self.vlm.model, pixel_values(self.vlm, [clips[k] for k in keys]))
-            order = sorted(plans)
-            prompts = []
-            for i in order:
-                query, examples = plans[i]
-                segments = prompt_segments(o.question, o.answer_prefix, [t for _, t in examples])
-                ex = torch.stack([visual[index[k]] for k, _ in examples]) if examples else visual[:0]
-                prompts.append(embed_prompt(self.vlm, segments, ex, visual[index[query]]))
+                embeds, mask = query_inputs(self.vlm, f"{o.question} {o.answer_prefix}".strip(),
+                                            [[t for _, t in plans[i][1]] for i in order], visual,
+                                            self.vlm.model.config.num_query_tokens, o.layout)
             seeds = [[row_seed(o.seed, "narrate_vlm", records[i]["window_id"], s) for s in range(o.n)] for i in order]
-            out_texts, out_nlls = generate(self.vlm, o, prompts, seeds)
+            out_texts, out_nlls = generate(self.vlm, o, embeds, mask, seeds)
             for i, ts, ns in zip(order, out_texts, out_nlls, strict=True):
                 texts[i], nlls[i] = [normalise_one(t) for t in ts], ns
         rows = rows.append_column("texts", pa.array(texts, pa.list_(pa.string())))

@@ -39,10 +39,11 @@ class TrainerOptions(StrictModel):
     max_failures: int = Field(2, ge=-1, description="worker-group restarts before the run fails")
     keep_checkpoints: int = Field(2, ge=1)
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=2, description="per worker and micro-batch")
+    batch_size: int = Field(128, ge=1, description="per worker and micro-batch (contrastive jobs: at least 2)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
     lr: float = Field(1e-3, gt=0)
-    schedule: Literal["constant", "cosine"] = Field("constant", description="after the warmup")
+    schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="after the warmup "
+                                                                               "(linear: down to lr_end_ratio)")
     warmup_steps: int = Field(0, ge=0, description="linear warmup, in optimiser steps")
     lr_end_ratio: float = Field(0.0, ge=0, le=1, description="cosine: the last learning rate / lr")
     weight_decay: float = Field(0.01, ge=0, description="not applied to biases, norms, temperatures, gates")
@@ -59,6 +60,13 @@ class TrainerOptions(StrictModel):
     best_metric: str | None = Field(None, description="held-out metric that picks OUTPUT/best (job default)")
     best_mode: Literal["max", "min"] | None = Field(None, description="whether higher or lower is better")
     tensorboard: bool = Field(True, description="TensorBoard event files under OUTPUT/tensorboard")
+
+
+def contrastive(options: TrainerOptions) -> TrainerOptions:
+    """``options`` of a job with a contrastive loss: its batches need other pairs as negatives."""
+    if options.batch_size < 2:
+        raise ValueError("a contrastive loss needs train.batch_size of at least 2 (the other pairs are its negatives)")
+    return options
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,12 +18,13 @@ NO_DECAY_NAMES = ("bias", "norm", "logit_scale", "gate", "temperature", "positio
                   "class_embedding", "cls_token")
 
 
-def lr_factor(kind: Literal["constant", "cosine"], step: int, total_steps: int, warmup_steps: int,
+def lr_factor(kind: Literal["constant", "cosine", "linear"], step: int, total_steps: int, warmup_steps: int,
               end_ratio: float = 0.0) -> float:
     """Multiplier of the base learning rate before optimiser step ``step`` (0-based).
 
-    Linear warmup from ``1/warmup`` to 1 over ``warmup_steps``, then either constant or a cosine
-    from 1 down to ``end_ratio`` at ``total_steps`` (held there if training runs longer).
+    Linear warmup from ``1/warmup`` to 1 over ``warmup_steps``, then either constant, or a cosine or
+    a straight line (Hugging Face Trainer's default) from 1 down to ``end_ratio`` at
+    ``total_steps`` (held there if training runs longer).
     """
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -31,10 +32,12 @@ def lr_factor(kind: Literal["constant", "cosine"], step: int, total_steps: int, 
         return 1.0
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
+    if kind == "linear":
+        return end_ratio + (1 - end_ratio) * (1 - progress)
     return end_ratio + (1 - end_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def schedule_fn(kind: Literal["constant", "cosine"], total_steps: int, warmup_steps: int,
+def schedule_fn(kind: Literal["constant", "cosine", "linear"], total_steps: int, warmup_steps: int,
                 end_ratio: float) -> Callable[[int], float]:
     """``lr_factor`` as the step → multiplier function ``torch.optim.lr_scheduler.LambdaLR`` takes."""
     return lambda step: lr_factor(kind, step, total_steps, warmup_steps, end_ratio)

@@ -86,12 +86,15 @@ def keyframe_times(path: str) -> np.ndarray:
     return np.array(sorted(times))
 
 
-def iter_frames(path: str, times: np.ndarray, size: int | None = None) -> Iterator[tuple[float, np.ndarray]]:
+def iter_frames(path: str, times: np.ndarray, size: int | None = None, squash: bool = False
+                ) -> Iterator[tuple[float, np.ndarray]]:
     """Yield (sample time, HxWx3 uint8 RGB frame) for each sample time, in order, streaming.
 
     Decoding is sequential, except that when the keyframe before the next sample lies ahead of the
     last decoded frame, the decoder seeks to it: sparse samples in videos with short keyframe
     intervals skip most of the decoding, and the frames are the same as decoding from the start.
+    ``squash``: frames resized to ``size`` x ``size`` whatever their aspect (BLIP-2's processor)
+    instead of scaled and centre-cropped.
     """
     import av
 
@@ -128,7 +131,7 @@ def iter_frames(path: str, times: np.ndarray, size: int | None = None) -> Iterat
                 t = float(frame.pts * tb) if frame.pts is not None and tb else (frame.time or 0.0)
                 position = t
                 while i < len(times) and t + 1e-6 >= times[i]:
-                    yield float(times[i]), _rgb(frame, size)
+                    yield float(times[i]), _rgb(frame, size, squash)
                     i += 1
                 last = frame
         except av.error.FFmpegError as e:
@@ -136,17 +139,20 @@ def iter_frames(path: str, times: np.ndarray, size: int | None = None) -> Iterat
                 raise VideoError("corrupt", str(e)[:300]) from None
         if last is None:
             raise VideoError("empty", "no frame could be decoded")
-        tail = _rgb(last, size)
+        tail = _rgb(last, size, squash)
         while i < len(times):  # the stream ended before the last sample times: repeat the last frame
             yield float(times[i]), tail
             i += 1
 
 
-def _rgb(frame, size: int | None) -> np.ndarray:
+def _rgb(frame, size: int | None, squash: bool = False) -> np.ndarray:
     """RGB array; with ``size``, the shorter side scaled to ``size`` and the centre cropped square
-    (what CLIP preprocessing does), the scaling done by FFmpeg."""
+    (what CLIP preprocessing does) or, ``squash``, the whole frame resized to the square; the
+    scaling done by FFmpeg."""
     if not size:
         return frame.to_ndarray(format="rgb24")
+    if squash:
+        return frame.to_ndarray(format="rgb24", width=size, height=size)
     w, h = frame.width, frame.height
     scale = size / min(w, h)
     sw, sh = max(size, round(w * scale)), max(size, round(h * scale))

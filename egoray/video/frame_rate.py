@@ -23,7 +23,7 @@ class FrameTiming:
     detail: str
 
 
-def frame_timing(path: str, tolerance: float = 0.1, max_packets: int = 20_000) -> FrameTiming:
+def frame_timing(path: str, tolerance: float = 0.1, max_packets: int | None = 20_000) -> FrameTiming:
     """Whether the first video stream's frame intervals vary by more than ``tolerance`` of the median
     (a constant-rate stream's intervals differ only by timestamp rounding)."""
     import av
@@ -38,7 +38,7 @@ def frame_timing(path: str, tolerance: float = 0.1, max_packets: int = 20_000) -
             for packet in container.demux(stream):
                 if packet.pts is not None:
                     pts.append(packet.pts)
-                if len(pts) >= max_packets:
+                if max_packets is not None and len(pts) >= max_packets:
                     break
     except VideoError:
         raise

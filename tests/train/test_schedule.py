@@ -18,6 +18,12 @@ def test_warmup_is_linear_then_cosine_ends_at_the_end_ratio():
     assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
 
 
+def test_linear_decay_after_warmup_as_hugging_face_trainer():
+    # 2 warmup steps, then 1 → 0 in a straight line over the 8 remaining of 10
+    assert [lr_factor("linear", s, 10, 2) for s in range(11)] == pytest.approx(
+        [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0])
+
+
 def test_constant_after_warmup():
     assert [lr_factor("constant", s, 10, 2) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
     assert lr_factor("constant", 0, 10, 0) == 1.0

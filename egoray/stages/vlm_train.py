@@ -1,0 +1,103 @@
+"""The training clips of ``train_vlm``: narration windows, their decoded frames stored once per
+clip (as EILEV extracts frames before training), and each sample's in-context examples.
+
+Batch functions for Ray Data's CPU workers; the driver sees none of these rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+
+from egoray import storage
+from egoray.data.seeds import row_seed
+from egoray.models.vlm import ExamplePool, point_window
+from egoray.stages.base import pending
+
+SAMPLE_COLUMNS = ["id", "text", "verb", "noun", "split", "frames_url", "example_urls", "example_texts"]
+
+
+class PointWindows:
+    """Narrations narrated at a point get ``length`` seconds around it (EILEV's 8 s clips)."""
+
+    def __init__(self, length: float) -> None:
+        self.length = length
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = batch["t_start"].to_pylist()
+        t1 = batch["t_end"].to_pylist()
+        windows = [point_window(float(a), float(b), self.length) for a, b in zip(t0, t1, strict=True)]
+        batch = batch.set_column(batch.schema.get_field_index("t_start"), "t_start",
+                                 pa.array([w[0] for w in windows], pa.float64()))
+        return batch.set_column(batch.schema.get_field_index("t_end"), "t_end",
+                                pa.array([w[1] for w in windows], pa.float64()))
+
+
+def frames_url(folder: str, clip_id: str) -> str:
+    """Where a clip's frames are stored (``.npy``; hashed names spread over 256 folders)."""
+    digest = hashlib.sha1(clip_id.encode()).hexdigest()
+    return storage.join(folder, digest[:2], f"{digest}.npy")
+
+
+class StoreFrames:
+    """Decoded ``frames`` → one ``.npy`` file per clip under ``folder``; the rows keep its URL."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ok = pending(batch)
+        urls: list[str | None] = []
+        for i, (clip_id, frames) in enumerate(zip(batch["id"].to_pylist(), batch["frames"].to_pylist(), strict=True)):
+            if not ok[i] or frames is None:
+                urls.append(None)
+                continue
+            url = frames_url(self.folder, str(clip_id))
+            storage.write_bytes(url, frames)
+            urls.append(url)
+        batch = batch.drop_columns(["frames"])
+        return batch.append_column("frames_url", pa.array(urls, pa.string()))
+
+
+class ChooseTrainingExamples:
+    """Each clip's ``k`` in-context examples from the usable training clips (EILEV's rules, a
+    generator seeded by the clip id) → ``example_urls``, ``example_texts``. The pool — ids,
+    labels, texts and frame URLs, no frames — is read once per actor."""
+
+    def __init__(self, clips_url: str, train_splits: list[str], k: int, strategy: str, ratio: float,
+                 seed: int) -> None:
+        self.clips_url, self.train_splits, self.k = clips_url, train_splits, k
+        self.strategy, self.ratio, self.seed = strategy, ratio, seed
+        self.pool: ExamplePool | None = None
+
+    def _load(self) -> ExamplePool:
+        import pyarrow.compute as pc
+
+        from egoray.stages.base import REASON
+
+        names = storage.parquet_schema(self.clips_url).names
+        columns = [c for c in ("id", "text", "verb", "noun", "split", "frames_url", REASON) if c in names]
+        table = storage.read_parquet(self.clips_url, columns=columns)
+        keep = pa.array(pending(table))
+        if self.train_splits:
+            keep = pc.and_(keep, pc.fill_null(pc.is_in(table["split"], value_set=pa.array(self.train_splits)), False))
+        return ExamplePool(table.filter(keep).select([c for c in columns if c != REASON]).to_pylist())
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.pool is None:
+            self.pool = self._load() if self.k else ExamplePool([])
+        ok = pending(batch)
+        urls, texts = [], []
+        for i, r in enumerate(batch.select(["id", "verb", "noun"]).to_pylist()):
+            if not ok[i]:
+                urls.append([])
+                texts.append([])
+                continue
+            rng = np.random.default_rng(row_seed(self.seed, "vlm_examples", r["id"]))
+            picks = self.pool.choose(r, self.k, self.strategy, self.ratio, rng)
+            urls.append([self.pool.pool[j]["frames_url"] for j in picks])
+            texts.append([self.pool.pool[j]["text"] for j in picks])
+        batch = batch.append_column("example_urls", pa.array(urls, pa.list_(pa.string())))
+        return batch.append_column("example_texts", pa.array(texts, pa.list_(pa.string())))
