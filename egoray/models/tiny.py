@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-PRESET_VERSION = "2"
+PRESET_VERSION = "3"
 PRESETS = ("llama", "t5", "gpt2", "sentence", "sentence-base", "blip2", "blip2-t5")
 SPECIAL = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
 
@@ -183,7 +183,7 @@ def narration_lines(rng: Any, n: int) -> list[str]:
     return lines
 
 
-def pretrain_narration_lm(lm: Any, tokenizer: Any, seed: int = 0, steps: int = 300, batch: int = 32) -> None:
+def pretrain_narration_lm(lm: Any, tokenizer: Any, seed: int = 0, steps: int = 200, batch: int = 32) -> None:
     """A short text-only run of a tiny causal LM on :func:`narration_lines` (seconds on a CPU)."""
     import numpy as np
     import torch

@@ -87,7 +87,7 @@ def is_trained_vlm(name: str) -> bool:
     from egoray import storage
     from egoray.models.checkpoint import MODEL_FILE
 
-    if name.startswith("tiny:") or not ("/" in name or "\\" in name):
+    if name.startswith("tiny:"):
         return False
     return any(storage.exists(u) for u in (storage.join(name, "model", MODEL_FILE), storage.join(name, MODEL_FILE)))
 

@@ -277,3 +277,38 @@ def test_beam_search_scores_belong_to_their_narrations(vlm):
         expected.append(total / count)
     assert nlls[0] == pytest.approx(expected, rel=1e-4, abs=1e-4)
     assert sequence_nll(vlm, embeds.repeat(3, 1, 1), mask.repeat(3, 1), tokens, ends) == pytest.approx(expected, 1e-4)
+
+
+@pytest.mark.parametrize("preset", ["tiny:blip2", "tiny:blip2-t5"])
+def test_training_loss_sees_only_the_target_and_trains_only_the_qformer(preset):
+    """VideoBlip2's loss is the cross-entropy of the target tokens after the interleaved prompt,
+    and its gradient reaches the Q-Former, its queries and the projection only."""
+    from egoray.models.tiny import resolve_model
+    from egoray.models.video_blip import VideoBlip2, freeze_backbones, to_pixels
+    from egoray.models.vlm import pad_interleaved
+
+    torch.manual_seed(0)
+    model = VideoBlip2.from_pretrained(resolve_model(preset))
+    frozen = freeze_backbones(model)
+    assert any(n.startswith("vision_model.") for n in frozen) and any(n.startswith("language_model.") for n in frozen)
+    tok = _tokenizer(preset)
+    decoder_only = model.config.use_decoder_only_language_model
+    items = [interleave(tok, decoder_only, eilev_blocks(PROMPT, ["C cuts"]), "The camera wearer opens the door.", 4),
+             interleave(tok, decoder_only, eilev_blocks(PROMPT, ["C washes"]), "The camera wearer stirs.", 4)]
+    batch = pad_interleaved(items, tok.pad_token_id, left=False)
+    frames = np.random.default_rng(0).integers(0, 255, (4, 2, 32, 32, 3), dtype=np.uint8)  # 2 samples x 2 clips
+    pixels = to_pixels(frames, [0.5] * 3, [0.5] * 3).reshape(2, 2, 2, 3, 32, 32)
+    out = model(pixels, batch["input_ids"], batch["attention_mask"], batch["video_mask"], batch["labels"])
+    logits, labels = out.logits.float(), batch["labels"]
+    if decoder_only:  # token t is predicted at position t - 1
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                 ignore_index=-100)
+    target_tokens = sum(len(tok(" " * decoder_only + t, add_special_tokens=False)["input_ids"])
+                        for t in ("The camera wearer opens the door.", "The camera wearer stirs."))
+    assert int((labels != -100).sum()) == target_tokens + 2 * (2 if decoder_only else 1)  # + "\n" and </s>
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
+    out.loss.backward()
+    graded = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert graded and all(n.startswith(("qformer.", "query_tokens", "language_projection.")) for n in graded)
+    assert "query_tokens" in graded and any(n.startswith("language_projection.") for n in graded)

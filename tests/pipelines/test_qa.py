@@ -12,10 +12,12 @@ from egoray.pipelines import qa, validate_config
 from egoray.pipelines.qa import EXPORT_FILE
 from tests.killing import assert_no_leftovers, kill_mid_run
 
+GROUPS = 8  # question groups of the job tests
+
 
 def _config(ingested, out, **kw):
     base = {"job": "qa", "input": str(ingested), "output": str(out),
-            "grouping": {"limit": 12}, "engine": {"model": "tiny:llama", "batch_size": 8},
+            "grouping": {"limit": GROUPS}, "engine": {"model": "tiny:llama", "batch_size": 8},
             "question_params": {"max_new_tokens": 160, "temperature": 1.0},
             "wrong_answer_params": {"max_new_tokens": 160, "temperature": 1.0}}
     base.update(kw)
@@ -76,12 +78,12 @@ def test_qa_job(ingested_small, tmp_path):
     manifest = qa.run(_config(ingested_small, out))
     assert manifest["status"] == "complete"
     stages = manifest["stages"]
-    assert stages["question"]["in"] == 12 == manifest["items"]
+    assert stages["question"]["in"] == GROUPS == manifest["items"]
     assert stages["question"]["out"] == stages["wrong_answers"]["in"]
     for c in stages.values():
         assert c["in"] == c["out"] + c["rejected"]
     q, r = _ids(out)
-    assert sorted(q + r) == sorted(set(q + r)) and len(q + r) == 12  # every group once: output or rejects
+    assert sorted(q + r) == sorted(set(q + r)) and len(q + r) == GROUPS  # every group once: output or rejects
     table = storage.read_parquet(str(out / "qa"))
     for row in table.to_pylist():
         assert row["question"].endswith("?") and len(row["question"].split()) <= 10
@@ -102,7 +104,7 @@ def test_qa_job(ingested_small, tmp_path):
     again = qa.run(_config(ingested_small, out))
     assert again == json.loads((out / "run.json").read_text())
     q, r = _ids(out)
-    assert len(q + r) == len(set(q + r)) == 12
+    assert len(q + r) == len(set(q + r)) == GROUPS
 
     # two actors, other batches, SIGKILL of the driver mid-run and the same job again: the rows of
     # the uninterrupted one-actor run (every sample is seeded by its group, never by its batch)
@@ -110,7 +112,7 @@ def test_qa_job(ingested_small, tmp_path):
                   rows_per_file=2)
     assert kill_mid_run(two, tmp_path) >= 1
     resumed = qa.run(two)
-    assert resumed["items_this_run"] < resumed["items"] == 12
+    assert resumed["items_this_run"] < resumed["items"] == GROUPS
     assert _rows(tmp_path / "qa2") == _rows(out)
     assert (tmp_path / "qa2" / EXPORT_FILE).read_text() == (out / EXPORT_FILE).read_text()
     assert_no_leftovers(tmp_path / "qa2")
@@ -147,5 +149,5 @@ def test_vllm_engine_same_tables(ingested_small, tmp_path):
                                                           "gpus_per_actor": 1, "dtype": "float32"}))
     assert manifest["status"] == "complete"
     q, r = _ids(out)
-    assert len(q + r) == len(set(q + r)) == 12
+    assert len(q + r) == len(set(q + r)) == GROUPS
     assert storage.read_parquet(str(out / "qa")).schema.equals(qa.QA)

@@ -1,6 +1,6 @@
 """``train_vlm`` end to end: EILEV on the tiny BLIP-2 over the demo's videos (Ray Data decodes the
-clips, Ray Train with DeepSpeed ZeRO-2 on 2 CPU workers trains the Q-Former), then ``narrate
-backend: vlm`` with the trained model."""
+clips, Ray Train with DeepSpeed ZeRO-2 on 2 CPU workers trains the Q-Former), then narrate's VLM
+stage with the trained model (the narrate job itself: test_narrate_vlm)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import shutil
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -40,7 +39,7 @@ def test_eilev_training_beats_the_untrained_model_and_narrates(demo_run, tmp_pat
     assert n_lost > 0
 
     run = _run("demo/train_vlm.yaml", [f"input={out}/narrations", f"output={tmp_path / 'vlm'}", f"videos={videos}",
-                                       f"labels={out}/data/clips.parquet", "train.epochs=3"])
+                                       f"labels={out}/data/clips.parquet", "train.epochs=2", "eval_max=12", "eval_generate=6"])
     assert run["status"] == "complete"
     pairs = run["pairs"]
     assert pairs["in"] == used.num_rows == pairs["out"] + pairs["rejected"] and pairs["rejected"] == n_lost
@@ -50,7 +49,7 @@ def test_eilev_training_beats_the_untrained_model_and_narrates(demo_run, tmp_pat
 
     # a row per evaluation, step 0 (the untrained Q-Former) included, with the held-out metrics
     metrics = storage.read_parquet(str(tmp_path / "vlm" / "metrics")).to_pylist()
-    assert [m["epoch"] for m in metrics] == [0, 1, 2, 3]
+    assert [m["epoch"] for m in metrics] == [0, 1, 2]
     assert all({"eval_loss", "cider", "verb_recovered", "noun_recovered"} <= set(m) for m in metrics)
     untrained = metrics[0]["eval_loss"]
     best = json.loads((tmp_path / "vlm" / "best" / "best.json").read_text())
@@ -71,19 +70,20 @@ def test_eilev_training_beats_the_untrained_model_and_narrates(demo_run, tmp_pat
     assert not torch.equal(trained.model.query_tokens, base.model.query_tokens)
     assert torch.equal(trained.model.language_model.lm_head.weight, base.model.language_model.lm_head.weight)
 
-    # the trained model narrates held-out clips through narrate's VLM backend, with examples
-    held = narrations.filter(pc.equal(narrations["split"], "test")).to_pylist()[:4]
-    clips = [{"window_id": r["narration_id"], "video_uid": r["video_uid"], "t_start": r["t_start"],
-              "t_end": r["t_end"]} for r in held]
-    pq.write_table(pa.Table.from_pylist(clips), tmp_path / "clips.parquet")
-    narrated = _run("demo/narrate_vlm.yaml", [f"input={tmp_path / 'clips.parquet'}", f"videos={out}/data/videos",
-                                              f"output={tmp_path / 'narrate'}", f"vlm.model={tmp_path / 'vlm' / 'best'}",
-                                              "vlm.in_context.k=2", f"vlm.in_context.pool={out}/narrations",
-                                              "vlm.in_context.point_window_sec=2", "vlm.num_frames=4",
-                                              "video_splits=null"])
-    captions = storage.read_parquet(str(tmp_path / "narrate" / "captions"))
-    assert narrated["stages"]["narrate"]["out"] == len(held) and captions.num_rows == 2 * len(held)
-    assert all(t for t in captions["text"].to_pylist())
+    # narrate's VLM stage loads the trained output as vlm.model and narrates held-out clips with it
+    from egoray.models.vlm import VLMOptions
+    from egoray.stages.vlm import VLMStage
+
+    held = narrations.filter(pc.equal(narrations["split"], "test")).to_pylist()[:2]
+    stage = VLMStage(VLMOptions(model=str(tmp_path / "vlm" / "best"), num_frames=4, max_new_tokens=6))
+    stage.setup()
+    assert torch.equal(stage.vlm.model.query_tokens, trained.model.query_tokens)
+    path = {f.stem: str(f) for f in files}
+    rows = pa.table({"window_id": [r["narration_id"] for r in held], "video_uid": [r["video_uid"] for r in held],
+                     "path": [path[r["video_uid"]] for r in held], "t_start": [r["t_start"] for r in held],
+                     "t_end": [r["t_end"] for r in held], "examples": ["[]"] * len(held)})
+    narrated = stage.process(rows).to_pylist()
+    assert all(r["texts"] and r["texts"][0] and 0 < r["nlls"][0] < 20 for r in narrated)
 
 
 def test_videoblip_mode_takes_no_examples(tmp_path):
