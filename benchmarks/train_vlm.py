@@ -49,7 +49,7 @@ def step(model, optimizer, tokenizer, clips: list[np.ndarray], texts: list[str],
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 def run(samples: list[list[dict]], ours: bool, model, optimizer, tokenizer, transform) -> float:
@@ -67,7 +67,7 @@ def main() -> None:
     import transformers
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=8)
     args = parser.parse_args()
     torch.manual_seed(0)
     path = resolve_model("tiny:blip2")
