@@ -25,6 +25,7 @@ import torch
 
 from egoray import storage
 from egoray.data.synth import synthesize
+from egoray.data.text import normalise_one
 from egoray.models.vlm import VLMOptions, choose_examples, clip_prompts, generate, pixel_values, query_inputs
 from egoray.stages.vlm import VLMStage
 
@@ -56,7 +57,7 @@ def reference(actor: VLMStage, rows: list[dict]) -> list[str]:
             visual = clip_prompts(actor.vlm.model, pixel_values(actor.vlm, frames))
             embeds, mask = query_inputs(actor.vlm, f"{o.question} {o.answer_prefix}", [[e["text"] for e in examples]],
                                         visual, actor.vlm.model.config.num_query_tokens)
-        out.append(generate(actor.vlm, o, embeds, mask)[0][0][0])
+        out.append(normalise_one(generate(actor.vlm, o, embeds, mask)[0][0][0]))  # as the stage cleans its outputs
     return out
 
 
