@@ -160,8 +160,9 @@ class VLMRecipe(Recipe):
         self.decoder_only = bool(model.config.use_decoder_only_language_model)
         self.queries = int(model.config.num_query_tokens)
         held = ray.train.get_dataset_shard("eval")
-        self.eval_rows = [r for b in held.iter_batches(batch_size=256, batch_format="pyarrow")
-                          for r in b.to_pylist()][:self.loop["eval_max"]]
+        self.eval_rows: list[dict[str, Any]] = []  # the first eval_max held-out samples: rows, not frames
+        for b in held.iter_batches(batch_size=256, batch_format="pyarrow"):
+            self.eval_rows += b.slice(0, self.loop["eval_max"] - len(self.eval_rows)).to_pylist()
         self.train_shard = ray.train.get_dataset_shard("train")
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
