@@ -91,7 +91,7 @@ class Config(JobConfig):
     train_splits: list[str] = ["train"]
     eval_splits: list[str] = ["val"]
     model: VLMTrainModel = VLMTrainModel()
-    eval_max: int = Field(256, ge=1, description="held-out samples scored at each evaluation")
+    eval_max: int = Field(256, ge=1, description="held-out samples scored at each evaluation (those with the smallest ids)")
     eval_generate: int = Field(64, ge=0, description="of those, how many are narrated (CIDEr, verbs and nouns)")
     max_new_tokens: int = Field(30, ge=1)
     seed: int = 0
@@ -160,9 +160,11 @@ class VLMRecipe(Recipe):
         self.decoder_only = bool(model.config.use_decoder_only_language_model)
         self.queries = int(model.config.num_query_tokens)
         held = ray.train.get_dataset_shard("eval")
-        self.eval_rows: list[dict[str, Any]] = []  # the first eval_max held-out samples: rows, not frames
+        # the eval_max held-out samples with the smallest ids (rows, not frames): the same samples
+        # at every evaluation and in every run, whatever order the blocks arrive in
+        self.eval_rows: list[dict[str, Any]] = []
         for b in held.iter_batches(batch_size=256, batch_format="pyarrow"):
-            self.eval_rows += b.slice(0, self.loop["eval_max"] - len(self.eval_rows)).to_pylist()
+            self.eval_rows = sorted(self.eval_rows + b.to_pylist(), key=lambda r: r["id"])[:self.loop["eval_max"]]
         self.train_shard = ray.train.get_dataset_shard("train")
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
