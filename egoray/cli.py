@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
     p.add_argument("--out", default="egoray-demo", help="output directory (default ./egoray-demo)")
-    p.add_argument("--videos", type=int, default=8, help="synthetic videos (default 8)")
+    p.add_argument("--videos", type=int, default=12, help="synthetic videos (default 12)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", nargs="+", default=[], metavar="STEP",
                    help="steps to leave out (config names: qa rephrase class_prompts ingest_em ...)")

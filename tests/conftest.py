@@ -109,8 +109,9 @@ def ingested_small(ray_session, synth_small, tmp_path_factory) -> Path:
     return out
 
 
-# steps whose jobs have their own end-to-end tests (test_ingest/qa/rephrase/features/narrate_vlm)
-DEMO_SKIPPED = ("ingest_em", "qa", "rephrase", "class_prompts", "captions", "narrate_vlm", "train_video_text")
+# steps whose jobs have their own end-to-end tests (test_ingest/qa/rephrase/features/train_vlm/narrate_vlm)
+DEMO_SKIPPED = ("ingest_em", "qa", "rephrase", "class_prompts", "captions", "train_vlm", "narrate_vlm",
+                "narrate_vlm_untrained", "train_video_text")
 
 
 @pytest.fixture(scope="session")

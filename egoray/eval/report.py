@@ -1,10 +1,12 @@
-"""``egoray report RUN_DIR``: one static HTML page about a run directory.
+"""``egoray report RUN_DIR``: one self-contained HTML page about a run directory.
 
 A run directory holds job outputs (each with its ``run.json``), as ``egoray demo`` writes them.
-The page shows, per job, its status, time and per-stage counts with reject reasons; the metrics
-and plots of any ``eval`` output; and samples a person can read: QA pairs, paraphrases,
-narrator output, frame captions and summaries. Plots are embedded (base64), so the file can be
-mailed or opened anywhere.
+The page shows the jobs (status, counts, reject reasons) and a timeline of them and their stages;
+the metrics of any ``eval`` output, each table with a line saying what it measures and its chance
+or baseline level, and the modality-gap plots; a training curve per training run; a grid of
+held-out clips (frame thumbnails, the human narration, every narrate output's text, a QA pair);
+and readable samples of the other outputs. Every picture is an embedded PNG, so the one file can
+be mailed or opened anywhere.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import html
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
+
+import pyarrow as pa
 
 from egoray import storage
 from egoray.data.raw import InputError
@@ -25,7 +29,9 @@ table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}
 td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#1a7f37}.bad{color:#b42318}img{max-width:48%;margin:.3em;border:1px solid #eee}
-.muted{color:#777;font-size:.85em}
+img.wide{max-width:100%}img.thumb{max-width:none;margin:0;image-rendering:pixelated;height:72px}
+.muted{color:#777;font-size:.85em}p.note{color:#555;font-size:.85em;margin:-.8em 0 1.2em;max-width:60em}
+table.grid td{max-width:14em}table.grid td.frames{max-width:none;white-space:nowrap}
 """
 
 
@@ -81,7 +87,7 @@ def _reject_reasons(job_dir: str) -> dict[str, int]:
         return {}
     try:
         reasons = storage.read_parquet(url, columns=["reason"])["reason"].to_pylist()
-    except (storage.StorageError, KeyError):
+    except (storage.StorageError, KeyError, pa.ArrowInvalid):
         return {}
     return dict(Counter(reasons).most_common())
 
@@ -92,7 +98,7 @@ def _read(job_dir: str, table: str, columns: list[str] | None = None, limit: int
     for url in storage.listdir(storage.join(job_dir, table), ".parquet"):
         try:
             rows += storage.read_parquet(url, columns=columns).slice(0, limit - len(rows)).to_pylist()
-        except (storage.StorageError, KeyError):
+        except (storage.StorageError, KeyError, pa.ArrowInvalid):
             return rows
         if len(rows) >= limit:
             break
@@ -133,7 +139,24 @@ def _training_row(name: str, run: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _img(data: bytes, alt: str, cls: str = "") -> str:
+    encoded = base64.b64encode(data).decode()
+    return f'<img{f" class={cls}" if cls else ""} alt="{_e(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def _curves(job_dir: str, name: str) -> str:
+    """The training curves of a training output's metrics table (one row per evaluation)."""
+    from egoray.eval.report_figures import training_curves
+
+    rows = _read(job_dir, "metrics", limit=10_000)
+    if not rows:
+        return ""
+    return f"<h3>{_e(name)}</h3>" + _img(training_curves(name, rows), f"training curves of {name}", "wide")
+
+
 def _eval_html(job_dir: str) -> str:
+    from egoray.eval.metric_notes import metric_note
+
     parts = []
     metrics_url = storage.join(job_dir, "metrics.json")
     metrics = storage.read_json(metrics_url) if storage.exists(metrics_url) else {}
@@ -143,17 +166,33 @@ def _eval_html(job_dir: str) -> str:
         shown = {k: v for k, v in values.items() if k != "gap_vector"}
         if section == "gap":
             shown = {src: {k: v for k, v in m.items() if k != "gap_vector"} for src, m in values.items()}
-        parts.append(f"<h3>{_e(section)}</h3>{_metrics_table(shown)}")
+        parts.append(f"<h3>{_e(section)}</h3>{_metrics_table(shown)}<p class=note>{_e(metric_note(section, values))}</p>")
         if samples.get(section):
             parts.append(f"<details><summary>samples</summary>{_table(samples[section])}</details>")
     plots_url = storage.join(job_dir, "plots")
     if storage.exists(plots_url):
-        imgs = []
-        for url in sorted(storage.listdir(plots_url, ".png")):
-            data = base64.b64encode(storage.read_bytes(url)).decode()
-            imgs.append(f'<img alt="{_e(storage.basename(url))}" src="data:image/png;base64,{data}">')
-        parts.append("<h3>plots</h3>" + "".join(imgs))
+        imgs = [_img(storage.read_bytes(url), storage.basename(url))
+                for url in sorted(storage.listdir(plots_url, ".png"))]
+        parts.append("<h3>modality-gap plots</h3>" + "".join(imgs))
     return "".join(parts)
+
+
+def headline_items(metrics: dict[str, Any]) -> list[tuple[str, float, float, str]]:
+    """The eval's headline numbers, each with the level it has to beat."""
+    pairs = [("retrieval", "t2v_R@1", "chance_R@1", "chance", "text→video R@1"),
+             ("zeroshot", "top1", "chance_top1", "chance", "zero-shot top-1"),
+             ("zeroshot", "mAP", "chance_mAP", "chance", "zero-shot mAP"),
+             ("mcq", "accuracy", "chance", "chance", "multiple-choice QA")]
+    items = []
+    for section, key, base, base_name, title in pairs:
+        m = metrics.get(section) or {}
+        if isinstance(m.get(key), (int, float)) and isinstance(m.get(base), (int, float)):
+            items.append((title, float(m[key]), float(m[base]), base_name))
+    for section, m in metrics.items():
+        if section.startswith("captioning-") and isinstance(m.get("blind_CIDEr"), (int, float)):
+            items.append((f"{section.removeprefix('captioning-')} CIDEr", float(m["CIDEr"]), float(m["blind_CIDEr"]),
+                          "blind"))
+    return items
 
 
 def build_report(run_dir: str) -> str:
@@ -164,8 +203,14 @@ def build_report(run_dir: str) -> str:
     dirs = _job_dirs(run_dir)
     if not dirs:
         raise InputError(f"{run_dir}: no job outputs (no run.json in it or its subdirectories)")
+    from egoray.eval.metric_notes import training_note
+    from egoray.eval.report_figures import headline, timeline
+    from egoray.eval.report_samples import sample_grid
+
     runs = [(d, storage.read_json(storage.join(d, "run.json"))) for d in dirs]
-    overview, sample_html, eval_html, train_rows = [], [], [], []
+    runs.sort(key=lambda dr: (dr[1].get("started_at") or "", dr[0]))  # the order they ran in
+    overview, sample_html, eval_html, train_rows, curves = [], [], [], [], []
+    headlines: list[tuple[str, float, float, str]] = []
     for d, run in runs:
         wall = run.get("timings", {}).get("wall_this_run")
         stages = "; ".join(f"{name}: {c.get('in', 0)} in → {c.get('out', 0)} out, {c.get('rejected', 0)} rejected"
@@ -183,8 +228,14 @@ def build_report(run_dir: str) -> str:
             sample_html.append(f"<h3>{_e(heading)} <span class=muted>({_e(storage.basename(d))})</span></h3>{body}")
         if run.get("job") == "eval":
             eval_html.append(_eval_html(d))
+            metrics_url = storage.join(d, "metrics.json")
+            if storage.exists(metrics_url):
+                headlines += headline_items(storage.read_json(metrics_url))
         elif run.get("final_metrics"):
             train_rows.append(_training_row(storage.basename(d), run))
+            curves.append(_curves(d, storage.basename(d)))
+    chart = timeline([{**run, "name": storage.basename(d)} for d, run in runs])
+    grid = sample_grid(run_dir, runs)
     now = datetime.now(UTC).isoformat(timespec="seconds")
     incomplete = sum(1 for _, r in runs if r.get("status") != "complete")
     status = (f"<span class=ok>all {len(runs)} jobs complete</span>" if not incomplete
@@ -193,9 +244,17 @@ def build_report(run_dir: str) -> str:
         "<!doctype html><html><head><meta charset=utf-8>"
         f"<title>egoray report: {_e(run_dir)}</title><style>{CSS}</style></head><body>"
         f"<h1>egoray report</h1><p>{_e(run_dir)} · generated {now} · {status}</p>"
+        + (f"<h2>What the models learned</h2>{_img(headline(headlines), 'headline metrics', 'wide')}"
+           "<p class=note>Each held-out metric (green: above the level it has to beat, red: not) beside chance, "
+           "or for generated text beside a video-blind baseline that writes the most frequent training text "
+           "for every clip. The tables below hold every number.</p>" if headlines else "") +
         f"<h2>Jobs</h2>{_table(overview, limit=100)}"
+        + (_img(chart, "timeline of the jobs and their stages", "wide") if chart else "") +
         f"<h2>Metrics</h2>{''.join(eval_html) or '<p class=muted>no eval output in this run</p>'}"
-        + (f"<h3>training (held-out, before → after)</h3>{_table(train_rows, limit=100)}" if train_rows else "") +
+        + (f"<h3>training (held-out, before → after)</h3>{_table(train_rows, limit=100)}"
+           f"<p class=note>{_e(training_note(train_rows))}</p>" if train_rows else "")
+        + (f"<h2>Training curves</h2>{''.join(curves)}" if any(curves) else "")
+        + (f"<h2>Held-out clips</h2>{grid}" if grid else "") +
         f"<h2>Samples</h2>{''.join(sample_html)}"
         "</body></html>"
     )

@@ -425,6 +425,24 @@ def _narration_references(refs: pa.Table, windows: pa.Table) -> dict[str, list[s
     return out
 
 
+BLIND_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+
+
+def _blind_baseline(pool: list[str | None], refs: dict[str, list[str]], tokenizer: str) -> dict[str, Any]:
+    """What a captioner that never looks at the video scores: the most frequent training text
+    (``blind_text``) given for every item, its metrics as ``blind_<metric>``."""
+    from collections import Counter
+
+    from egoray.eval.captioning import score_captions
+
+    texts = [t for t in pool if t]
+    if not texts:
+        return {}
+    text = Counter(texts).most_common(1)[0][0]
+    scores = score_captions(dict.fromkeys(refs, text), refs, tokenizer)
+    return {"blind_text": text, **{f"blind_{k}": scores[k] for k in BLIND_METRICS if k in scores}}
+
+
 def captioning(cfg: CaptioningSection) -> SectionResult:
     from egoray.data.narrations import load_narrations
     from egoray.eval.captioning import score_captions
@@ -445,6 +463,9 @@ def captioning(cfg: CaptioningSection) -> SectionResult:
         else:
             refs = _narration_references(narrations, first)
         pred = dict(zip(first["window_id"].to_pylist(), first["text"].to_pylist(), strict=True))
+        train = narrations.filter(pc.equal(narrations["split"], "train")) if "split" in narrations.column_names \
+            else narrations
+        blind_pool = (train if train.num_rows else narrations)["text"].to_pylist()
     else:
         if "summary" not in preds.column_names:
             raise InputError(f"{cfg.predictions}: not a captions output (no summary)")
@@ -457,6 +478,8 @@ def captioning(cfg: CaptioningSection) -> SectionResult:
             if text:
                 refs.setdefault(v, []).append(text)
         pred = dict(zip(preds["video_uid"].to_pylist(), preds["summary"].to_pylist(), strict=True))
+        # the blind baseline's pool: summaries of other videos than the predicted ones, if any
+        blind_pool = [t for v, ts in refs.items() if v not in pred for t in ts] or [t for ts in refs.values() for t in ts]
     refs = {k: v for k, v in refs.items() if v}
     scored = {k: refs[k] for k in pred if k in refs}
     rejects = [_reject(k, f"captioning-{cfg.name}", "no_reference", "no human text to compare with")
@@ -465,6 +488,7 @@ def captioning(cfg: CaptioningSection) -> SectionResult:
         raise InputError(f"{cfg.name}: no prediction has a reference to compare with")
     tokenizer = "lavila" if cfg.protocol == "lavila" else cfg.tokenizer
     metrics = {**score_captions({k: pred[k] for k in scored}, scored, tokenizer), "protocol": cfg.protocol}
+    metrics.update(_blind_baseline(blind_pool, scored, tokenizer))
     samples = [{"id": k, "generated": pred[k], "reference": scored[k][0]} for k in list(scored)[:12]]
     counts = {"in": len(pred), "out": len(scored), "rejected": len(pred) - len(scored)}
     return SectionResult(metrics, counts, rejects, samples)

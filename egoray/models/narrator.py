@@ -34,6 +34,9 @@ class NarratorConfig(StrictModel):
     cross_attn_every: int = Field(1, ge=1)
     heads: int = Field(4, ge=1)
     max_text_tokens: int = Field(32, ge=4)
+    standardise: bool = Field(False, description="standardise each feature dimension by running batch statistics "
+                                                 "(BatchNorm) before the pooler: for encoders whose features share "
+                                                 "a large common component, as tiny random ones do")
     tower: VideoTextConfig | None = Field(None, description="the frozen video tower over frames (set by the job "
                                                             "from a train_video_text run); none: stored features")
 
@@ -46,14 +49,17 @@ def saved_prefixes(config: NarratorConfig) -> tuple[str, ...]:
 class AttentionPooler(nn.Module):
     """Learned queries attend over a window's frame features: ``[B, F, Dv] -> [B, Q, E]``."""
 
-    def __init__(self, video_dim: int, width: int, num_queries: int, heads: int) -> None:
+    def __init__(self, video_dim: int, width: int, num_queries: int, heads: int, standardise: bool = False) -> None:
         super().__init__()
+        self.standardise = nn.BatchNorm1d(video_dim, affine=False) if standardise else None
         self.queries = nn.Parameter(torch.randn(num_queries, width) * width**-0.5)
         self.ln_kv = nn.LayerNorm(video_dim)
         self.attn = nn.MultiheadAttention(width, heads, kdim=video_dim, vdim=video_dim, batch_first=True)
         self.ln_out = nn.LayerNorm(width)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.standardise is not None:
+            frames = self.standardise(frames.flatten(0, 1)).view_as(frames)
         kv = self.ln_kv(frames)
         q = self.queries.unsqueeze(0).expand(frames.shape[0], -1, -1)
         return self.ln_out(self.attn(q, kv, kv, need_weights=False)[0])
@@ -137,7 +143,7 @@ class Narrator(nn.Module):
             self.video, self.image = build_video_tower(config.tower)
             self.video.requires_grad_(False)
             video_dim = self.video.width
-        self.pooler = AttentionPooler(video_dim, width, config.num_queries, config.heads)
+        self.pooler = AttentionPooler(video_dim, width, config.num_queries, config.heads, config.standardise)
         self._visual = _Visual()
         layers = decoder_layers(lm)
         self.xattn = nn.ModuleList()

@@ -7,7 +7,9 @@ resolve to a directory this module builds (deterministically, in seconds) and ca
   (every byte is in the vocabulary, so any text round-trips and grammar-constrained decoding
   can spell anything);
 - ``tiny:llama`` — a 2-layer ``LlamaForCausalLM``; ``tiny:t5`` — a 2-layer
-  ``T5ForConditionalGeneration``; ``tiny:gpt2`` — a 2-layer ``GPT2LMHeadModel``;
+  ``T5ForConditionalGeneration``; ``tiny:gpt2`` — a 2-layer ``GPT2LMHeadModel`` briefly pre-trained
+  on synthetic narration sentences (:func:`narration_sentences`), so that the narrator's frozen LM
+  writes narrations as GPT-2 writes English for LaViLa, and only what is in the clip is left to learn;
 - ``tiny:blip2`` / ``tiny:blip2-t5`` — a ``Blip2ForConditionalGeneration`` (OPT / T5 language model)
   with its image processor; ``tiny:blip2``'s OPT is briefly pre-trained on synthetic narrations
   in BLIP-2's question–answer form (:func:`pretrain_narration_lm`), so that — frozen, as BLIP-2
@@ -29,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-PRESET_VERSION = "3"
+PRESET_VERSION = "4"
 PRESETS = ("llama", "t5", "gpt2", "sentence", "sentence-base", "blip2", "blip2-t5")
 SPECIAL = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
 
@@ -136,6 +138,7 @@ def build_tiny_model(preset: str, out_dir: str, seed: int = 0) -> None:
             bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
         )
         model = transformers.GPT2LMHeadModel(config)
+        pretrain_narration_lm(model, tokenizer, seed, lines=narration_sentences)
     elif preset in ("sentence", "sentence-base"):
         # "sentence-base" has BERT-base dimensions: realistic work per text for benchmarks.
         dims = (768, 12, 12, 3072) if preset == "sentence-base" else (64, 2, 2, 128)
@@ -183,8 +186,27 @@ def narration_lines(rng: Any, n: int) -> list[str]:
     return lines
 
 
-def pretrain_narration_lm(lm: Any, tokenizer: Any, seed: int = 0, steps: int = 200, batch: int = 32) -> None:
-    """A short text-only run of a tiny causal LM on :func:`narration_lines` (seconds on a CPU)."""
+def narration_sentences(rng: Any, n: int) -> list[str]:
+    """Synthetic narrations as ``ingest`` cleans them ("The camera wearer opens the door", ...):
+    every verb with every noun, so the text alone cannot tell which one a clip shows."""
+    from egoray.data.synth import NOUNS, VERBS
+
+    tails = ["", "", "", " with his right hand", " with both hands"]
+    lines = []
+    for _ in range(n):
+        verb, noun = VERBS[int(rng.integers(len(VERBS)))][1], NOUNS[int(rng.integers(len(NOUNS)))]
+        if rng.random() < 0.1:
+            lines.append(f"Another person {verb} the {noun}")
+        else:
+            article = "the" if rng.random() < 0.8 else "a"
+            lines.append(f"The camera wearer {verb} {article} {noun}{tails[int(rng.integers(len(tails)))]}")
+    return lines
+
+
+def pretrain_narration_lm(lm: Any, tokenizer: Any, seed: int = 0, steps: int = 200, batch: int = 32,
+                          lines: Any = narration_lines) -> None:
+    """A short text-only run of a tiny causal LM on ``lines(rng, batch)`` texts, each as
+    ``<bos> text <eos>`` (seconds on a CPU)."""
     import numpy as np
     import torch
 
@@ -195,7 +217,7 @@ def pretrain_narration_lm(lm: Any, tokenizer: Any, seed: int = 0, steps: int = 2
     pad = tokenizer.pad_token_id
     for _ in range(steps):
         ids = [[tokenizer.bos_token_id, *tokenizer(t, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-               for t in narration_lines(rng, batch)]
+               for t in lines(rng, batch)]
         longest = max(len(x) for x in ids)
         input_ids = torch.tensor([x + [pad] * (longest - len(x)) for x in ids])
         mask = (torch.arange(longest)[None] < torch.tensor([len(x) for x in ids])[:, None]).long()

@@ -34,18 +34,23 @@ class Step:
     name: str
     config: str
     overrides: list[str] = field(default_factory=list)
+    short: str | None = None  # the --skip name when it is not the config's
 
     @property
     def key(self) -> str:
-        """Short name for ``egoray demo --skip``: the config's file name without .yaml."""
-        return self.config.rsplit("/", 1)[-1][: -len(".yaml")] + ("_em" if "pickle" in self.name else "")
+        """Short name for ``egoray demo --skip``: the config's file name without .yaml (or ``short``)."""
+        return self.short or self.config.rsplit("/", 1)[-1][: -len(".yaml")]
 
+
+VLM_NARRATION = ["vlm.num_frames=4", "vlm.in_context.k=2", "vlm.in_context.pool={out}/narrations", "vlm.n=1",
+                 "vlm.do_sample=false"]
 
 STEPS: list[Step] = [
     Step("ingest", "demo/ingest.yaml",
          ["input={data}/narration.json", "splits={data}/splits.json", "output={out}/narrations"]),
     Step("ingest (episodic-memory pickle)", "demo/ingest.yaml",
-         ["input={data}/em_train_narrations.pkl", "splits={data}/splits.json", "output={out}/em_narrations"]),
+         ["input={data}/em_train_narrations.pkl", "splits={data}/splits.json", "output={out}/em_narrations"],
+         short="ingest_em"),
     Step("qa (EgoTimeQA)", "demo/qa.yaml", ["input={out}/em_narrations", "output={out}/qa"]),
     Step("rephrase", "demo/rephrase.yaml", ["input={out}/narrations", "output={out}/rephrase"]),
     Step("text_features (narrations)", "demo/text_features.yaml",
@@ -65,9 +70,16 @@ STEPS: list[Step] = [
     Step("narrate (held-out clips)", "demo/narrate.yaml",
          ["input={data}/clips.parquet", "output={out}/narrate", "model={out}/narrator",
           "video_features={out}/video_features", "video_splits={data}/splits.json"]),
-    Step("narrate (VLM, in-context examples)", "demo/narrate_vlm.yaml",
+    Step("train_vlm (EILEV on the tiny BLIP-2)", "demo/train_vlm.yaml",
+         ["input={out}/narrations", "output={out}/vlm", "videos={data}/videos", "labels={data}/clips.parquet"]),
+    # the held-out clips narrated by the VLM before and after train_vlm, as it was trained: 4 frames,
+    # 2 in-context examples, greedy
+    Step("narrate (trained VLM, in-context examples)", "demo/narrate_vlm.yaml",
          ["input={data}/clips.parquet", "videos={data}/videos", "output={out}/narrate_vlm",
-          "video_splits={data}/splits.json", "vlm.in_context.k=2", "vlm.in_context.pool={out}/narrations"]),
+          "video_splits={data}/splits.json", *VLM_NARRATION, "vlm.model={out}/vlm"]),
+    Step("narrate (untrained VLM, the same inputs)", "demo/narrate_vlm.yaml",
+         ["input={data}/clips.parquet", "videos={data}/videos", "output={out}/narrate_vlm_untrained",
+          "video_splits={data}/splits.json", *VLM_NARRATION], short="narrate_vlm_untrained"),
     Step("eval + report", "demo/eval.yaml",
          ["input={out}", "output={out}/eval",
           "retrieval.model={out}/dual_encoder", "retrieval.narrations={out}/narrations",
@@ -78,7 +90,8 @@ STEPS: list[Step] = [
           "zeroshot.video_features={out}/video_features", "zeroshot.video_splits={data}/splits.json",
           "captioning.0.predictions={out}/narrate", "captioning.0.references={out}/narrations",
           "captioning.1.predictions={out}/narrate_vlm", "captioning.1.references={out}/narrations",
-          "captioning.2.predictions={out}/captions", "captioning.2.references={out}/narrations",
+          "captioning.2.predictions={out}/narrate_vlm_untrained", "captioning.2.references={out}/narrations",
+          "captioning.3.predictions={out}/captions", "captioning.3.references={out}/narrations",
           "mcq.qa={out}/qa", "mcq.model={out}/dual_encoder", "mcq.video_features={out}/video_features",
           "mcq.text_features={out}/text_features", "gap.captions={out}/captions"]),
 ]
@@ -101,7 +114,7 @@ def eval_without_skipped(config: Any, skip: tuple[str, ...]) -> Any:
     return config.model_copy(update=update)
 
 
-def run_demo(out: str, videos: int = 8, seed: int = 0, skip: tuple[str, ...] = ()) -> dict[str, dict]:
+def run_demo(out: str, videos: int = 12, seed: int = 0, skip: tuple[str, ...] = ()) -> dict[str, dict]:
     """Synthesize data under ``out/data`` and run every step (but ``skip``); returns the manifests."""
     unknown = sorted(set(skip) - {step.key for step in STEPS})
     if unknown:
@@ -121,6 +134,8 @@ def run_demo(out: str, videos: int = 8, seed: int = 0, skip: tuple[str, ...] = (
             overrides = [o.format(out=out, data=data) for o in step.overrides]
             if step.key == "qa" and "ingest_em" in skip:  # the pickle's clips were not ingested
                 overrides = [o.replace("/em_narrations", "/narrations") for o in overrides]
+            if step.key == "narrate_vlm" and "train_vlm" in skip:  # the untrained VLM, then
+                overrides = [o for o in overrides if not o.startswith("vlm.model=")]
             config = load_config(str(config_dir() / step.config), overrides)
             if step.key == "eval":
                 config = eval_without_skipped(config, skip)

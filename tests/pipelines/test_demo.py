@@ -31,7 +31,7 @@ def test_demo_end_to_end(demo_run):
     clips = storage.read_parquet(str(out / "data" / "clips.parquet")).to_pylist()
     narrate = json.loads((out / "narrate" / "run.json").read_text())
     assert narrate["stages"]["narrate"]["out"] == sum(c["video_uid"] in held_out for c in clips) > 0
-    assert narrate["units"]["captions"] == 5 * narrate["stages"]["narrate"]["out"]
+    assert narrate["units"]["captions"] == narrate["stages"]["narrate"]["out"]  # one greedy caption each
     # every model job ran its stages on one actor pool for the whole job: one model load per actor
     for name in ("text_features", "video_features", "narrate"):
         job = json.loads((out / name / "run.json").read_text())
@@ -42,7 +42,7 @@ def test_demo_end_to_end(demo_run):
     total = pickle.loads((out / "narrate" / "total.pkl").read_bytes())
     assert len(total) == narrate["stages"]["narrate"]["out"]
     video_uid, start, end, texts, nlls = total[0]
-    assert video_uid in held_out and start < end and len(texts) == len(nlls) == 5
+    assert video_uid in held_out and start < end and len(texts) == len(nlls) == 1
     assert [(t[0], t[1]) for t in total] == sorted((t[0], t[1]) for t in total)
 
 

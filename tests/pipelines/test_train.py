@@ -214,20 +214,25 @@ def test_narrate_dense_windows_of_unnarrated_time(features, narrator, tmp_path):
     assert (captions["t_end"].to_numpy() - captions["t_start"].to_numpy() <= 1 + 1e-9).all()
 
 
-def test_narrate_killed_mid_run_with_two_actors_gives_the_demo_captions(features, tmp_path):
-    """The demo narrated the held-out clips with one actor; two actors, other batches and a SIGKILL
-    of the driver mid-run give the same captions (each seeded by its window and sample)."""
+def test_narrate_killed_mid_run_with_two_actors_gives_the_one_actor_captions(features, tmp_path):
+    """The demo's held-out clips narrated with 3 sampled captions each, by one actor; two actors,
+    other batches and a SIGKILL of the driver mid-run give the same captions (each seeded by its
+    window and sample)."""
     from tests.killing import assert_no_leftovers, kill_mid_run
 
-    reference = json.loads((features / "narrate" / "run.json").read_text())
+    demo = json.loads((features / "narrate" / "run.json").read_text())["config"]
+    sampled = {**demo, "sampling": {**demo["sampling"], "n": 3, "do_sample": True, "temperature": 0.7}}
     config = load_config(str(config_dir() / "demo/narrate.yaml"), [])
-    config = type(config).model_validate({**reference["config"], "output": str(tmp_path / "n2"), "num_actors": 2,
+    one = type(config).model_validate({**sampled, "output": str(tmp_path / "n1")})
+    reference = job_module("narrate").run(one)
+    config = type(config).model_validate({**sampled, "output": str(tmp_path / "n2"), "num_actors": 2,
                                           "cpus_per_actor": 0.5, "batch_size": 6, "rows_per_file": 2})
     assert kill_mid_run(config, tmp_path) >= 1
     run = job_module("narrate").run(config)
     assert run["stages"]["narrate"]["out"] == reference["stages"]["narrate"]["out"]
+    assert run["units"]["captions"] == 3 * run["stages"]["narrate"]["out"]
     got = storage.read_parquet(str(tmp_path / "n2" / "captions")).to_pylist()
-    want = {r["caption_id"]: r for r in storage.read_parquet(str(features / "narrate" / "captions")).to_pylist()}
+    want = {r["caption_id"]: r for r in storage.read_parquet(str(tmp_path / "n1" / "captions")).to_pylist()}
     assert len(got) == len({r["caption_id"] for r in got}) == len(want)
     for row in got:
         assert row["text"] == want[row["caption_id"]]["text"]

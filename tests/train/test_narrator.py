@@ -57,6 +57,28 @@ def test_narrator_loss_falls_and_video_matters(lm_and_tokenizer):
     assert float(swapped) > float(out.loss)
 
 
+def test_standardised_features_lose_their_shared_component_and_save_their_statistics(lm_and_tokenizer, tmp_path):
+    """Features that are one large shared vector plus a small per-clip part (as a random encoder's
+    are): the BatchNorm's running statistics learn the shared part, and in eval mode the pooler
+    sees the per-clip part at unit scale; the statistics are saved and loaded with the narrator."""
+    model = _narrator(lm_and_tokenizer, standardise=True).train()
+    g = torch.Generator().manual_seed(2)
+    shared = 20 * torch.randn(16, generator=g)
+    frames = shared + 0.1 * torch.randn(64, 4, 16, generator=g)
+    with torch.no_grad():
+        for _ in range(150):  # BatchNorm's running mean and variance converge (momentum 0.1)
+            model.visual_tokens(frames)
+    bn = model.pooler.standardise
+    assert torch.allclose(bn.running_mean, frames.flatten(0, 1).mean(0), atol=1e-3)
+    model.eval()
+    seen = bn(frames.flatten(0, 1))
+    assert seen.mean(0).abs().max() < 1e-2 and (seen.std(0) - 1).abs().max() < 0.05
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all(n.startswith(("pooler.", "xattn.")) for n in names)
+    assert "pooler.standardise.running_mean" in model.state_dict()
+    assert NarratorConfig().standardise is False  # LaViLa's narrator: off unless asked for
+
+
 def test_kv_cache_gives_the_same_samples(lm_and_tokenizer):
     model = _narrator(lm_and_tokenizer)
     with torch.no_grad():
