@@ -1,4 +1,4 @@
-"""Tiny language models built offline: same classes as the real ones, random weights.
+"""Tiny models built offline: the real classes at toy size, their language models briefly pre-trained.
 
 Tests and the demo must run without a network, so model names of the form ``tiny:<preset>``
 resolve to a directory this module builds (deterministically, in seconds) and caches:
@@ -6,7 +6,8 @@ resolve to a directory this module builds (deterministically, in seconds) and ca
 - a byte-level BPE tokenizer trained on a small built-in English + narration corpus
   (every byte is in the vocabulary, so any text round-trips and grammar-constrained decoding
   can spell anything);
-- ``tiny:llama`` — a 2-layer ``LlamaForCausalLM``; ``tiny:t5`` — a 2-layer
+- ``tiny:llama`` — a 2-layer ``LlamaForCausalLM`` briefly pre-trained on what the LLM jobs ask
+  it for (:func:`assistant_lines`: narrations, summaries, QA JSON); ``tiny:t5`` — a 2-layer
   ``T5ForConditionalGeneration``; ``tiny:gpt2`` — a 2-layer ``GPT2LMHeadModel`` briefly pre-trained
   on synthetic narration sentences (:func:`narration_sentences`), so that the narrator's frozen LM
   writes narrations as GPT-2 writes English for LaViLa, and only what is in the clip is left to learn;
@@ -31,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-PRESET_VERSION = "4"
+PRESET_VERSION = "5"
 PRESETS = ("llama", "t5", "gpt2", "sentence", "sentence-base", "blip2", "blip2-t5")
 SPECIAL = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
 
@@ -132,6 +133,7 @@ def build_tiny_model(preset: str, out_dir: str, seed: int = 0) -> None:
             tie_word_embeddings=False,
         )
         model = transformers.LlamaForCausalLM(config)
+        pretrain_narration_lm(model, tokenizer, seed, lines=assistant_lines)
     elif preset == "gpt2":
         config = transformers.GPT2Config(
             vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=1024,
@@ -200,6 +202,29 @@ def narration_sentences(rng: Any, n: int) -> list[str]:
         else:
             article = "the" if rng.random() < 0.8 else "a"
             lines.append(f"The camera wearer {verb} {article} {noun}{tails[int(rng.integers(len(tails)))]}")
+    return lines
+
+
+def assistant_lines(rng: Any, n: int) -> list[str]:
+    """What the demo's LLM jobs ask ``tiny:llama`` for, in their output formats: narrations, video
+    summaries, and question–answer pairs and wrong answers as the JSON the QA job constrains to,
+    all about the synthetic verbs and nouns (the content is random: it reads like an answer, it
+    is not one)."""
+    from egoray.data.synth import NOUNS, VERBS
+
+    lines = []
+    for text in narration_sentences(rng, n):
+        verb = VERBS[int(rng.integers(len(VERBS)))]
+        nouns = [NOUNS[int(i)] for i in rng.choice(len(NOUNS), 4, replace=False)]
+        roll = rng.random()
+        if roll < 0.4:
+            lines.append(text)
+        elif roll < 0.6:
+            lines.append(f"The camera wearer was working in a kitchen, handling {nouns[0]} and {nouns[1]}.")
+        elif roll < 0.8:
+            lines.append(f'{{"question": "What did the camera wearer {verb[0]}?", "answer": "the {nouns[0]}"}}')
+        else:
+            lines.append('{"wrong_answers": [' + ", ".join(f'"the {x}"' for x in nouns[1:]) + "]}")
     return lines
 
 

@@ -3,69 +3,17 @@ held-out clip grid with decodable thumbnails, and a note under every metric tabl
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from egoray.eval.report import build_report, headline_items
 from egoray.eval.report_samples import THUMB_FRAMES, THUMB_SIZE
-
-
-class _Images(HTMLParser):
-    """Every <img>'s attributes and the text of every <p class=note>, with the tag stack checked."""
-
-    VOID = {"img", "br", "meta", "hr", "input", "link"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.images: list[dict[str, str]] = []
-        self.notes: list[str] = []
-        self.stack: list[str] = []
-        self._in_note = False
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "img":
-            self.images.append(a)
-        if tag not in self.VOID:
-            self.stack.append(tag)
-        if tag == "p" and a.get("class") == "note":
-            self._in_note = True
-            self.notes.append("")
-
-    def handle_endtag(self, tag):
-        if tag in self.VOID:
-            return
-        if self.stack and self.stack[-1] == tag:
-            self.stack.pop()
-        if tag == "p":
-            self._in_note = False
-
-    def handle_data(self, data):
-        if self._in_note:
-            self.notes[-1] += data
-
-
-def decoded_images(html: str) -> list[tuple[str, np.ndarray]]:
-    """(alt, pixels) of every embedded image; fails on any that is not a decodable PNG."""
-    from matplotlib.image import imread
-
-    parser = _Images()
-    parser.feed(html)
-    out = []
-    for img in parser.images:
-        src = img["src"]
-        assert src.startswith("data:image/png;base64,"), src[:40]
-        out.append((img.get("alt", ""), imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png")))
-    return out
+from tests.html_images import PageParser, decoded_images
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -116,7 +64,7 @@ def run_dir(tmp_path, synth_videos) -> Path:
 
 def test_report_pictures_decode_and_each_table_says_what_it_measures(run_dir):
     html = build_report(str(run_dir))
-    parser = _Images()
+    parser = PageParser()
     parser.feed(html)
     assert parser.stack == [], parser.stack  # every element closed
     images = decoded_images(html)

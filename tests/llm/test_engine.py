@@ -137,7 +137,7 @@ def test_long_caption_lists_are_shortened_to_fit_and_keep_the_summary_cue(llama)
 
 
 def test_repetition_penalty_changes_greedy_output(llama):
-    prompt = ["the cup the cup the cup the cup"]
+    prompt = ["The camera wearer opens the door. The camera wearer"]  # the pre-trained LM goes on
     plain = llama.generate(prompt, GenerationParams(do_sample=False, max_new_tokens=12))
     penalised = llama.generate(prompt, GenerationParams(do_sample=False, max_new_tokens=12, repetition_penalty=50.0))
     assert plain != penalised

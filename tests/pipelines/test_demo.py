@@ -61,6 +61,9 @@ def test_demo_evaluates_and_writes_a_report(demo_run):
     assert z["space"] == "dual_encoder" and z["top5"] > z["chance_top5"] and z["classes"] == 80
     narr = metrics["captioning-narrator"]
     assert narr["items"] == run["stages"]["captioning-narrator"]["out"] > 0 and 0 <= narr["BLEU-1"] <= 1
+    # the narrator (pre-trained LM, trained cross-attention) beats a captioner blind to the video
+    print("narrator CIDEr", narr["CIDEr"], "blind", narr["blind_CIDEr"])
+    assert narr["CIDEr"] > 1.5 * narr["blind_CIDEr"] > 0, narr
     gap = metrics["gap"]
     assert set(gap) == {"dual_encoder"} and gap["dual_encoder"]["pairs"] == r["items"]
     plots = sorted(p.name for p in (out / "eval" / "plots").iterdir())
@@ -68,5 +71,16 @@ def test_demo_evaluates_and_writes_a_report(demo_run):
     html = report.read_text()
     for needle in ("egoray report", "all 7 jobs complete", "t2v_R@1", "captioning-narrator", "BLEU-4",
                    "Narrator output", "Narrations (raw → cleaned) and summaries", "data:image/png;base64",
-                   "duplicate_narration", "training (held-out, before → after)"):
+                   "duplicate_narration", "training (held-out, before → after)", "What the models learned",
+                   "Video-blind baseline", "chance R@1 ="):
         assert needle in html, needle
+    # every embedded picture decodes: headline, timeline, gap plots, a curve per training run and a
+    # thumbnail strip per held-out clip in the grid (the narrator's, one clip per video first)
+    from tests.html_images import decoded_images
+
+    alts = [alt for alt, _ in decoded_images(html)]
+    assert {"headline metrics", "timeline of the jobs and their stages", "gap_dual_encoder_svd.png",
+            "gap_dual_encoder_umap.png", "training curves of dual_encoder", "training curves of narrator"} <= set(alts)
+    held_out_videos = {v for s in ("val", "test") for v in json.loads((out / "data" / "splits.json").read_text())[s]}
+    strips = [a for a in alts if a.startswith("frames of ")]
+    assert len(strips) == min(8, narr["items"]) and {a.removeprefix("frames of ") for a in strips} == held_out_videos
