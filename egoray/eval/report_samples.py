@@ -96,9 +96,19 @@ def _thumbnails(path: str, t_start: float, t_end: float) -> str:
     return f'<img class=thumb alt="frames of {html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
 
 
+def _narrate_label(job_dir: str, run: dict[str, Any]) -> str:
+    """A narrate output's column heading: its folder, the model kind and the model's name."""
+    config = run.get("config") or {}
+    if config.get("backend") == "vlm":
+        kind, model = "VLM", (config.get("vlm") or {}).get("model", "?")
+    else:
+        kind, model = "narrator", config.get("model", "?")
+    return f"{storage.basename(job_dir)} ({kind}: {storage.basename(str(model).rstrip('/')) or model})"
+
+
 def sample_grid(run_dir: str, runs: list[tuple[str, dict[str, Any]]], limit: int = 8) -> str:
     """The grid's HTML, or "" when the run has no narrate output."""
-    outputs = [(storage.basename(d), _first_captions(d)) for d, run in runs if run.get("job") == "narrate"]
+    outputs = [(_narrate_label(d, run), _first_captions(d)) for d, run in runs if run.get("job") == "narrate"]
     outputs = [(name, caps) for name, caps in outputs if caps]
     if not outputs:
         return ""

@@ -41,7 +41,9 @@ def run_dir(tmp_path, synth_videos) -> Path:
     windows = [{"window_id": f"w{i}", "video_uid": c["video_uid"], "t_start": c["t_start"], "t_end": c["t_end"]}
                for i, c in enumerate(clips)]
     for name, start in (("narrate", "2026-01-01T10:00:05+00:00"), ("narrate_vlm", "2026-01-01T10:00:09+00:00")):
-        _run_json(run / name, "narrate", start, start.replace(":0", ":1", 1))
+        config = {"backend": "vlm", "vlm": {"model": f"{run}/vlm/"}} if name == "narrate_vlm" else \
+            {"model": f"{run}/narrator"}
+        _run_json(run / name, "narrate", start, start.replace(":0", ":1", 1), config=config)
         _write(run / name / "captions", [{**w, "k": 0, "text": f"{name} says {i} <b>", "nll": 1.0}
                                          for i, w in enumerate(windows)])
     _run_json(run / "qa", "qa", "2026-01-01T10:00:03+00:00", "2026-01-01T10:00:04+00:00")
@@ -79,7 +81,8 @@ def test_report_pictures_decode_and_each_table_says_what_it_measures(run_dir):
         assert px[..., :3].std() > 0.01  # real frames, not a blank
     # the grid: one row per clip, a column per narrate output, the QA pair of the first video
     grid = html[html.index("<h2>Held-out clips</h2>"):html.index("<h2>Samples</h2>")]
-    assert grid.count("<tr>") == 4 and "<th>narrate</th>" in grid and "<th>narrate_vlm</th>" in grid
+    assert grid.count("<tr>") == 4 and "<th>narrate (narrator: narrator)</th>" in grid
+    assert "<th>narrate_vlm (VLM: vlm)</th>" in grid
     assert "narrate_vlm says 2 &lt;b&gt;" in grid  # generated text is escaped
     assert grid.count("What did C open?") == 1 and grid.count("no question about this video") == 2
     assert "The camera wearer" in grid  # the human narration inside the clip

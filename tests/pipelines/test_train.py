@@ -369,7 +369,10 @@ def test_narrator_on_the_video_tower_trains_and_narrates_from_frames(features, v
     assert run["initialised"]["loaded"] == len(tower_weights)  # the video tower, none of the text tower
     pairs = run["pairs"]
     assert pairs["in"] == pairs["out"] + pairs["rejected"] and pairs["eval"] > 0
-    assert run["final_metrics"]["eval_loss"] < run["initial_metrics"]["eval_loss"] - 0.5
+    # step 0 is the pre-trained LM alone (gates at zero), which already writes narrations: what the
+    # tower's tokens add lowers the held-out loss below it
+    assert run["final_metrics"]["eval_loss"] < run["initial_metrics"]["eval_loss"]
+    assert run["final_metrics"]["mean_abs_gate"] > 0
     exported = load_exported(str(out))
     assert exported["config"]["tower"]["num_frames"] == 4
     for name, weight in tower_weights.items():  # frozen: exported as the tower run left them
@@ -383,7 +386,7 @@ def test_narrator_on_the_video_tower_trains_and_narrates_from_frames(features, v
     pq.write_table(pa.Table.from_pylist(windows), tmp_path / "windows.parquet")
     narrated = _run("demo/narrate.yaml", [f"input={tmp_path / 'windows.parquet'}", f"output={tmp_path / 'narrate'}",
                                           f"model={out}", "video_features=null", f"videos={features}/data/videos",
-                                          "sampling.n=2"])
+                                          "sampling.n=2", "sampling.do_sample=true"])
     assert narrated["stages"]["features"]["rejected"] == 1
     captions = storage.read_parquet(str(tmp_path / "narrate" / "captions"))
     assert captions.num_rows == 2 * len(held) and set(captions["window_id"].to_pylist()) == {w["window_id"] for w in
