@@ -1,6 +1,6 @@
 """Benchmark: EgoTimeQA generation for 2,000 narrations, our batched Ray Data job vs the reference way.
 
-Both sides use the same tiny random-weight Llama (``tiny:llama``, built offline) on the same
+Both sides use the same tiny Llama (``tiny:llama``, built offline) on the same
 narrations, with one question–answer item per narration:
 
 - **reference** (seed 000): a transformers ``pipeline("text-generation")``; per narration one
