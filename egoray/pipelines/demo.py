@@ -119,6 +119,8 @@ def run_demo(out: str, videos: int = 12, seed: int = 0, skip: tuple[str, ...] = 
     unknown = sorted(set(skip) - {step.key for step in STEPS})
     if unknown:
         raise ConfigError(f"unknown demo step(s) {unknown}; steps: {', '.join(step.key for step in STEPS)}")
+    if "train_vlm" in skip and "narrate_vlm_untrained" not in skip:  # narrate_vlm is the untrained VLM then
+        skip = (*skip, "narrate_vlm_untrained")
     t0 = time.perf_counter()
     out = out.rstrip("/")
     data = storage.join(out, "data")

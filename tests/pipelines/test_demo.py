@@ -84,3 +84,16 @@ def test_demo_evaluates_and_writes_a_report(demo_run):
     held_out_videos = {v for s in ("val", "test") for v in json.loads((out / "data" / "splits.json").read_text())[s]}
     strips = [a for a in alts if a.startswith("frames of ")]
     assert len(strips) == min(8, narr["items"]) and {a.removeprefix("frames of ") for a in strips} == held_out_videos
+
+
+def test_eval_leaves_out_what_skipped_steps_would_have_written():
+    from egoray.pipelines import load_config
+    from egoray.pipelines.demo import config_dir, eval_without_skipped
+
+    config = load_config(str(config_dir() / "demo" / "eval.yaml"), [])
+    assert [c.name for c in config.captioning] == ["narrator", "vlm", "vlm_untrained", "summaries"]
+    # run_demo adds narrate_vlm_untrained to a skip holding train_vlm (narrate_vlm is the untrained VLM then)
+    kept = eval_without_skipped(config, ("train_vlm", "narrate_vlm_untrained", "captions"))
+    assert [c.name for c in kept.captioning] == ["narrator", "vlm"]
+    assert kept.gap.sources == ["dual_encoder"] and kept.gap.captions is None and kept.mcq is not None
+    assert eval_without_skipped(config, ("qa",)).mcq is None
