@@ -7,7 +7,9 @@ resolve to a directory this module builds (deterministically, in seconds) and ca
   (every byte is in the vocabulary, so any text round-trips and grammar-constrained decoding
   can spell anything);
 - ``tiny:llama`` — a 2-layer ``LlamaForCausalLM`` briefly pre-trained on what the LLM jobs ask
-  it for (:func:`assistant_lines`: narrations, summaries, QA JSON); ``tiny:t5`` — a 2-layer
+  it for (:func:`assistant_lines`: narrations, summaries, QA JSON), and ``tiny:llama-random``
+  without that (it never stops early: generation benchmarks use it for a fixed amount of work
+  per call); ``tiny:t5`` — a 2-layer
   ``T5ForConditionalGeneration``; ``tiny:gpt2`` — a 2-layer ``GPT2LMHeadModel`` briefly pre-trained
   on synthetic narration sentences (:func:`narration_sentences`), so that the narrator's frozen LM
   writes narrations as GPT-2 writes English for LaViLa, and only what is in the clip is left to learn;
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 PRESET_VERSION = "5"
-PRESETS = ("llama", "t5", "gpt2", "sentence", "sentence-base", "blip2", "blip2-t5")
+PRESETS = ("llama", "llama-random", "t5", "gpt2", "sentence", "sentence-base", "blip2", "blip2-t5")
 SPECIAL = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
 
 _CORPUS_WORDS = """
@@ -125,7 +127,7 @@ def build_tiny_model(preset: str, out_dir: str, seed: int = 0) -> None:
     ids = {k: tokenizer.convert_tokens_to_ids(v) for k, v in SPECIAL.items()}
     vocab = len(tokenizer)
     torch.manual_seed(seed)
-    if preset == "llama":
+    if preset in ("llama", "llama-random"):
         config = transformers.LlamaConfig(
             vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
@@ -133,7 +135,8 @@ def build_tiny_model(preset: str, out_dir: str, seed: int = 0) -> None:
             tie_word_embeddings=False,
         )
         model = transformers.LlamaForCausalLM(config)
-        pretrain_narration_lm(model, tokenizer, seed, lines=assistant_lines)
+        if preset == "llama":
+            pretrain_narration_lm(model, tokenizer, seed, lines=assistant_lines)
     elif preset == "gpt2":
         config = transformers.GPT2Config(
             vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=1024,
