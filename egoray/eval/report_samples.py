@@ -18,38 +18,51 @@ import pyarrow as pa
 from egoray import storage
 
 THUMB_FRAMES, THUMB_SIZE = 4, 72
+CANDIDATES = 512  # clips of the first narrate output the grid chooses from: the report reads no more
+CAPTION_COLUMNS = ["window_id", "video_uid", "t_start", "t_end", "k", "text"]
 
 
-def _first_captions(job_dir: str) -> dict[str, dict[str, Any]]:
-    """window_id → its first caption row (k = 0) of a narrate output."""
+def _first_captions(job_dir: str, ids: set[str] | None = None, limit: int | None = None) -> dict[str, dict[str, Any]]:
+    """window_id → its first caption row (k = 0) of a narrate output: only the windows ``ids``,
+    or the first ``limit`` (or more) of them, file by file."""
     url = storage.join(job_dir, "captions")
     if not storage.exists(url):
         return {}
+    filters = [("k", "=", 0)] + ([("window_id", "in", sorted(ids))] if ids is not None else [])
+    rows: dict[str, dict[str, Any]] = {}
     try:
-        table = storage.read_parquet(url, columns=["window_id", "video_uid", "t_start", "t_end", "k", "text"])
+        for part in storage.listdir(url, ".parquet"):
+            rows.update((r["window_id"], r) for r in
+                        storage.read_parquet(part, columns=CAPTION_COLUMNS, filters=filters).to_pylist())
+            if limit is not None and len(rows) >= limit:
+                break
     except (storage.StorageError, KeyError, pa.ArrowInvalid):
-        return {}
-    return {r["window_id"]: r for r in table.to_pylist() if r["k"] == 0}
+        return rows
+    return rows
 
 
-def _narrations(runs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+def _narrations(runs: list[tuple[str, dict[str, Any]]], videos: list[str]) -> pa.Table | None:
+    """The narrations of ``videos`` from the run's ingest output, or None."""
     for d, run in runs:
         if run.get("job") == "ingest" and storage.exists(storage.join(d, "narrations")):
             try:
-                return storage.read_parquet(storage.join(d, "narrations"),
-                                            columns=["video_uid", "t_start", "t_end", "text"]).to_pylist()
+                return storage.read_parquet(storage.join(d, "narrations"), columns=["video_uid", "t_start", "t_end",
+                                                                                    "text"],
+                                            filters=[("video_uid", "in", videos)])
             except (storage.StorageError, KeyError, pa.ArrowInvalid):
                 continue
-    return []
+    return None
 
 
-def _qa_by_video(runs: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def _qa_by_video(runs: list[tuple[str, dict[str, Any]]], videos: list[str]) -> dict[str, dict[str, Any]]:
+    """The first question–answer set of each of ``videos`` in the run's qa outputs."""
     out: dict[str, dict[str, Any]] = {}
     for d, run in runs:
         if run.get("job") == "qa" and storage.exists(storage.join(d, "qa")):
             try:
                 rows = storage.read_parquet(storage.join(d, "qa"),
-                                            columns=["video_uid", "question", "answer", "wrong_answers"]).to_pylist()
+                                            columns=["video_uid", "question", "answer", "wrong_answers"],
+                                            filters=[("video_uid", "in", videos)]).to_pylist()
             except (storage.StorageError, KeyError, pa.ArrowInvalid):
                 continue
             for r in rows:
@@ -108,13 +121,21 @@ def _narrate_label(job_dir: str, run: dict[str, Any]) -> str:
 
 def sample_grid(run_dir: str, runs: list[tuple[str, dict[str, Any]]], limit: int = 8) -> str:
     """The grid's HTML, or "" when the run has no narrate output."""
-    outputs = [(_narrate_label(d, run), _first_captions(d)) for d, run in runs if run.get("job") == "narrate"]
-    outputs = [(name, caps) for name, caps in outputs if caps]
-    if not outputs:
+    narrates = [(d, run) for d, run in runs if run.get("job") == "narrate"]
+    first: dict[str, dict[str, Any]] = {}
+    source = None
+    for d, _ in narrates:  # the first narrate output with captions offers the clips
+        first = _first_captions(d, limit=CANDIDATES)
+        if first:
+            source = d
+            break
+    if not first:
         return ""
+    outputs = [(_narrate_label(d, run), first if d == source else _first_captions(d, ids=set(first)))
+               for d, run in narrates]
+    outputs = [(name, caps) for name, caps in outputs if caps]
     # the clips every narrate output narrated (else those of the first), in video and time order
-    common = set(outputs[0][1]).intersection(*(set(c) for _, c in outputs[1:])) or set(outputs[0][1])
-    first = outputs[0][1]
+    common = set(first).intersection(*(set(c) for _, c in outputs[1:])) or set(first)
     chosen = sorted(common, key=lambda w: (first[w]["video_uid"], first[w]["t_start"], w))
     # spread the rows over the videos: one clip per video before a second one of any
     by_video: dict[str, list[str]] = {}
@@ -125,8 +146,14 @@ def sample_grid(run_dir: str, runs: list[tuple[str, dict[str, Any]]], limit: int
         for v in list(by_video):
             if by_video[v] and len(picked) < limit:
                 picked.append(by_video[v].pop(0))
-    narrations = _narrations(runs)
-    qa = _qa_by_video(runs)
+    from egoray.eval.sections import narration_references
+
+    videos = sorted({first[w]["video_uid"] for w in picked})
+    narrations = _narrations(runs, videos)
+    windows = pa.Table.from_pylist([{k: first[w][k] for k in ("window_id", "video_uid", "t_start", "t_end")}
+                                    for w in picked])
+    human = narration_references(narrations, windows) if narrations is not None else {}
+    qa = _qa_by_video(runs, videos)
     dirs = _video_dirs(run_dir, runs)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in
                    ["clip", "frames", "human narration", *(name for name, _ in outputs), *(["QA pair"] if qa else [])])
@@ -134,13 +161,12 @@ def sample_grid(run_dir: str, runs: list[tuple[str, dict[str, Any]]], limit: int
     for w in picked:
         clip = first[w]
         uid, t0, t1 = clip["video_uid"], float(clip["t_start"]), float(clip["t_end"])
-        human = [n["text"] for n in narrations if n["video_uid"] == uid and n["text"]
-                 and t0 <= (n["t_start"] + n["t_end"]) / 2 <= t1]
         path = _video_file(uid, dirs)
         frames = _thumbnails(path, t0, t1) if path else "<span class=muted>video not found</span>"
         cells = [f"<td>{html.escape(uid[:8])}<br><span class=muted>{t0:.1f}–{t1:.1f} s</span></td>",
                  f"<td class=frames>{frames}</td>",
-                 f"<td>{'<br>'.join(html.escape(h) for h in human) or '<span class=muted>(none)</span>'}</td>"]
+                 f"<td>{'<br>'.join(html.escape(h) for h in human.get(w, [])) or '<span class=muted>(none)</span>'}"
+                 "</td>"]
         for _, caps in outputs:
             text = caps.get(w, {}).get("text")
             cells.append(f"<td>{html.escape(text) if text else '<span class=muted>(empty)</span>'}</td>")

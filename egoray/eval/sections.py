@@ -409,7 +409,7 @@ def embed_texts(texts: list[str], text_features: str | None, encoder: TextEncode
     return text_encoder_of(text_features, encoder).encode(texts).astype(np.float32)
 
 
-def _narration_references(refs: pa.Table, windows: pa.Table) -> dict[str, list[str]]:
+def narration_references(refs: pa.Table, windows: pa.Table) -> dict[str, list[str]]:
     """Texts of the narrations whose time falls inside each window (same video)."""
     by_video: dict[str, tuple[np.ndarray, list[str]]] = {}
     r = refs.select(["video_uid", "t_start", "t_end", "text"]).to_pydict()
@@ -428,17 +428,16 @@ def _narration_references(refs: pa.Table, windows: pa.Table) -> dict[str, list[s
 BLIND_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
 
-def _blind_baseline(pool: list[str | None], refs: dict[str, list[str]], tokenizer: str) -> dict[str, Any]:
+def _blind_baseline(pool: pa.Array | pa.ChunkedArray, refs: dict[str, list[str]], tokenizer: str) -> dict[str, Any]:
     """What a captioner that never looks at the video scores: the most frequent training text
-    (``blind_text``) given for every item, its metrics as ``blind_<metric>``."""
-    from collections import Counter
-
+    (``blind_text``; ties: the first seen) given for every item, its metrics as ``blind_<metric>``."""
     from egoray.eval.captioning import score_captions
 
-    texts = [t for t in pool if t]
-    if not texts:
+    texts = pc.drop_null(pool)
+    counts = pc.value_counts(texts.filter(pc.not_equal(texts, ""))).flatten()  # in order of first appearance
+    if not len(counts[0]):
         return {}
-    text = Counter(texts).most_common(1)[0][0]
+    text = counts[0][int(pc.index(counts[1], pc.max(counts[1])).as_py())].as_py()
     scores = score_captions(dict.fromkeys(refs, text), refs, tokenizer)
     return {"blind_text": text, **{f"blind_{k}": scores[k] for k in BLIND_METRICS if k in scores}}
 
@@ -461,11 +460,11 @@ def captioning(cfg: CaptioningSection) -> SectionResult:
             refs = {nid: [text] for nid, text in zip(narrations["narration_id"].to_pylist(),
                                                      narrations["text"].to_pylist(), strict=True)}
         else:
-            refs = _narration_references(narrations, first)
+            refs = narration_references(narrations, first)
         pred = dict(zip(first["window_id"].to_pylist(), first["text"].to_pylist(), strict=True))
         train = narrations.filter(pc.equal(narrations["split"], "train")) if "split" in narrations.column_names \
             else narrations
-        blind_pool = (train if train.num_rows else narrations)["text"].to_pylist()
+        blind_pool = (train if train.num_rows else narrations)["text"]
     else:
         if "summary" not in preds.column_names:
             raise InputError(f"{cfg.predictions}: not a captions output (no summary)")
@@ -479,7 +478,8 @@ def captioning(cfg: CaptioningSection) -> SectionResult:
                 refs.setdefault(v, []).append(text)
         pred = dict(zip(preds["video_uid"].to_pylist(), preds["summary"].to_pylist(), strict=True))
         # the blind baseline's pool: summaries of other videos than the predicted ones, if any
-        blind_pool = [t for v, ts in refs.items() if v not in pred for t in ts] or [t for ts in refs.values() for t in ts]
+        blind_pool = pa.array([t for v, ts in refs.items() if v not in pred for t in ts]
+                              or [t for ts in refs.values() for t in ts], pa.string())
     refs = {k: v for k, v in refs.items() if v}
     scored = {k: refs[k] for k in pred if k in refs}
     rejects = [_reject(k, f"captioning-{cfg.name}", "no_reference", "no human text to compare with")

@@ -164,7 +164,8 @@ class VLMRecipe(Recipe):
         # at every evaluation and in every run, whatever order the blocks arrive in
         self.eval_rows: list[dict[str, Any]] = []
         for b in held.iter_batches(batch_size=256, batch_format="pyarrow"):
-            self.eval_rows = sorted(self.eval_rows + b.to_pylist(), key=lambda r: r["id"])[:self.loop["eval_max"]]
+            smallest = b.sort_by("id").slice(0, self.loop["eval_max"]).to_pylist()  # rows only of those
+            self.eval_rows = sorted(self.eval_rows + smallest, key=lambda r: r["id"])[:self.loop["eval_max"]]
         self.train_shard = ray.train.get_dataset_shard("train")
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
