@@ -29,9 +29,11 @@ def _zeroshot(m: dict[str, Any]) -> str:
 
 
 def _captioning(m: dict[str, Any]) -> str:
+    against = ("the narration its window was made from (LaViLa's protocol)" if m.get("protocol") == "lavila" else
+               "the human narrations inside its window (summaries: the video's human summaries)")
     line = ("BLEU, METEOR, ROUGE-L (0–1) and CIDEr (0–10, consensus with the human texts weighted by how rare "
-            f"their words are) of the first generated text of each of {_f(m.get('items', '?'))} items against the "
-            "human narrations inside its window (summaries: the video's human summaries).")
+            f"their words are) of the first generated text of each of {_f(m.get('items', '?'))} items against "
+            f"{against}.")
     if "blind_CIDEr" in m:
         line += (f" Video-blind baseline — “{m.get('blind_text', '')}”, the most frequent training text, for every "
                  f"item: CIDEr {_f(m['blind_CIDEr'])}, BLEU-4 {_f(m.get('blind_BLEU-4', '?'))}.")
