@@ -46,12 +46,24 @@ def lavila_tokenize(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str
     case, accents stripped, punctuation kept as its own token and re-attached by the decoder's
     clean-up), no PTB tokenizer. BERT's basic tokenizer and transformers' clean-up reproduce that
     round trip offline (word pieces rejoin to the same words)."""
-    from transformers import PreTrainedTokenizerBase
-    from transformers.models.bert.tokenization_bert import BasicTokenizer
+    from tokenizers import normalizers, pre_tokenizers
 
-    basic = BasicTokenizer(do_lower_case=True)
-    return {k: [PreTrainedTokenizerBase.clean_up_tokenization(" ".join(basic.tokenize(str(c)))) for c in v]
-            for k, v in captions.items()}
+    # BERT's basic tokenizer (transformers 5 has no slow tokenizers): its normaliser (clean text,
+    # CJK spacing, lower case, accents stripped) and its split on whitespace and punctuation.
+    normalise, split = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+
+    def words(text: str) -> str:
+        return _clean_up(" ".join(w for w, _ in split.pre_tokenize_str(normalise.normalize_str(text))))
+
+    return {k: [words(str(c)) for c in v] for k, v in captions.items()}
+
+
+def _clean_up(text: str) -> str:
+    """transformers' ``clean_up_tokenization``: punctuation and contractions re-attached."""
+    for spaced, joined in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                           (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(spaced, joined)
+    return text
 
 
 def simple_tokenize(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:

@@ -11,7 +11,7 @@ from egoray.models.clip import ClipModel
 
 
 class CaptionOptions(StrictModel):
-    """How CoCa writes a caption (open_clip ``generate``)."""
+    """How CoCa writes a caption (open_clip's ``generate`` options; :mod:`egoray.features.coca_decode`)."""
 
     generation_type: str = Field("top_p", pattern="^(top_p|top_k|beam_search)$")
     seq_len: int = Field(20, ge=2, description="caption length in tokens at most")
@@ -27,13 +27,15 @@ class CocaCaptioner(ImageEncoder):
 
     def __init__(self, spec: ClipModel, options: CaptionOptions, device: str | None = None) -> None:
         super().__init__(spec, device)
-        if not hasattr(self.model, "generate"):
-            raise ValueError(f"{spec.name} is not a CoCa model (no generate); use a coca_* model")
+        if not hasattr(self.model, "text_decoder"):
+            raise ValueError(f"{spec.name} is not a CoCa model (no text decoder); use a coca_* model")
         self.options = options
 
     def caption(self, frames: np.ndarray, seed: int = 0) -> list[str]:
         import open_clip
         import torch
+
+        from egoray.features.coca_decode import cut_at_eot, generate
 
         o = self.options
         out: list[str] = []
@@ -45,11 +47,8 @@ class CocaCaptioner(ImageEncoder):
                           temperature=o.temperature, top_p=o.top_p, top_k=o.top_k)
             if o.generation_type == "beam_search":
                 kwargs.update(num_beams=o.num_beams, num_beam_groups=1)
-            with torch.no_grad():
-                tokens = self.model.generate(x, **kwargs)
-            for t in tokens:
-                text = open_clip.decode(t).replace("<start_of_text>", "").replace("<end_of_text>", "")
-                out.append(" ".join(text.split()).rstrip(" ."))
+            for ids in cut_at_eot(generate(self.model, x, **kwargs)):
+                out.append(" ".join(open_clip.decode(torch.tensor(ids)).split()).rstrip(" ."))
         return out
 
     def encode_texts(self, texts: list[str], normalize: bool = True) -> np.ndarray:

@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from egoray.llm.engine import GenerationParams
-from egoray.llm.prompts import QAPrompts, RephrasePrompts, SummaryPrompts
+from egoray.llm.engine import GenerationParams, Prompt
+from egoray.llm.prompts import QAPrompts, RephrasePrompts, SummaryPrompts, Turn
 from egoray.llm.schemas import (
     Parsed,
     as_text,
@@ -33,10 +33,11 @@ class QuestionStep(Step):
         super().__init__(params, qa_schema(max_question_words, max_answer_words), 1, max_attempts)
         self.prompts, self.max_q, self.max_a = prompts, max_question_words, max_answer_words
 
-    def prompt(self, row: dict[str, Any]) -> str:
+    def prompt(self, row: dict[str, Any]) -> Prompt:
         lines = [self.prompts.narration_line.format(text=t, t_start=row["t_start"], t_end=row["t_end"])
                  for t in row["texts"]]
-        return self.prompts.question.format(narrations=self.prompts.narration_separator.join(lines))
+        user = self.prompts.question.format(narrations=self.prompts.narration_separator.join(lines))
+        return self.prompts.as_prompt(user, self.prompts.question_examples)
 
     def validate(self, row: dict[str, Any], outputs: list[str]) -> Parsed:
         return validate_qa(outputs[0] if outputs else None, self.max_q, self.max_a)
@@ -60,8 +61,9 @@ class WrongAnswersStep(Step):
         super().__init__(params, wrong_answers_schema(n_wrong, max_answer_words), 1, max_attempts)
         self.prompts, self.n_wrong, self.max_a = prompts, n_wrong, max_answer_words
 
-    def prompt(self, row: dict[str, Any]) -> str:
-        return self.prompts.wrong_answers.format(question=row["question"], answer=row["answer"])
+    def prompt(self, row: dict[str, Any]) -> Prompt:
+        user = self.prompts.wrong_answers.format(question=row["question"], answer=row["answer"])
+        return self.prompts.as_prompt(user, self.prompts.wrong_answers_examples)
 
     def validate(self, row: dict[str, Any], outputs: list[str]) -> Parsed:
         return validate_wrong_answers(outputs[0] if outputs else None, row["answer"], self.n_wrong, self.max_a)
@@ -104,8 +106,8 @@ class ParaphraseStep(Step):
         super().__init__(params, None, k, max_attempts)
         self.prompts = prompts
 
-    def prompt(self, row: dict[str, Any]) -> str:
-        return self.prompts.paraphrase.format(text=row["text"])
+    def prompt(self, row: dict[str, Any]) -> Prompt:
+        return self.prompts.as_prompt(self.prompts.paraphrase.format(text=row["text"]), self.prompts.paraphrase_examples)
 
     def validate(self, row: dict[str, Any], outputs: list[str]) -> Parsed:
         kept = clean_paraphrases(row["text"], outputs)
@@ -121,12 +123,18 @@ class ParaphraseStep(Step):
                           ensure_ascii=False)[:8000]
 
 
-def summary_prompt(captions: list[str], prompts: SummaryPrompts | None = None) -> str:
+def summary_prompt(captions: list[str], prompts: SummaryPrompts | None = None) -> Prompt:
+    """The instruction, the examples and the query as one text; or (chat) as system message,
+    example turns and the query."""
     prompts = prompts or SummaryPrompts()
     sep = prompts.separator
+    query = prompts.query.format(captions=sep.join(c.strip() for c in captions if c and c.strip()))
+    if prompts.chat:
+        turns = [Turn(user=prompts.query.format(captions=sep.join(ex["captions"])), assistant=str(ex["summary"]))
+                 for ex in prompts.examples]
+        return prompts.as_prompt(query, turns, prompts.system or prompts.instruction)
     shots = [prompts.example.format(captions=sep.join(ex["captions"]), summary=ex["summary"])
              for ex in prompts.examples]
-    query = prompts.query.format(captions=sep.join(c.strip() for c in captions if c and c.strip()))
     return "\n\n".join([prompts.instruction, *shots, query])
 
 
@@ -183,10 +191,10 @@ class SummaryStep(Step):
         super().__init__(params, None, 1, max_attempts)
         self.prompts, self.captions_col = prompts, captions_col
 
-    def prompt(self, row: dict[str, Any]) -> str:
+    def prompt(self, row: dict[str, Any]) -> Prompt:
         return summary_prompt(row[self.captions_col] or [], self.prompts)
 
-    def fit_prompt(self, row: dict[str, Any], fits: Callable[[str], bool]) -> str:
+    def fit_prompt(self, row: dict[str, Any], fits: Callable[[Prompt], bool]) -> Prompt:
         captions = shorten_captions(list(row[self.captions_col] or []),
                                     lambda c: fits(summary_prompt(c, self.prompts)))
         return summary_prompt(captions, self.prompts)

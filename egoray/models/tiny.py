@@ -5,7 +5,7 @@ resolve to a directory this module builds (deterministically, in seconds) and ca
 
 - a byte-level BPE tokenizer trained on a small built-in English + narration corpus
   (every byte is in the vocabulary, so any text round-trips and grammar-constrained decoding
-  can spell anything);
+  can spell anything), with a chat template (:data:`CHAT_TEMPLATE`) on the LLM presets;
 - ``tiny:llama`` — a 2-layer ``LlamaForCausalLM`` briefly pre-trained on what the LLM jobs ask
   it for (:func:`assistant_lines`: narrations, summaries, QA JSON), and ``tiny:llama-random``
   without that (it never stops early: generation benchmarks use it for a fixed amount of work
@@ -34,9 +34,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-PRESET_VERSION = "5"
+PRESET_VERSION = "7"
 PRESETS = ("llama", "llama-random", "t5", "gpt2", "sentence", "sentence-base", "blip2", "blip2-t5")
+CHAT_PRESETS = ("llama", "llama-random", "t5", "gpt2")  # the LLM jobs' models get a chat template
 SPECIAL = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
+# A chat template of the common shape (role headers, one end token per turn), so that prompts with
+# ``chat: true`` run on the tiny presets too.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}"
+    "{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 _CORPUS_WORDS = """
 the a an and or of to in on with from into onto at by for his her their its is was were be been
@@ -74,17 +81,22 @@ def resolve_model(name: str, seed: int = 0) -> str:
     target = cache_root() / "models" / f"tiny-{preset}-{key}"
     if (target / "config.json").exists():
         return str(target)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        build_tiny_model(preset, str(tmp), seed)
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time (Ray Train ranks, actors); others wait
+        if (target / "config.json").exists():
+            return str(target)
+        if target.exists():  # an incomplete entry (a build killed mid-way on another filesystem)
+            shutil.rmtree(target)
+        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
         try:
-            tmp.rename(target)  # atomic: concurrent builders race harmlessly
-        except OSError:
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            build_tiny_model(preset, str(tmp), seed)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
 
 
@@ -124,13 +136,16 @@ def build_tiny_model(preset: str, out_dir: str, seed: int = 0) -> None:
     import transformers
 
     tokenizer = build_tokenizer()
+    if preset in CHAT_PRESETS:  # not the sentence encoders: sentence-transformers would chat-format their texts
+        tokenizer.chat_template = CHAT_TEMPLATE
     ids = {k: tokenizer.convert_tokens_to_ids(v) for k, v in SPECIAL.items()}
     vocab = len(tokenizer)
     torch.manual_seed(seed)
     if preset in ("llama", "llama-random"):
         config = transformers.LlamaConfig(
             vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            # head_dim 32: vLLM's CPU attention rejects 16
+            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
             bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
             tie_word_embeddings=False,
         )

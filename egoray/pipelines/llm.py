@@ -5,17 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from egoray.llm.engine import EngineConfig
+from egoray.llm.engine import EngineConfig, check_chat_template
 from egoray.stages.base import Stage
 from egoray.stages.generate import LLMStage, Step
 
 
 def llm_stage(engine: EngineConfig, steps: list[Step], id_column: str) -> Stage:
-    """The ``hf`` engine's actor-pool stage, or the ``vllm`` engine's ``ray.data.llm`` operators."""
-    if engine.kind == "vllm":
-        from egoray.vllm_stage import VLLMStage
-
-        return VLLMStage(engine, steps, id_column)
+    """The LLM stage: one engine (``hf`` or ``vllm``) per actor of one pool, for every step and retry."""
+    if any(getattr(getattr(step, "prompts", None), "chat", False) for step in steps):
+        check_chat_template(engine.model)
     return LLMStage(engine, steps, id_column)
 
 

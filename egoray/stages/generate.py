@@ -1,10 +1,12 @@
 """LLM generation as a stage: one model per actor, a sequence of validated steps per item.
 
 A :class:`Step` says how one item becomes a prompt, how the outputs are validated and which
-columns a valid output fills. :class:`LLMStage` runs its steps in order over a batch with the
-``hf`` engine: every step generates for the rows still usable, validates, and regenerates the
+columns a valid output fills. :class:`LLMStage` runs its steps in order over a batch with one
+engine per actor for the whole job (``hf`` or ``vllm``, :mod:`egoray.llm.engine`): every step generates for the rows still usable, validates, and regenerates the
 failures with the next attempt's seeds, up to ``max_attempts``; rows still failing are marked
-with the step's name and the reason, their raw output kept for the rejects table. Seeds come
+with the step's name and the reason, their raw output kept for the rejects table. A sample the
+engine could not generate (``grammar_dead_end``, ``generation_error``) fails its row's attempt
+like an invalid output, with that reason. Seeds come
 from (step seed, step name, item id, sample, attempt) — :func:`egoray.models.sampling.row_seed` —
 so an item's outputs do not depend on its batch, its actor or an earlier interrupted run.
 """
@@ -18,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from egoray.llm.engine import EngineConfig, GenerationParams
+from egoray.llm.engine import EngineConfig, GenerationFailure, GenerationParams, Prompt
 from egoray.llm.schemas import Parsed
 from egoray.models.sampling import row_seed
 from egoray.stages.base import Resources, Stage, mark, pending
@@ -34,10 +36,11 @@ class Step:
                  max_attempts: int = 1) -> None:
         self.params, self.schema, self.n, self.max_attempts = params, schema, n, max_attempts
 
-    def prompt(self, row: dict[str, Any]) -> str:
+    def prompt(self, row: dict[str, Any]) -> Prompt:
+        """A string, or chat messages for the model's chat template."""
         raise NotImplementedError
 
-    def fit_prompt(self, row: dict[str, Any], fits: Callable[[str], bool]) -> str:
+    def fit_prompt(self, row: dict[str, Any], fits: Callable[[Prompt], bool]) -> Prompt:
         """The prompt, shortened where the step knows how until ``fits`` accepts it (by default
         as it is: the engine cuts what is left over)."""
         return self.prompt(row)
@@ -51,7 +54,7 @@ class Step:
 
     def reject_input(self, row: dict[str, Any], outputs: list[str], attempts: int) -> str:
         """What the rejects table keeps of a failed item (its raw output above all)."""
-        return json.dumps({"prompt": self.prompt(row)[-2000:], "raw_output": outputs, "attempts": attempts},
+        return json.dumps({"prompt": str(self.prompt(row))[-2000:], "raw_output": outputs, "attempts": attempts},
                           ensure_ascii=False)[:8000]
 
     def seeds(self, item: str, attempt: int) -> list[int]:
@@ -75,17 +78,24 @@ class LLMStage(Stage):
         return [s.name for s in self.steps]
 
     def setup(self) -> None:
-        from egoray.llm.engine import HFEngine
-
         c = self.engine_config
-        self.engine = HFEngine(c.model, c.dtype, max_prompt_tokens=c.max_prompt_tokens)
+        if c.kind == "vllm":
+            from egoray.llm.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(c.model, c.dtype, c.max_prompt_tokens,
+                                     max(s.params.max_new_tokens for s in self.steps), c.gpus_per_actor,
+                                     c.kv_cache_gb, c.engine_kwargs)
+        else:
+            from egoray.llm.engine import HFEngine
+
+            self.engine = HFEngine(c.model, c.dtype, max_prompt_tokens=c.max_prompt_tokens)
 
     def process(self, rows: pa.Table) -> pa.Table:
         for step in self.steps:
             rows = self.run_step(step, rows)
         return rows
 
-    def generate(self, step: Step, prompts: list[str], seeds: list[list[int]]) -> list[list[str]]:
+    def generate(self, step: Step, prompts: list[Prompt], seeds: list[list[int]]) -> list[list[str | GenerationFailure]]:
         return self.engine.generate(prompts, step.params, step.schema, seeds)
 
     def units(self) -> dict[str, int]:
@@ -104,8 +114,10 @@ class LLMStage(Stage):
                 break
             seeds = [step.seeds(str(records[i][self.id_column]), attempt) for i in todo]
             for i, outs in zip(todo, self.generate(step, [prompts[i] for i in todo], seeds), strict=True):
-                outputs[i], attempts[i] = outs, attempt + 1
-                results[i] = step.validate(records[i], outs)
+                failure = next((o for o in outs if isinstance(o, GenerationFailure)), None)
+                outputs[i], attempts[i] = [o if isinstance(o, str) else "" for o in outs], attempt + 1
+                results[i] = (Parsed(reason=failure.reason, detail=failure.detail) if failure is not None
+                              else step.validate(records[i], outputs[i]))
             todo = [i for i in todo if not results[i].ok]
         values: dict[str, list[Any]] = {f.name: [None] * rows.num_rows for f in step.fields}
         tries = [0] * rows.num_rows

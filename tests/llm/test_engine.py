@@ -80,18 +80,17 @@ def test_seq2seq_returns_n_per_prompt():
     assert t5.seq2seq and t5.tokenizer.padding_side == "right"
 
 
-def test_vllm_processor_config_is_built_from_the_engine_config():
-    from egoray.llm.engine import EngineConfig
-    from egoray.vllm_stage import vllm_processor_config
+def test_vllm_engine_arguments_come_from_the_engine_config():
+    from egoray.llm.vllm_engine import CPU_KV_CACHE_GB, engine_kwargs
 
-    cfg = vllm_processor_config(
-        EngineConfig(kind="vllm", model="org/model", batch_size=32, num_actors=3, gpus_per_actor=2,
-                     engine_kwargs={"enable_prefix_caching": True}),
-        GenerationParams(max_new_tokens=64))
-    assert cfg.model_source == "org/model" and cfg.batch_size == 32 and cfg.concurrency == 3
-    assert cfg.engine_kwargs["tensor_parallel_size"] == 2
-    assert cfg.engine_kwargs["max_model_len"] == 1024 + 64
-    assert cfg.engine_kwargs["enable_prefix_caching"] is True
+    gpu = engine_kwargs("org/model", "bfloat16", 1024 + 64, gpus=2, kv_cache_gb=None, on_gpu=True,
+                        extra={"enable_prefix_caching": False})
+    assert gpu["model"] == "org/model" and gpu["max_model_len"] == 1088 and gpu["tensor_parallel_size"] == 2
+    assert gpu["enable_prefix_caching"] is False and "kv_cache_memory_bytes" not in gpu
+    assert gpu["structured_outputs_config"]["backend"] == "guidance"
+    cpu = engine_kwargs("m", "auto", 100, gpus=0, kv_cache_gb=None, on_gpu=False, extra={})
+    assert cpu["kv_cache_memory_bytes"] == int(CPU_KV_CACHE_GB * 2**30) and "tensor_parallel_size" not in cpu
+    assert engine_kwargs("m", "auto", 100, 0, 0.25, False, {})["kv_cache_memory_bytes"] == 2**28
 
 
 def test_generated_tokens_are_counted_without_padding(llama):
