@@ -122,6 +122,7 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     ours = measure([sys.executable, "-m", "egoray", "run", str(ROOT / "configs/demo/qa.yaml"), f"input={source}",
                     f"output={out}", f"engine.model={MODEL}", "grouping.max_group=1", "grouping.limit=null",
+                    "prompts.chat=false", 'prompts.system=""', "prompts.version=egotimeqa-v1",
                     f"engine.batch_size={args.batch_size}", f"engine.num_actors={os.cpu_count()}",
                     f"question_params.max_new_tokens={MAX_NEW_TOKENS}",
                     f"wrong_answer_params.max_new_tokens={MAX_NEW_TOKENS}",

@@ -37,12 +37,21 @@ def run_job(source: Path, out: Path, n: int, engine: list[str], env: dict[str, s
     if proc.returncode != 0:
         sys.exit(f"{engine} failed:\n{proc.output[-3000:]}")
     run = json.loads((out / "run.json").read_text())
-    assert run["units"]["narrations"] == n, run["units"]
+    assert run["stages"]["question"]["in"] == n, run["stages"]
     job = run["timings"]["wall_this_run"]
     return {"job_seconds": round(job, 1), "narrations_per_s": round(n / job, 2), "cli_seconds": round(proc.seconds, 1),
             "peak_pss_gb": round(proc.peak_mb / 1024, 2),
             "qa_rows": run["exported"], "rejects": sum(c["rejected"] for c in run["stages"].values()),
+            "reject_reasons": _reasons(out),
             "tokens": run["units"].get("tokens_generated"), "engine_starts": run["model_loads"]}
+
+
+def _reasons(out: Path) -> dict[str, int]:
+    from egoray import storage
+
+    rejects = storage.read_parquet(str(out / "rejects"))
+    return {str(r["values"]): int(r["counts"]) for r in rejects["reason"].value_counts().to_pylist()} \
+        if rejects.num_rows else {}
 
 
 def main() -> None:

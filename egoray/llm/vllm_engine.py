@@ -55,6 +55,19 @@ def engine_kwargs(model_path: str, dtype: str, max_model_len: int, gpus: float, 
     return kwargs
 
 
+def _context_length(path: str) -> int | None:
+    """The model's context length from its config (``max_position_embeddings``), if it says."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path)
+    except Exception:  # vLLM will say what is wrong with the model
+        return None
+    config = getattr(config, "text_config", None) or config
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
 class VLLMEngine:
     """A ``vllm.LLM`` and its tokenizer, loaded once, generating in batches."""
 
@@ -73,8 +86,14 @@ class VLLMEngine:
         from vllm import LLM
 
         self.model_name = model
-        kwargs = engine_kwargs(resolve_model(model), dtype, max_prompt_tokens + max_new_tokens, gpus, kv_cache_gb,
-                               on_gpu, extra or {})
+        path = resolve_model(model)
+        limit = _context_length(path)
+        if limit is not None and max_prompt_tokens + max_new_tokens > limit:
+            # vLLM refuses a max_model_len over the model's context; prompts get what is left
+            log.warning("max_prompt_tokens %d + max_new_tokens %d exceed %s's context of %d tokens: prompts are cut "
+                        "to %d tokens", max_prompt_tokens, max_new_tokens, model, limit, limit - max_new_tokens)
+            max_prompt_tokens = max(1, limit - max_new_tokens)
+        kwargs = engine_kwargs(path, dtype, max_prompt_tokens + max_new_tokens, gpus, kv_cache_gb, on_gpu, extra or {})
         log.info("starting vLLM: %s", {k: v for k, v in kwargs.items() if k != "model"})
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
