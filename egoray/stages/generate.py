@@ -2,13 +2,14 @@
 
 A :class:`Step` says how one item becomes a prompt, how the outputs are validated and which
 columns a valid output fills. :class:`LLMStage` runs its steps in order over a batch with one
-engine per actor for the whole job (``hf`` or ``vllm``, :mod:`egoray.llm.engine`): every step generates for the rows still usable, validates, and regenerates the
-failures with the next attempt's seeds, up to ``max_attempts``; rows still failing are marked
-with the step's name and the reason, their raw output kept for the rejects table. A sample the
-engine could not generate (``grammar_dead_end``, ``generation_error``) fails its row's attempt
-like an invalid output, with that reason. Seeds come
-from (step seed, step name, item id, sample, attempt) — :func:`egoray.models.sampling.row_seed` —
-so an item's outputs do not depend on its batch, its actor or an earlier interrupted run.
+engine per actor for the whole job (``hf`` or ``vllm``, :mod:`egoray.llm.engine`): every step
+generates for the rows still usable, validates, and regenerates the failures with the next
+attempt's seeds, up to ``max_attempts``; rows still failing are marked with the step's name and
+the reason, their raw output kept for the rejects table. A sample the engine could not generate
+(``grammar_dead_end``, ``generation_error``) fails its row's attempt like an invalid output,
+with that reason. Seeds come from (step seed, step name, item id, sample, attempt) —
+:func:`egoray.models.sampling.row_seed` — so an item's outputs do not depend on its batch, its
+actor or an earlier interrupted run.
 """
 
 from __future__ import annotations
