@@ -58,6 +58,15 @@ def check_chat_template(model: str) -> None:
     render_chat(AutoTokenizer.from_pretrained(resolve_model(model)), [{"role": "user", "content": "hi"}], model)
 
 
+def sample_seeds(prompts: list[Prompt], params: GenerationParams, seeds: list[list[int]] | None) -> list[list[int]]:
+    """Each prompt's sample seeds (default: one sample seeded by ``params.seed``), checked to give
+    every prompt the same number of samples."""
+    seeds = seeds if seeds is not None else [[params.seed] for _ in prompts]
+    if len(seeds) != len(prompts) or any(len(s) != len(seeds[0]) for s in seeds):
+        raise ValueError("seeds must give the same number of samples for every prompt")
+    return seeds
+
+
 def error_detail(exc: BaseException) -> str:
     """The exception's type, message and last frames (for the rejects table)."""
     import traceback
@@ -166,10 +175,8 @@ class HFEngine:
         """
         if not prompts:
             return []
-        seeds = seeds if seeds is not None else [[params.seed] for _ in prompts]
+        seeds = sample_seeds(prompts, params, seeds)
         n = len(seeds[0])
-        if any(len(s) != n for s in seeds) or len(seeds) != len(prompts):
-            raise ValueError("seeds must give the same number of samples for every prompt")
         try:
             return self._generate(prompts, params, schema, seeds)
         except Exception as exc:  # one bad prompt must not fail the others

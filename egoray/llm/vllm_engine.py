@@ -22,7 +22,7 @@ import logging
 import os
 from typing import Any
 
-from egoray.llm.engine import GenerationFailure, GenerationParams, Prompt, error_detail, render_chat
+from egoray.llm.engine import GenerationFailure, GenerationParams, Prompt, error_detail, render_chat, sample_seeds
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +128,8 @@ class VLLMEngine:
         """``len(seeds[i])`` completions of prompt ``i``; sample ``s`` is the request seeded by ``seeds[i][s]``."""
         if not prompts:
             return []
-        seeds = seeds if seeds is not None else [[params.seed] for _ in prompts]
+        seeds = sample_seeds(prompts, params, seeds)
         n = len(seeds[0])
-        if any(len(s) != n for s in seeds) or len(seeds) != len(prompts):
-            raise ValueError("seeds must give the same number of samples for every prompt")
         requests, sampling, owners = [], [], []
         out: list[list[str | GenerationFailure]] = [[""] * n for _ in prompts]
         for i, prompt in enumerate(prompts):
