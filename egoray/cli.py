@@ -85,6 +85,10 @@ def _print_summary(manifest: dict) -> None:
     print(f"\n{manifest['job']}: {manifest['status']} -> {manifest['output']}")
     for name, c in manifest.get("stages", {}).items():
         print(f"  {name:<12} in {c['in']:>9}  out {c['out']:>9}  rejected {c['rejected']:>7}")
+    ran, configured = manifest.get("actors", {}), manifest.get("actors_configured", {})
+    for name, want in configured.items():
+        if ran.get(name, want) < want:
+            print(f"  {name}: {ran[name]} of {want} actors ran (the cluster had no room for more)")
     shards = manifest.get("shards", {})
     if shards:
         print(f"  shards: {shards.get('completed')}/{shards.get('total')} complete"
@@ -218,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from egoray.data.raw import InputError
     from egoray.runtime import OutputConflict
     from egoray.settings import apply_driver_defaults
+    from egoray.stages.guard import StageFailing
     from egoray.storage import StorageError
     from egoray.submit import SubmitError
 
@@ -234,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as e:
         print(f"egoray: config error: {e}", file=sys.stderr)
         return 2
-    except (InputError, StorageError, OutputConflict, SubmitError) as e:
+    except (InputError, StorageError, OutputConflict, SubmitError, StageFailing) as e:
         print(f"egoray: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

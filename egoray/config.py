@@ -59,9 +59,18 @@ class JobConfig(StrictModel):
     resumable_changes: ClassVar[dict[str, Any]] = {}
 
     def fingerprint(self) -> str:
-        """A hash of everything that determines the output (Ray sizing excluded)."""
-        payload = json.dumps(self.model_dump(mode="json", exclude={"ray": True, **self.resumable_changes}), sort_keys=True)
+        """A hash of everything that determines the output (Ray sizing and the error budget excluded)."""
+        payload = json.dumps(self.model_dump(mode="json", exclude={"ray": True, "max_error_fraction": True,
+                                                               **self.resumable_changes}), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class StreamingJobConfig(JobConfig):
+    """Fields of every job that streams rows through stages (:func:`egoray.executor.run_job`)."""
+
+    max_error_fraction: float = Field(0.01, ge=0, le=1, description="share of rows a stage may raise on "
+                                      "(each rejected as stage_error) before the job stops; judged after 100 "
+                                      "rows, and at once when the first 8 all fail")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

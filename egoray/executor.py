@@ -31,13 +31,14 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
 
 from egoray import storage
-from egoray.stages.base import Sink, Stage, read_counts, write_part
+from egoray.stages.base import Sink, Stage, pending, read_counts, write_part
+from egoray.stages.guard import ErrorBudget, GuardedResult, StageFailing, call_guarded
 
 CHECKPOINT_DIR = "_checkpoint"
 WORK_DIR = "_work"
@@ -78,6 +79,7 @@ class PassResult:
     loads: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    actors: dict[str, int] = field(default_factory=dict)  # stage → actors that started in this run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,58 +88,94 @@ class PassResult:
 
 
 class PassStats:
-    """Model loads and stage time of one run of a pass (a named actor the stage actors report to)."""
+    """One run of a pass, as the stage actors report it: the actors that started and their model
+    loads, stage time, and the rows each stage raised on (the error budget, across all actors)."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: ErrorBudget | None = None) -> None:
         self.loads: dict[str, int] = {}
+        self.actors: dict[str, set[str]] = {}
         self.seconds: dict[str, float] = {}
+        self.template = budget or ErrorBudget()
+        self.budgets: dict[str, ErrorBudget] = {}
 
-    def loaded(self, stage: str) -> None:
+    def loaded(self, stage: str, actor: str = "") -> None:
         self.loads[stage] = self.loads.get(stage, 0) + 1
+        self.actors.setdefault(stage, set()).add(actor)
 
     def worked(self, stage: str, seconds: float) -> None:
         """Stage time, reported every few seconds by each actor (the last seconds may be missing)."""
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
-    def get(self) -> tuple[dict[str, int], dict[str, float]]:
-        return self.loads, self.seconds
+    def took(self, stage: str, rows: int, errors: int, first_error: str | None = None) -> str | None:
+        """Rows a stage took and how many raised; the message to stop with once over budget."""
+        budget = self.budgets.setdefault(stage, replace(self.template))
+        budget.add(rows, errors, first_error)
+        return budget.message(stage) if budget.exceeded() else None
+
+    def get(self) -> tuple[dict[str, int], dict[str, float], dict[str, int]]:
+        return self.loads, self.seconds, {k: len(v) for k, v in self.actors.items()}
 
 
 class StageActor:
-    """A Ray Data actor around one stage: threads from its CPUs, ``setup()`` once, then batches."""
+    """A Ray Data actor around one stage: threads from its CPUs, ``setup()`` once, then batches,
+    each through :func:`~egoray.stages.guard.call_guarded` (a raising row is rejected, not the job)."""
 
-    def __init__(self, stage: Stage, stats_actor: str | None = None) -> None:
+    def __init__(self, stage: Stage, id_column: str, stats_actor: str | None = None,
+                 budget: ErrorBudget | None = None) -> None:
+        import ray
         import torch
 
         from egoray.metrics import job_for_metrics
 
         torch.set_num_threads(stage.resources.threads)
         self.stage = stage
+        self.id_column = id_column
         self.stats = None
         self.metrics_job = job_for_metrics()
         self.unreported, self.reported_at = 0.0, time.monotonic()
+        self.budget = replace(budget or ErrorBudget())  # this actor's rows: a dead stage stops at once
         stage.setup()
         if stats_actor:
-            import ray
-
             with contextlib.suppress(ValueError):  # the driver may already have gone
                 self.stats = ray.get_actor(stats_actor)
-                self.stats.loaded.remote(stage.name)
+                self.stats.loaded.remote(stage.name, ray.get_runtime_context().get_actor_id())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         t0 = time.perf_counter()
-        out = self.stage(batch)
+        rows = int(pending(batch).sum())
+        result = call_guarded(self.stage, batch, self.id_column, self._row_failed)
         self.unreported += time.perf_counter() - t0
-        if self.stats is not None and time.monotonic() - self.reported_at > 2.0:  # not a call per batch
-            self.stats.worked.remote(self.stage.name, self.unreported)
-            self.unreported, self.reported_at = 0.0, time.monotonic()
+        self.budget.add(rows - result.errors, 0)
+        if self.stats is not None:
+            self._report(rows, result)
         if self.metrics_job:
             units = self.stage.units()
+            if result.errors:
+                units = {**units, "stage_errors": result.errors}
             if units:
                 from egoray.metrics import add_async
 
                 add_async(self.metrics_job, units)
-        return out
+        return result.table
+
+    def _row_failed(self, summary: str) -> None:
+        self.budget.add(0, 1, summary)
+        self.budget.rows += 1
+        if self.budget.all_failed():  # the share of all rows is the stats actor's to judge
+            raise StageFailing(self.budget.message(self.stage.name))
+
+    def _report(self, rows: int, result: GuardedResult) -> None:
+        import ray
+
+        if result.errors:  # wait for the verdict: the budget counts every actor's rows
+            verdict = ray.get(self.stats.took.remote(self.stage.name, rows, result.errors, result.first_error))
+            if verdict:
+                raise StageFailing(verdict)
+        else:  # in order with the calls above (one caller), without a round trip per batch
+            self.stats.took.remote(self.stage.name, rows, 0)
+        if time.monotonic() - self.reported_at > 2.0:  # not a call per batch
+            self.stats.worked.remote(self.stage.name, self.unreported)
+            self.unreported, self.reported_at = 0.0, time.monotonic()
 
 
 def _sink_class() -> type:
@@ -190,14 +228,17 @@ def io_cpus() -> float:
 @contextlib.contextmanager
 def data_context(checkpoint: Any = None) -> Iterator[Any]:
     """The Ray Data context of one pass (restored afterwards): V1 Parquet reads (their tasks
-    take our CPU request), our checkpoint config, the shuffle for one machine, Ray Data's INFO
-    lines kept out of the way."""
+    take our CPU request), our checkpoint config, the shuffle for one machine, a stage's own
+    exception rather than Ray Data's ``UserCodeException`` (which loses its cause on the way to
+    the driver), Ray Data's INFO lines kept out of the way."""
     import ray.data
     from ray.data.context import ShuffleStrategy
 
     ctx = ray.data.DataContext.get_current()
-    saved = (ctx.use_datasource_v2, ctx.checkpoint_config, ctx.print_on_execution_start, ctx.shuffle_strategy)
+    saved = (ctx.use_datasource_v2, ctx.checkpoint_config, ctx.print_on_execution_start, ctx.shuffle_strategy,
+             ctx.raise_original_map_exception)
     ctx.use_datasource_v2 = False
+    ctx.raise_original_map_exception = True  # our errors reach the driver as themselves (see unwrap)
     ctx.checkpoint_config = checkpoint
     ctx.print_on_execution_start = False
     if not os.environ.get("RAY_ADDRESS"):
@@ -209,7 +250,7 @@ def data_context(checkpoint: Any = None) -> Iterator[Any]:
         yield ctx
     finally:
         (ctx.use_datasource_v2, ctx.checkpoint_config, ctx.print_on_execution_start,
-         ctx.shuffle_strategy) = saved
+         ctx.shuffle_strategy, ctx.raise_original_map_exception) = saved
 
 
 def quiet_ray_data_logs() -> None:
@@ -269,17 +310,16 @@ def cpu_share(stages: Sequence[Stage]) -> float:
     return budget / wanted * 0.999
 
 
-def apply_stages(ds: Any, stages: Sequence[Stage], stats_actor: str | None = None) -> Any:
+def apply_stages(ds: Any, stages: Sequence[Stage], id_column: str, stats_actor: str | None = None,
+                 budget: ErrorBudget | None = None) -> Any:
     """One actor pool per stage, for the whole pass."""
     import ray.data
 
-    share = cpu_share([s for s in stages if not hasattr(s, "apply_to_dataset")])
+    share = cpu_share(stages)
     for stage in stages:
         r = stage.resources
-        if hasattr(stage, "apply_to_dataset"):  # a stage that brings its own Ray Data operator (vLLM)
-            ds = stage.apply_to_dataset(ds)
-            continue
-        ds = ds.map_batches(StageActor, fn_constructor_kwargs={"stage": stage, "stats_actor": stats_actor},
+        ds = ds.map_batches(StageActor, fn_constructor_kwargs={"stage": stage, "id_column": id_column,
+                                                               "stats_actor": stats_actor, "budget": budget},
                             batch_size=r.batch_size, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=r.actors),
                             num_cpus=r.cpus * share, num_gpus=r.gpus or None)
@@ -295,33 +335,35 @@ def checkpoint_config(output: str, id_column: str) -> Any:
                             override_filesystem=fs)
 
 
-def run_pass(p: Pass, output: str) -> PassResult:
+def run_pass(p: Pass, output: str, budget: ErrorBudget | None = None) -> PassResult:
     """Run (or resume) a pass into ``output``; Ray must be running."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from egoray.metrics import on_head_node
 
     t0 = time.perf_counter()
     stats_name = f"egoray-pass-{uuid.uuid4().hex[:12]}"
-    # on the driver's node: a worker node lost mid-job must not take the job's statistics with it
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    stats = ray.remote(num_cpus=0)(PassStats).options(name=stats_name, scheduling_strategy=here).remote()
+    # on the head: a worker node lost mid-job must not take the job's statistics with it, and an
+    # actor of ours on an autoscaled node would keep that node (a GPU instance) from scaling down
+    stats = ray.remote(num_cpus=0)(PassStats).options(name=stats_name, scheduling_strategy=on_head_node()
+                                                      ).remote(budget)
     try:
         with data_context(checkpoint_config(output, p.id_column)):
             blocks = 4 * max((s.resources.actors for s in p.stages), default=1)
-            ds = apply_stages(read(p.source, blocks), p.stages, stats_name)
+            ds = apply_stages(read(p.source, blocks), p.stages, p.id_column, stats_name, budget)
             ds.set_name(p.name)  # how the dashboard's Jobs and Data views list it
             ds.write_datasink(_sink_class()(p.sink, output, p.rows_per_file),
                               ray_remote_args={"num_cpus": io_cpus()})
+        loads, seconds, actors = ray.get(stats.get.remote(), timeout=60)
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorDiedError) as e:
+        # statistics only: the output is complete
+        log.warning("egoray: model loads and stage times of this run are unknown (%s)", type(e).__name__)
+        loads, seconds, actors = {}, {}, {}
     except Exception as e:
         raise unwrap(e) from None
-    try:
-        loads, seconds = ray.get(stats.get.remote(), timeout=60)
-    except (ray.exceptions.RayError, TimeoutError) as e:  # statistics only: the output is complete
-        log.warning("egoray: model loads and stage times of this run are unknown (%s)", type(e).__name__)
-        loads, seconds = {}, {}
     finally:
         ray.kill(stats)
-    return PassResult(read_counts(output), loads, seconds, time.perf_counter() - t0)
+    return PassResult(read_counts(output), loads, seconds, time.perf_counter() - t0, actors)
 
 
 def unwrap(e: BaseException) -> BaseException:
@@ -396,7 +438,7 @@ def run_job(config: Any, overwrite: bool, inputs: Sequence[str], plan: Callable[
         before = {r["base"] for r in read_counts(config.output)}
         print(f"[{config.job}] {' → '.join(s.name for s in p.stages)} → {config.output}"
               f"{' (resuming)' if before else ''}", flush=True)
-        result = run_pass(p, config.output)
+        result = run_pass(p, config.output, ErrorBudget(max_fraction=config.max_error_fraction))
         extra = finish(manifest) if finish is not None else {}
         stage_names = list(p.sink.stages)
         new = [r for r in result.counts if r["base"] not in before]
@@ -406,7 +448,10 @@ def run_job(config: Any, overwrite: bool, inputs: Sequence[str], plan: Callable[
         manifest.extra.update({
             "items": sum(r["items"] for r in result.counts), "items_this_run": sum(r["items"] for r in new),
             "batches": len(result.counts), "units": _sum_units(result.counts), "model_loads": result.loads,
-            "actors": {s.name: s.resources.actors for s in p.stages}, **(extra or {})})
+            # the actors that started, which a cluster short of room may hold below the configured
+            "actors": {s.name: result.actors.get(s.name, s.resources.actors) if result.actors else
+                       s.resources.actors for s in p.stages},
+            "actors_configured": {s.name: s.resources.actors for s in p.stages}, **(extra or {})})
         for name, table in p.sink.empty_tables().items():
             if not storage.listdir(storage.join(config.output, name), ".parquet"):
                 write_part(config.output, name, "empty", table)

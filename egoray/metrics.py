@@ -42,11 +42,31 @@ class MetricsActor:
 _actor: Any = None
 
 
+def head_node_id() -> str:
+    """The head node's id (the driver's node where no node says it is the head)."""
+    import ray
+
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            return str(node["NodeID"])
+    return ray.get_runtime_context().get_node_id()
+
+
+def on_head_node() -> Any:
+    """The scheduling strategy of every long-lived actor egoray starts: the head node, which the
+    autoscaler never removes. An actor on an autoscaled worker would keep that node (a GPU
+    instance, billed) alive after the job."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(head_node_id(), soft=False)
+
+
 def _metrics_actor() -> Any:
     import ray
 
     return ray.remote(num_cpus=0)(MetricsActor).options(
-        name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
+        name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        scheduling_strategy=on_head_node()).remote()
 
 
 def add_async(job: str, units: Mapping[str, float]) -> None:

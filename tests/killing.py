@@ -31,7 +31,7 @@ def kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def kill_mid_run(config: Any, tmp_path: Path, timeout: float = 300) -> int:
+def kill_mid_run(config: Any, tmp_path: Path, timeout: float = 300, command: list[str] = EGORAY) -> int:
     """Run ``config`` with ``egoray run`` in a new session; SIGKILL it as soon as a batch is
     committed. Returns the committed batches it left (asserts it was killed before finishing).
 
@@ -46,7 +46,7 @@ def kill_mid_run(config: Any, tmp_path: Path, timeout: float = 300) -> int:
     env = {**os.environ, "EGORAY_IO_CPUS": "0"}
     if ray.is_initialized():
         env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-    proc = subprocess.Popen([*EGORAY, "run", str(cfg)], start_new_session=True, env=env,
+    proc = subprocess.Popen([*command, "run", str(cfg)], start_new_session=True, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while not committed(out) and proc.poll() is None and time.time() < deadline:

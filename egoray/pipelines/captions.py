@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from egoray.config import JobConfig
+from egoray.config import StreamingJobConfig
 from egoray.executor import Pass, Source, run_job
 from egoray.features.captions import CaptionOptions
 from egoray.llm.engine import EngineConfig, GenerationParams
@@ -49,7 +49,7 @@ CAPTIONS = pa.schema(
 )
 
 
-class Config(JobConfig):
+class Config(StreamingJobConfig):
     """Config of the ``captions`` job."""
 
     job: Literal["captions"] = "captions"

@@ -19,7 +19,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from egoray import storage
-from egoray.config import JobConfig
+from egoray.config import StreamingJobConfig
 from egoray.data.raw import InputError
 from egoray.data.videos import ITEMS
 from egoray.executor import WORK_DIR, Pass, Source, run_job
@@ -30,7 +30,7 @@ from egoray.stages.video import FeatureSink
 __all__ = ["Config", "run"]
 
 
-class Config(JobConfig):
+class Config(StreamingJobConfig):
     """Config of the ``import_features`` job (``input``: a folder of ``<video_uid>.pt``)."""
 
     job: Literal["import_features"] = "import_features"

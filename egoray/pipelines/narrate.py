@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from egoray import storage
-from egoray.config import JobConfig, StrictModel, Url
+from egoray.config import StreamingJobConfig, StrictModel, Url
 from egoray.data.raw import InputError
 from egoray.data.tables import table_columns
 from egoray.executor import Pass, Source, prepare, read, run_job
@@ -63,7 +63,7 @@ class TotalPkl(StrictModel):
         "nll", description="nll: mean negative log-likelihood per token; lavila: exp of the mean next-token entropy")
 
 
-class Config(JobConfig):
+class Config(StreamingJobConfig):
     """Config of the ``narrate`` job (``input``: a window table, or the video_features output when dense)."""
 
     job: Literal["narrate"] = "narrate"

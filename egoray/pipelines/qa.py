@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from egoray import storage
-from egoray.config import JobConfig, StrictModel
+from egoray.config import StreamingJobConfig, StrictModel
 from egoray.data.grouping import GROUPS, group_narrations
 from egoray.data.narrations import Split, check_narrations, split_filter
 from egoray.executor import Pass, Source, prepare, read, run_job
@@ -75,7 +75,7 @@ class Limits(StrictModel):
     max_attempts: int = Field(3, ge=1, description="tries per item before it goes to rejects")
 
 
-class Config(JobConfig):
+class Config(StreamingJobConfig):
     """Config of the ``qa`` job."""
 
     job: Literal["qa"] = "qa"

@@ -22,7 +22,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from egoray import storage
-from egoray.config import JobConfig
+from egoray.config import StreamingJobConfig
 from egoray.data.narrations import Split, check_narrations, split_filter
 from egoray.executor import Pass, Source, prepare, read, run_job
 from egoray.llm.engine import EngineConfig, GenerationParams
@@ -48,7 +48,7 @@ PARAPHRASES = pa.schema(
 COLUMNS = ["narration_id", "video_uid", "t_start", "t_end", "text"]
 
 
-class Config(JobConfig):
+class Config(StreamingJobConfig):
     """Config of the ``rephrase`` job."""
 
     job: Literal["rephrase"] = "rephrase"

@@ -24,7 +24,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from egoray import storage
-from egoray.config import JobConfig
+from egoray.config import StreamingJobConfig
 from egoray.data.labels import read_labels
 from egoray.data.raw import InputError
 from egoray.data.tables import table_columns
@@ -37,7 +37,7 @@ NARRATION_COLUMNS = ["video_uid", "t_start", "t_end", "split", "verb", "noun"]
 LABELS_FILE = "_work/labels.parquet"
 
 
-class Config(JobConfig):
+class Config(StreamingJobConfig):
     """Config of the ``text_features`` job."""
 
     job: Literal["text_features"] = "text_features"

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from egoray import storage
-from egoray.config import JobConfig, Url
+from egoray.config import StreamingJobConfig, Url
 from egoray.data.raw import InputError
 from egoray.executor import Pass, Source, run_job
 from egoray.models.clip import ClipModel
@@ -34,7 +34,7 @@ from egoray.stages.video import FeatureSink, Sampling, VideoFeatureStage
 __all__ = ["Config", "Sampling", "read_features", "run"]
 
 
-class Config(JobConfig):
+class Config(StreamingJobConfig):
     """Config of the ``video_features`` job."""
 
     job: Literal["video_features"] = "video_features"

@@ -1,0 +1,72 @@
+"""A streaming job whose stage raises on chosen rows, run by the real executor (``run_job``).
+
+``python -m tests.poison run CONFIG.yaml`` is ``egoray run`` with this job known (the tests kill it
+mid-run).
+The stage upper-cases a text column and raises ``ValueError`` on the ids in ``bad`` (on every
+row with ``always``); the sink writes ``upper/<base>.parquet``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from egoray.config import StreamingJobConfig
+from egoray.executor import Pass, Source, run_job
+from egoray.stages.base import Resources, Sink, Stage, write_part
+
+
+class Config(StreamingJobConfig):
+    job: Literal["poison"] = "poison"
+    bad: list[str] = []
+    always: bool = False
+    batch_size: int = 8
+    num_actors: int = 2
+
+
+class RaisesOn(Stage):
+    name = "upper"
+
+    def __init__(self, bad: list[str], always: bool, resources: Resources) -> None:
+        super().__init__(resources)
+        self.bad, self.always = set(bad), always
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        ids = rows["id"].to_pylist()
+        hit = [i for i in ids if i in self.bad]
+        if self.always or hit:
+            raise ValueError(f"cannot take {hit or ids[:1]}")
+        return rows.append_column("upper", pa.array([t.upper() for t in rows["text"].to_pylist()]))
+
+
+class UpperSink(Sink):
+    def write_rows(self, rows: pa.Table, output: str, base: str) -> dict[str, int]:
+        write_part(output, "upper", base, rows.select(["id", "upper"]))
+        return {}
+
+
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    resources = Resources(cpus=0.5, actors=config.num_actors, batch_size=config.batch_size)
+
+    def plan() -> Pass:
+        return Pass("poison", Source(config.input, columns=["id", "text"]),
+                    [RaisesOn(config.bad, config.always, resources)],
+                    UpperSink(id_column="id", stages=["upper"], input_columns=["id", "text"]), "id",
+                    rows_per_file=config.batch_size)
+
+    return run_job(config, overwrite, [config.input], plan)
+
+
+def main(argv: list[str]) -> int:
+    """``egoray`` with this job registered: ``python -m tests.poison run CONFIG.yaml``."""
+    from egoray import pipelines
+    from egoray.cli import main as egoray
+
+    pipelines.JOBS["poison"] = "tests.poison"
+    return egoray(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
