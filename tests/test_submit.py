@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, _free_port
+from tests.conftest import ROOT
+from tests.ray_head import ray_head
 
 pytestmark = pytest.mark.slow
 EGORAY = [sys.executable, "-m", "egoray"]
@@ -26,53 +26,9 @@ EGORAY = [sys.executable, "-m", "egoray"]
 def head(tmp_path_factory):
     """A Ray head on 127.0.0.1 in its own process group, requiring a token we generate."""
     token = secrets.token_hex(16)
-    # every port explicit: the session's in-process Ray already holds the default agent ports
-    ports = {name: _free_port() for name in ("port", "dashboard", "metrics", "agent", "agent_grpc", "runtime_env",
-                                             "node_manager", "object_manager")}
     temp = tmp_path_factory.mktemp("ray_head")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_metrics_report_interval_ms": "1000"}
-    env.pop("RAY_ADDRESS", None)
-    # job drivers run `python ...` from the head's PATH: this environment's, as cluster.yaml arranges
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    log = open(temp / "head.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={ports['port']}", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
-         f"--metrics-export-port={ports['metrics']}", f"--dashboard-agent-listen-port={ports['agent']}",
-         f"--dashboard-agent-grpc-port={ports['agent_grpc']}", f"--runtime-env-agent-port={ports['runtime_env']}",
-         f"--node-manager-port={ports['node_manager']}", f"--object-manager-port={ports['object_manager']}",
-         "--num-cpus=2", "--include-dashboard=true",
-         f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{ports['dashboard']}"
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"ray head exited: {(temp / 'head.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break  # it answers (401 without a token): up
-            except OSError:
-                time.sleep(1)
-        yield {"address": address, "token": token, "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics",
-               "env": {**env}}
-    finally:
-        # the head ignores a plain SIGTERM to the group leader: TERM the group, then KILL it
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=3)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        log.close()
+    with ray_head(temp, ["--num-cpus=2"], env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}) as started:
+        yield {"address": started.dashboard, "token": token, "metrics": started.metrics, "env": {**started.env}}
 
 
 def _egoray(args: list[str], env: dict, timeout: int = 180) -> subprocess.CompletedProcess:
