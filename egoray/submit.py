@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,6 @@ def token_available() -> bool:
 def client(address: str | None = None) -> Any:
     """A JobSubmissionClient for ``address`` (else ``RAY_ADDRESS`` if it is http(s), else the
     port-forwarded dashboard), in token mode when a token is configured."""
-    import sys
-
     address = address or _http_address(os.environ.get("RAY_ADDRESS")) or DEFAULT_ADDRESS
     if token_available() and "RAY_AUTH_MODE" not in os.environ:
         # Ray reads the mode when it is imported; refresh it if something imported Ray already
@@ -99,17 +98,42 @@ def submit(config_path: str, overrides: list[str], address: str | None = None,
     env_vars = Settings.from_environ(job=config.job).worker_env()
     runtime_env = {"working_dir": str(root), "excludes": EXCLUDES, "env_vars": env_vars}
     c = client(address)
-    deadline = time.monotonic() + 90
+    return _submit_when_agent_is_up(c, address or DEFAULT_ADDRESS, entrypoint=entrypoint, runtime_env=runtime_env,
+                                    submission_id=job_id,
+                                    metadata={"egoray_job": config.job, "config": str(relative)})
+
+
+def agent_wait_s() -> float:
+    """How long to wait for a head's job agent (``EGORAY_SUBMIT_AGENT_WAIT_S``, default 60 s)."""
+    return float(os.environ.get("EGORAY_SUBMIT_AGENT_WAIT_S", "60"))
+
+
+def _submit_when_agent_is_up(c: Any, address: str, **job: Any) -> str:
+    """Submit, retrying Ray's "No available agent ... try again later" with a doubling pause while a
+    fresh head's job agent comes up; past ``agent_wait_s`` say what keeps it away. (Each refusal
+    already took the head ~10 s of its own waiting.)"""
+    deadline, pause, told = time.monotonic() + agent_wait_s(), 1.0, False
     while True:
         try:
-            return c.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id,
-                                metadata={"egoray_job": config.job, "config": str(relative)})
+            return c.submit_job(**job)
         except Exception as e:
-            # a head that has just started answers before its job agent registers: wait for it
-            if "No available agent" in str(e) and time.monotonic() < deadline:
-                time.sleep(2)
-                continue
-            raise _explain(e, address or DEFAULT_ADDRESS) from None
+            if "No available agent" not in str(e):
+                raise _explain(e, address) from None
+            if time.monotonic() + pause > deadline:
+                raise SubmitError(_NO_AGENT.format(address=address, waited=agent_wait_s())) from None
+            if not told:
+                print(f"egoray: the head at {address} has no job agent yet; waiting up to {agent_wait_s():.0f} s",
+                      file=sys.stderr, flush=True)
+                told = True
+            time.sleep(pause)
+            pause = min(pause * 2, 8.0)
+
+
+_NO_AGENT = ("the Ray head at {address} answers, but its job agent did not come up within {waited:.0f} s, so it "
+             "cannot take jobs. Most often another Ray on the head machine holds the agent's port (52365 unless "
+             "`ray start --dashboard-agent-listen-port` says otherwise): a local `egoray run` or `ray.init()` "
+             "still running. The head's logs/dashboard_agent.log then says \"failed to bind\". Stop that Ray, or "
+             "restart the head with --dashboard-agent-listen-port set to a free port.")
 
 
 def status(job_id: str, address: str | None = None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.ray_head import ray_head
+from tests.ray_head import free_ports, ray_head
 
 pytestmark = pytest.mark.slow
 EGORAY = [sys.executable, "-m", "egoray"]
@@ -148,3 +149,44 @@ def test_run_starts_its_own_ray_beside_a_head_or_its_leftovers(head, synth_small
             current.write_text(saved)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads((tmp_path / "o" / "run.json").read_text())["status"] == "complete"
+
+
+def test_a_head_a_user_started_takes_jobs_with_the_token_ray_made(synth_small, tmp_path_factory, tmp_path):
+    """`ray start --head` as a user types it, no token exported: Ray turns token authentication on
+    from ~/.ray/auth_token, and `egoray submit` from the same account finds that token."""
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(16))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(home)}
+    with ray_head(tmp_path_factory.mktemp("user_head"), ["--num-cpus=2"], env=env) as started:
+        with pytest.raises(urllib.error.HTTPError) as refused:  # token authentication is on
+            urllib.request.urlopen(f"{started.dashboard}/api/jobs/", timeout=10)
+        assert refused.value.code == 401
+        head = {"address": started.dashboard, "env": started.env}
+        client = _client_env(head, None) | {"HOME": str(home)}
+        config = _config(tmp_path, synth_small, "user-head")
+        try:
+            out = _egoray(["submit", str(config), "--address", started.dashboard], client)
+        finally:
+            config.unlink()
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "no job agent yet" not in out.stderr
+        job_id = out.stdout.strip().splitlines()[-1]
+        assert _wait_status(job_id, head, client, {"SUCCEEDED", "FAILED", "STOPPED"}) == "SUCCEEDED"
+
+
+def test_a_head_whose_job_agent_cannot_start_is_one_clear_message(tmp_path_factory, tmp_path):
+    """Another Ray on the head machine holding the agent's port (here: a socket we hold) leaves the
+    head without a job agent: submit waits a bounded time, then says what to do."""
+    ports = free_ports()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", ports["agent"]))
+        held.listen()
+        with ray_head(tmp_path_factory.mktemp("no_agent"), ["--num-cpus=1"], ports=ports) as started:
+            client = _client_env({"env": started.env}, None) | {"EGORAY_SUBMIT_AGENT_WAIT_S": "5"}
+            out = _egoray(["submit", str(ROOT / "configs" / "demo" / "ingest.yaml"), "--address",
+                           started.dashboard], client)
+    assert out.returncode == 1
+    message = out.stderr.strip().splitlines()[-1]
+    assert "job agent did not come up within 5 s" in message and "--dashboard-agent-listen-port" in message
+    assert "Traceback" not in out.stderr
