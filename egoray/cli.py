@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from egoray import __version__
+from egoray.console import say
+
+DESCRIPTION = """\
+Egocentric video-language research jobs on Ray: ingest Ego4D narrations, generate QA with an LLM,
+rephrase and caption, extract video and text features, train dual encoders, LaViLa's towers and
+narrator and EILEV-style VLMs, and evaluate. Each job is one YAML config; it runs on your machine
+(`egoray run`) or on a Ray cluster (`egoray submit`), and a killed job resumes where it stopped.
+Try `egoray demo` for every job on synthetic data."""
 
 
 class UsageError(Exception):
@@ -25,13 +35,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The job reaches Ray itself (after checking its inputs: bad input fails fast) with the
     # options it needs; whatever it started ends here.
     running_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
-    try:
-        manifest = job_module(config.job).run(config, overwrite=args.overwrite)
-    finally:
-        if not running_before and "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            sys.modules["ray"].shutdown()
-    _print_summary(manifest)
+    with _console(args, config.output, config.job, tags={config.job, "egoray"}) as log_path:
+        try:
+            manifest = job_module(config.job).run(config, overwrite=args.overwrite)
+        finally:
+            if not running_before and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+                sys.modules["ray"].shutdown()
+        _print_summary(manifest)
+        if log_path:
+            say(f"  log: {log_path}")
     return 0 if manifest.get("status") == "complete" else 1
+
+
+@contextlib.contextmanager
+def _console(args: argparse.Namespace, output: str, name: str, tags: set[str],
+             show_progress: bool = True) -> Iterator[Path | None]:
+    """Ray's and the libraries' output into a log file unless ``--verbose``; yields its path."""
+    if args.verbose:
+        yield None
+        return
+    from egoray.console import log_file, quiet
+
+    path = log_file(output, name).resolve()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # an output we cannot write says so itself, later and more precisely
+        say(f"egoray: no log file ({e}); Ray's output stays here")
+        yield None
+        return
+    try:
+        with quiet(path, tags, show_progress):
+            yield path
+    except BaseException as e:
+        e.add_note(f"egoray: the log of this run is {path}")  # shown with a traceback, not with our one-liners
+        raise
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -53,9 +90,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run every available job on fresh synthetic data on a local Ray."""
-    from egoray.pipelines.demo import run_demo
+    from egoray.pipelines.demo import check_skip, run_demo
 
-    run_demo(args.out, videos=args.videos, seed=args.seed, skip=tuple(args.skip))
+    check_skip(tuple(args.skip))
+    with _console(args, args.out, "demo", tags=set(), show_progress=False) as log_path:
+        run_demo(args.out, videos=args.videos, seed=args.seed, skip=tuple(args.skip))
+        if log_path:
+            say(f"[demo] log: {log_path}")
     return 0
 
 
@@ -82,16 +123,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _print_summary(manifest: dict) -> None:
-    print(f"\n{manifest['job']}: {manifest['status']} -> {manifest['output']}")
+    say(f"\n{manifest['job']}: {manifest['status']} -> {manifest['output']}")
     for name, c in manifest.get("stages", {}).items():
-        print(f"  {name:<12} in {c['in']:>9}  out {c['out']:>9}  rejected {c['rejected']:>7}")
+        say(f"  {name:<12} in {c['in']:>9}  out {c['out']:>9}  rejected {c['rejected']:>7}")
     ran, configured = manifest.get("actors", {}), manifest.get("actors_configured", {})
     for name, want in configured.items():
         if ran.get(name, want) < want:
-            print(f"  {name}: {ran[name]} of {want} actors ran (the cluster had no room for more)")
+            say(f"  {name}: {ran[name]} of {want} actors ran (the cluster had no room for more)")
     shards = manifest.get("shards", {})
     if shards:
-        print(f"  shards: {shards.get('completed')}/{shards.get('total')} complete"
+        say(f"  shards: {shards.get('completed')}/{shards.get('total')} complete"
               f" ({shards.get('resumed', 0)} from an earlier run)")
 
 
@@ -141,7 +182,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="egoray", description=__doc__)
+    parser = argparse.ArgumentParser(prog="egoray", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"egoray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -150,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--overwrite", action="store_true", help="delete the output first instead of resuming")
     p.add_argument("--dry-run", action="store_true", help="print the validated config and stop")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and the libraries' output here instead "
+                   "of in the run's log file")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("synth", help=cmd_synth.__doc__, description=cmd_synth.__doc__)
@@ -167,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", nargs="+", default=[], metavar="STEP",
                    help="steps to leave out (config names: qa rephrase class_prompts ingest_em ...)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and the libraries' output here instead "
+                   "of in the demo's log file")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("score", help=cmd_score.__doc__, description=cmd_score.__doc__)
@@ -237,10 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, UsageError) as e:
-        print(f"egoray: config error: {e}", file=sys.stderr)
+        say(f"egoray: config error: {e}", error=True)
         return 2
     except (InputError, StorageError, OutputConflict, SubmitError, StageFailing) as e:
-        print(f"egoray: error: {e}", file=sys.stderr)
+        say(f"egoray: error: {e}", error=True)
         return 1
     except KeyboardInterrupt:
         print("egoray: interrupted; run the same command again to resume", file=sys.stderr)

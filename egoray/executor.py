@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -115,6 +116,46 @@ class PassStats:
     def get(self) -> tuple[dict[str, int], dict[str, float], dict[str, int]]:
         return self.loads, self.seconds, {k: len(v) for k, v in self.actors.items()}
 
+    def progress(self) -> dict[str, tuple[int, int]]:
+        """Rows each stage took so far this run, and the rows it raised on."""
+        return {stage: (b.rows, b.errors) for stage, b in self.budgets.items()}
+
+
+class ProgressLine(threading.Thread):
+    """The console's live line per stage while a pass runs: rows done, rows/s, stage errors
+    (from the pass statistics actor, once a second; the rejects of filters are in the summary)."""
+
+    def __init__(self, stats: Any, stages: Sequence[str]) -> None:
+        super().__init__(daemon=True, name="egoray-progress")
+        self.stats, self.stages = stats, list(stages)
+        self.done = threading.Event()
+        self.t0 = time.monotonic()
+        self.last: dict[str, tuple[int, int]] = {}
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            self.show(final=False)
+
+    def show(self, final: bool) -> None:
+        import ray
+
+        from egoray.console import progress
+
+        with contextlib.suppress(Exception):
+            self.last = ray.get(self.stats.progress.remote(), timeout=10)
+        elapsed = max(time.monotonic() - self.t0, 1e-9)
+        for stage in self.stages:
+            rows, errors = self.last.get(stage, (0, 0))
+            if not rows and not final:
+                continue
+            text = f"{rows} rows, {rows / elapsed:.1f} rows/s" + (f", {errors} stage errors" if errors else "")
+            progress(stage, text + (f" in {elapsed:.0f} s" if final else ""), final=final)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=15)
+        self.show(final=True)
+
 
 class StageActor:
     """A Ray Data actor around one stage: threads from its CPUs, ``setup()`` once, then batches,
@@ -135,6 +176,10 @@ class StageActor:
         self.unreported, self.reported_at = 0.0, time.monotonic()
         self.budget = replace(budget or ErrorBudget())  # this actor's rows: a dead stage stops at once
         stage.setup()
+        if self.metrics_job:
+            from egoray.metrics import add_async
+
+            add_async(self.metrics_job, {}, stage.name, {"model_loads": 1})
         if stats_actor:
             with contextlib.suppress(ValueError):  # the driver may already have gone
                 self.stats = ray.get_actor(stats_actor)
@@ -149,13 +194,12 @@ class StageActor:
         if self.stats is not None:
             self._report(rows, result)
         if self.metrics_job:
+            from egoray.metrics import add_async
+
             units = self.stage.units()
             if result.errors:
                 units = {**units, "stage_errors": result.errors}
-            if units:
-                from egoray.metrics import add_async
-
-                add_async(self.metrics_job, units)
+            add_async(self.metrics_job, units, self.stage.name, {"rows": rows, "stage_errors": result.errors})
         return result.table
 
     def _row_failed(self, summary: str) -> None:
@@ -347,13 +391,18 @@ def run_pass(p: Pass, output: str, budget: ErrorBudget | None = None) -> PassRes
     # actor of ours on an autoscaled node would keep that node (a GPU instance) from scaling down
     stats = ray.remote(num_cpus=0)(PassStats).options(name=stats_name, scheduling_strategy=on_head_node()
                                                       ).remote(budget)
+    line = ProgressLine(stats, [s.name for s in p.stages])
     try:
         with data_context(checkpoint_config(output, p.id_column)):
             blocks = 4 * max((s.resources.actors for s in p.stages), default=1)
             ds = apply_stages(read(p.source, blocks), p.stages, p.id_column, stats_name, budget)
             ds.set_name(p.name)  # how the dashboard's Jobs and Data views list it
-            ds.write_datasink(_sink_class()(p.sink, output, p.rows_per_file),
-                              ray_remote_args={"num_cpus": io_cpus()})
+            line.start()
+            try:
+                ds.write_datasink(_sink_class()(p.sink, output, p.rows_per_file),
+                                  ray_remote_args={"num_cpus": io_cpus()})
+            finally:
+                line.stop()
         loads, seconds, actors = ray.get(stats.get.remote(), timeout=60)
     except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorDiedError) as e:
         # statistics only: the output is complete

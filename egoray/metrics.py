@@ -3,7 +3,9 @@
 Counters live in one detached actor per cluster (``egoray-metrics``), so they outlive the
 short-lived driver of each job and are exported by Ray's metrics agent like any Ray metric
 (``ray_egoray_records_total{job, stage, kind}``, ``ray_egoray_units_total{job, unit}``). Jobs
-call :func:`record` with what *this run* did; nothing here is required for a job to succeed.
+call :func:`record` with what *this run* did; stage actors add live counts as they work
+(``ray_egoray_stage_total{job, stage, kind}``: rows, stage_errors, model_loads), which is what
+rows/s and errors on a dashboard come from. Nothing here is required for a job to succeed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class MetricsActor:
                                tag_keys=("job", "stage", "kind"))
         self.units = Counter("egoray_units", description="work done: frames decoded, tokens generated, "
                              "examples trained, captions", tag_keys=("job", "unit"))
+        self.stage = Counter("egoray_stage", description="live, per stage: rows taken, rows raised on "
+                             "(stage_errors), model loads", tag_keys=("job", "stage", "kind"))
 
     def add(self, job: str, stages: Mapping[str, Mapping[str, Any]], units: Mapping[str, float]) -> bool:
         for stage, counts in stages.items():
@@ -37,6 +41,12 @@ class MetricsActor:
             if value and value > 0:
                 self.units.inc(float(value), tags={"job": job, "unit": unit})
         return True
+
+    def add_stage(self, job: str, stage: str, counts: Mapping[str, float], units: Mapping[str, float]) -> None:
+        for kind, value in counts.items():
+            if value and value > 0:
+                self.stage.inc(float(value), tags={"job": job, "stage": stage, "kind": kind})
+        self.add(job, {}, units)
 
 
 _actor: Any = None
@@ -69,13 +79,18 @@ def _metrics_actor() -> Any:
         scheduling_strategy=on_head_node()).remote()
 
 
-def add_async(job: str, units: Mapping[str, float]) -> None:
-    """Fire-and-forget increments from inside a task or actor (e.g. tokens per generated batch)."""
+def add_async(job: str, units: Mapping[str, float], stage: str | None = None,
+              stage_counts: Mapping[str, float] | None = None) -> None:
+    """Fire-and-forget increments from inside a task or actor (tokens per generated batch; a stage
+    actor's rows, errors and model loads)."""
     global _actor
     try:
         if _actor is None:
             _actor = _metrics_actor()
-        _actor.add.remote(job, {}, dict(units))
+        if stage is None:
+            _actor.add.remote(job, {}, dict(units))
+        else:
+            _actor.add_stage.remote(job, stage, dict(stage_counts or {}), dict(units))
     except Exception as e:
         log.warning("egoray metrics not recorded: %s", e)
 

@@ -98,6 +98,14 @@ def is_egoray_output(url: str) -> bool:
         or storage.exists(storage.join(url, SHARDS_DIR))
 
 
+LOG_DIR = "_logs"  # the console's log files (egoray.console); kept by --overwrite
+
+
+def _all_entries(url: str) -> list[str]:
+    fs, path = storage.filesystem(url)
+    return [storage.join(url, storage.basename(e)) for e in fs.ls(path, detail=False)]
+
+
 def claim_output(config: JobConfig, overwrite: bool = False, inputs: Mapping[str, str] | None = None) -> bool:
     """Make ``config.output`` this job's: returns True when it resumes an earlier run.
 
@@ -113,7 +121,9 @@ def claim_output(config: JobConfig, overwrite: bool = False, inputs: Mapping[str
         if storage.listdir(output) + storage.listdirs(output) and not is_egoray_output(output):
             raise OutputConflict(f"{output} is not empty and holds no egoray output; refusing to delete it "
                                  "(pick an empty or new output directory)")
-        storage.remove(output, recursive=True)
+        for entry in _all_entries(output):  # all but the logs, one of which this run is writing
+            if storage.basename(entry) != LOG_DIR:
+                storage.remove(entry, recursive=True)
     resumed = False
     if storage.exists(job_url):
         plan = storage.read_json(job_url)

@@ -11,6 +11,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _logs_of_remote_outputs(tmp_path_factory):
+    """Runs into s3:// log to EGORAY_LOG_DIR (else ./egoray-logs, here the repository): a temp dir."""
+    os.environ["EGORAY_LOG_DIR"] = str(tmp_path_factory.mktemp("egoray-logs"))
+
+
 def _free_port() -> int:
     import socket
 

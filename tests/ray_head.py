@@ -118,3 +118,29 @@ def stop(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def samples(metrics_url: str, prefix: str = "ray_egoray_") -> list[tuple[str, dict[str, str], float]]:
+    """The Prometheus endpoint's samples whose name starts with ``prefix``: (name, labels, value)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    return [(s.name, dict(s.labels), s.value) for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name.startswith(prefix)]
+
+
+def scrape_until(metrics_url: str, ready, timeout: float = 60) -> list[tuple[str, dict[str, str], float]]:
+    """Scrape until ``ready(samples)`` holds: Ray's agent exports what actors record every second."""
+    deadline, found = time.time() + timeout, []
+    while time.time() < deadline:
+        with contextlib.suppress(OSError):
+            found = samples(metrics_url)
+            if ready(found):
+                return found
+        time.sleep(1)
+    raise AssertionError(f"metrics at {metrics_url} not as expected after {timeout:.0f} s: {found[:40]}")
+
+
+def value(found: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` whose labels include ``labels``."""
+    return sum(v for n, lab, v in found if n == name and all(lab.get(k) == x for k, x in labels.items()))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ import yaml
 
 from egoray import storage
 from tests.conftest import ROOT
-from tests.ray_head import base_env, free_ports, ray_head
+from tests.ray_head import base_env, free_ports, ray_head, scrape_until, value
 
 pytestmark = pytest.mark.slow
 EGORAY = [sys.executable, "-m", "egoray"]
@@ -132,6 +133,16 @@ def test_a_gpu_job_scales_up_from_zero_and_the_cluster_scales_back_to_zero(autos
         assert run["actors_configured"]["encode"] == MAX_GPU_NODES + 1 and 1 <= ran <= MAX_GPU_NODES
         assert run["model_loads"]["encode"] == ran
         assert f"encode: {ran} of {MAX_GPU_NODES + 1} actors ran" in log
+
+        # the live stage counters (what the Grafana board's rows/s and model loads read), exported
+        # by the head that holds the metrics actor; every name the board queries is among them
+        def live(found):
+            return value(found, "ray_egoray_stage_total", job="text_features", stage="encode", kind="rows") == n
+        found = scrape_until(head.metrics, live)
+        assert value(found, "ray_egoray_stage_total", job="text_features", stage="encode", kind="model_loads") == ran
+        assert value(found, "ray_egoray_records_total", job="text_features", stage="encode", kind="in") == n
+        board = (ROOT / "docs" / "grafana" / "egoray.json").read_text()
+        assert set(re.findall(r"ray_egoray_\w+", board)) <= {name for name, _, _ in found} | {"ray_egoray_units_total"}
 
         # nothing of ours keeps a node: all of them go within the idle timeout (+ 30 s of slack)
         zero_at = ended if not watch.workers else watch.until(lambda w: not w, ended + IDLE_TIMEOUT_S + 30)["t"]

@@ -13,9 +13,22 @@ from typing import Any
 
 from egoray import storage
 from egoray.config import ConfigError
+from egoray.console import say
 from egoray.data.synth import synthesize
 from egoray.pipelines import job_module, load_config
 from egoray.runtime import ensure_ray
+
+
+def _counts(manifest: dict[str, Any]) -> str:
+    stages = list(manifest.get("stages", {}).values())
+    first, last = (stages[0], stages[-1]) if stages else ({}, {})
+    return f"{first.get('in', 0)} in, {last.get('out', 0)} out"
+
+
+def check_skip(skip: tuple[str, ...]) -> None:
+    unknown = sorted(set(skip) - {step.key for step in STEPS})
+    if unknown:
+        raise ConfigError(f"unknown demo step(s) {unknown}; steps: {', '.join(step.key for step in STEPS)}")
 
 
 def config_dir() -> Path:
@@ -116,22 +129,20 @@ def eval_without_skipped(config: Any, skip: tuple[str, ...]) -> Any:
 
 def run_demo(out: str, videos: int = 12, seed: int = 0, skip: tuple[str, ...] = ()) -> dict[str, dict]:
     """Synthesize data under ``out/data`` and run every step (but ``skip``); returns the manifests."""
-    unknown = sorted(set(skip) - {step.key for step in STEPS})
-    if unknown:
-        raise ConfigError(f"unknown demo step(s) {unknown}; steps: {', '.join(step.key for step in STEPS)}")
+    check_skip(skip)
     if "train_vlm" in skip and "narrate_vlm_untrained" not in skip:  # narrate_vlm is the untrained VLM then
         skip = (*skip, "narrate_vlm_untrained")
     t0 = time.perf_counter()
     out = out.rstrip("/")
     data = storage.join(out, "data")
-    print(f"[demo] synthesizing {videos} videos into {data}", flush=True)
+    say(f"[demo] synthesizing {videos} videos into {data}")
     synthesize(data, videos=videos, seed=seed)
     started = ensure_ray()
     manifests = {}
     try:
         for step in STEPS:
             if step.key in skip:
-                print(f"[demo] {step.name}: skipped", flush=True)
+                say(f"[demo] {step.name}: skipped")
                 continue
             overrides = [o.format(out=out, data=data) for o in step.overrides]
             if step.key == "qa" and "ingest_em" in skip:  # the pickle's clips were not ingested
@@ -142,22 +153,21 @@ def run_demo(out: str, videos: int = 12, seed: int = 0, skip: tuple[str, ...] = 
             if step.key == "eval":
                 config = eval_without_skipped(config, skip)
                 if not config.section_ids():
-                    print(f"[demo] {step.name}: nothing to evaluate without the skipped steps", flush=True)
+                    say(f"[demo] {step.name}: nothing to evaluate without the skipped steps")
                     continue
-            print(f"[demo] {step.name}: egoray run configs/{step.config} {' '.join(overrides)}", flush=True)
-            manifests[step.name] = job_module(config.job).run(config, overwrite=True)
+            say(f"[demo] {step.name}: egoray run configs/{step.config} {' '.join(overrides)}")
+            t1 = time.perf_counter()
+            manifests[step.name] = m = job_module(config.job).run(config, overwrite=True)
+            say(f"       {m.get('status', '?')} in {time.perf_counter() - t1:.0f} s: {_counts(m)}")
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    print(f"\n[demo] finished in {time.perf_counter() - t0:.0f}s. Outputs:")
-    print(f"  synthetic data      {data}")
+    say(f"\n[demo] finished in {time.perf_counter() - t0:.0f}s. Outputs:")
+    say(f"  synthetic data      {data}")
     for name, m in manifests.items():
-        stages = m.get("stages", {})
-        last = list(stages.values())[-1] if stages else {}
-        first = list(stages.values())[0] if stages else {}
-        print(f"  {name:<34} {m['output']}  ({first.get('in', 0)} in, {last.get('out', 0)} out; run.json there)")
+        say(f"  {name:<34} {m['output']}  ({_counts(m)}; run.json there)")
     if "eval + report" in manifests:
-        print(f"\n[demo] report: {storage.join(manifests['eval + report']['output'], 'report.html')}")
+        say(f"\n[demo] report: {storage.join(manifests['eval + report']['output'], 'report.html')}")
     return manifests

@@ -90,6 +90,7 @@ def test_a_stage_that_always_raises_stops_the_job_early_with_one_message(ray_ses
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("egoray: error: stage 'upper' raised on ") and "ValueError: cannot take ['t" in last
     assert "first: row 't" in last and "resumes" in last
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout  # Ray's are in the log file
     written = storage.listdir(str(tmp_path / "out" / "rejects"), ".parquet")
     assert len(written) * config.batch_size < N / 2, "the job should have stopped early"
     assert not (tmp_path / "out" / "run.json").exists()
