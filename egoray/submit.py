@@ -112,7 +112,8 @@ def _submit_when_agent_is_up(c: Any, address: str, **job: Any) -> str:
     """Submit, retrying Ray's "No available agent ... try again later" with a doubling pause while a
     fresh head's job agent comes up; past ``agent_wait_s`` say what keeps it away. (Each refusal
     already took the head ~10 s of its own waiting.)"""
-    deadline, pause, told = time.monotonic() + agent_wait_s(), 1.0, False
+    started = time.monotonic()
+    deadline, pause, told = started + agent_wait_s(), 1.0, False
     while True:
         try:
             return c.submit_job(**job)
@@ -120,7 +121,7 @@ def _submit_when_agent_is_up(c: Any, address: str, **job: Any) -> str:
             if "No available agent" not in str(e):
                 raise _explain(e, address) from None
             if time.monotonic() + pause > deadline:
-                raise SubmitError(_NO_AGENT.format(address=address, waited=agent_wait_s())) from None
+                raise SubmitError(_NO_AGENT.format(address=address, waited=time.monotonic() - started)) from None
             if not told:
                 print(f"egoray: the head at {address} has no job agent yet; waiting up to {agent_wait_s():.0f} s",
                       file=sys.stderr, flush=True)
@@ -129,7 +130,7 @@ def _submit_when_agent_is_up(c: Any, address: str, **job: Any) -> str:
             pause = min(pause * 2, 8.0)
 
 
-_NO_AGENT = ("the Ray head at {address} answers, but its job agent did not come up within {waited:.0f} s, so it "
+_NO_AGENT = ("the Ray head at {address} answers, but its job agent did not come up in {waited:.0f} s, so it "
              "cannot take jobs. Most often another Ray on the head machine holds the agent's port (52365 unless "
              "`ray start --dashboard-agent-listen-port` says otherwise): a local `egoray run` or `ray.init()` "
              "still running. The head's logs/dashboard_agent.log then says \"failed to bind\". Stop that Ray, or "

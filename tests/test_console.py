@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import subprocess
 import sys
 import textwrap
 
+from egoray.cli import main
 from egoray.console import terminal_text
 from tests.conftest import ROOT
 
@@ -49,24 +53,27 @@ def test_quiet_sends_python_and_c_level_output_to_the_log_and_shows_tagged_lines
     assert text.count("[job] epoch 1/2") == 2  # the log keeps everything
 
 
-def test_egoray_run_prints_its_summary_and_where_the_log_is(synth_small, tmp_path):
+def test_egoray_run_prints_its_summary_and_where_the_log_is(ray_session, synth_small, tmp_path):
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # joining: no Ray to start
     out = tmp_path / "narrations"
     args = ["run", str(ROOT / "configs" / "demo" / "ingest.yaml"), f"input={synth_small / 'narration.json'}",
-            f"splits={synth_small / 'splits.json'}", f"output={out}", "ray.num_cpus=1"]
-    done = subprocess.run([*EGORAY, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+            f"splits={synth_small / 'splits.json'}"]
+    done = subprocess.run([*EGORAY, *args, f"output={out}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     run = json.loads((out / "run.json").read_text())
     assert lines[0] == f"ingest: complete -> {out}"
     assert len(lines) == 1 + len(run["stages"]) + 2  # the header, a line per stage, shards, the log
     assert lines[-1].startswith(f"  log: {out}/_logs/ingest-") and done.stderr == ""
-    log = (out / "_logs").glob("ingest-*.log")
-    text = next(log).read_text()
-    assert "Started a local Ray instance" in text and "ingest: complete" in text
+    text = next((out / "_logs").glob("ingest-*.log")).read_text()
+    assert "Connected to Ray cluster" in text and "ingest: complete" in text
 
-    verbose = subprocess.run([*EGORAY, *args[:-2], f"output={tmp_path / 'v'}", "ray.num_cpus=1", "--verbose"], cwd=ROOT,
+    verbose = subprocess.run([*EGORAY, *args, f"output={tmp_path / 'v'}", "--verbose"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=300)
-    assert verbose.returncode == 0 and "Started a local Ray instance" in verbose.stderr
+    assert verbose.returncode == 0 and "Connected to Ray cluster" in verbose.stderr
     assert not (tmp_path / "v" / "_logs").exists()
 
 
@@ -77,14 +84,17 @@ def test_help_describes_the_program_in_a_user_s_words():
 
 
 def test_a_streaming_job_shows_one_progress_line_per_stage(ingested_small, tmp_path):
-    """In a pipe: a stage's line when it changed (at most every 30 s) and its final line."""
+    """In a pipe: a stage's line when it changed (at most every 30 s) and its final line (in-process,
+    on the session's Ray: the console is the same)."""
     out = tmp_path / "text_features"
-    done = subprocess.run([*EGORAY, "run", str(ROOT / "configs" / "demo" / "text_features.yaml"),
-                           f"input={ingested_small / 'narrations'}", f"output={out}", "ray.num_cpus=2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["run", str(ROOT / "configs" / "demo" / "text_features.yaml"),
+                     f"input={ingested_small / 'narrations'}", f"output={out}"]) == 0
     run = json.loads((out / "run.json").read_text())
     n, wall = run["stages"]["encode"]["in"], run["timings"]["wall_this_run"]
-    progress = [line for line in done.stdout.splitlines() if line.startswith("  encode: ")]
+    lines = printed.getvalue().splitlines()
+    progress = [line for line in lines if line.startswith("  encode: ")]
     assert progress and progress[-1].startswith(f"  encode: {n} rows, ") and progress[-1].endswith(" s")
     assert len(progress) == len(set(progress)) <= 2 + wall / 30  # never the same line twice
+    assert lines[0] == "[text_features] encode → " + str(out) and lines[-1].startswith(f"  log: {out}/_logs/")

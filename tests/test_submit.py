@@ -183,10 +183,10 @@ def test_a_head_whose_job_agent_cannot_start_is_one_clear_message(tmp_path_facto
         held.bind(("127.0.0.1", ports["agent"]))
         held.listen()
         with ray_head(tmp_path_factory.mktemp("no_agent"), ["--num-cpus=1"], ports=ports) as started:
-            client = _client_env({"env": started.env}, None) | {"EGORAY_SUBMIT_AGENT_WAIT_S": "5"}
+            client = _client_env({"env": started.env}, None) | {"EGORAY_SUBMIT_AGENT_WAIT_S": "1"}
             out = _egoray(["submit", str(ROOT / "configs" / "demo" / "ingest.yaml"), "--address",
                            started.dashboard], client)
     assert out.returncode == 1
     message = out.stderr.strip().splitlines()[-1]
-    assert "job agent did not come up within 5 s" in message and "--dashboard-agent-listen-port" in message
+    assert "job agent did not come up in " in message and "--dashboard-agent-listen-port" in message
     assert "Traceback" not in out.stderr
