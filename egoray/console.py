@@ -188,11 +188,12 @@ def _terminal(stream: TextIO, saved_fd: int) -> TextIO:
 def log_file(output: str, name: str) -> Path:
     """Where a run's log goes: ``OUTPUT/_logs/`` for a local output, else ``EGORAY_LOG_DIR``
     (default ``./egoray-logs/``)."""
+    from egoray.storage import is_remote  # not at import: the CLI imports this module to start
+
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    local = not re.match(r"^[a-z][a-z0-9+.-]*://", output) or output.startswith("file://")
-    remote_base = Path(os.environ.get("EGORAY_LOG_DIR", "egoray-logs"))
-    base = Path(output.removeprefix("file://")) / LOG_DIR if local else remote_base
-    return base / f"{name}-{stamp}.log"
+    if is_remote(output):
+        return Path(os.environ.get("EGORAY_LOG_DIR", "egoray-logs")) / f"{name}-{stamp}.log"
+    return Path(output.removeprefix("file://")) / LOG_DIR / f"{name}-{stamp}.log"
 
 
-LOG_DIR = "_logs"  # as egoray.runtime.LOG_DIR: skipped where an output is checked for being empty
+LOG_DIR = "_logs"  # "_": skipped where an output is checked for being empty; --overwrite keeps it

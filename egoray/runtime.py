@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from egoray import storage
 from egoray.config import JobConfig, RayOptions
+from egoray.console import LOG_DIR
 from egoray.settings import Settings, apply_driver_defaults
 from egoray.stages.base import StageCounts
 
@@ -98,14 +99,6 @@ def is_egoray_output(url: str) -> bool:
         or storage.exists(storage.join(url, SHARDS_DIR))
 
 
-LOG_DIR = "_logs"  # the console's log files (egoray.console); kept by --overwrite
-
-
-def _all_entries(url: str) -> list[str]:
-    fs, path = storage.filesystem(url)
-    return [storage.join(url, storage.basename(e)) for e in fs.ls(path, detail=False)]
-
-
 def claim_output(config: JobConfig, overwrite: bool = False, inputs: Mapping[str, str] | None = None) -> bool:
     """Make ``config.output`` this job's: returns True when it resumes an earlier run.
 
@@ -121,7 +114,8 @@ def claim_output(config: JobConfig, overwrite: bool = False, inputs: Mapping[str
         if storage.listdir(output) + storage.listdirs(output) and not is_egoray_output(output):
             raise OutputConflict(f"{output} is not empty and holds no egoray output; refusing to delete it "
                                  "(pick an empty or new output directory)")
-        for entry in _all_entries(output):  # all but the logs, one of which this run is writing
+        # everything but the logs, one of which this run is writing
+        for entry in storage.listdir(output, skip=()) + storage.listdirs(output, skip=()):
             if storage.basename(entry) != LOG_DIR:
                 storage.remove(entry, recursive=True)
     resumed = False

@@ -124,14 +124,15 @@ def listdir(url: str, suffix: str = "", skip: tuple[str, ...] = (".", "_")) -> l
     return [join(url, n) for n in names if not (skip and n.startswith(skip))]
 
 
-def listdirs(url: str) -> list[str]:
-    """Sorted URLs of the directories directly under ``url`` (hidden and ``_`` ones skipped)."""
+def listdirs(url: str, skip: tuple[str, ...] = (".", "_")) -> list[str]:
+    """Sorted URLs of the directories directly under ``url``, less the names that start with
+    ``skip`` (hidden and ``_`` ones, as :func:`listdir`)."""
     fs, path = filesystem(url)
     if not _call(url, fs.isdir, path):
         return []
     entries = _call(url, fs.ls, path, detail=True)
     names = sorted(basename(e["name"]) for e in entries if e.get("type") == "directory")
-    return [join(url, n) for n in names if not n.startswith((".", "_"))]
+    return [join(url, n) for n in names if not (skip and n.startswith(skip))]
 
 
 def remove(url: str, recursive: bool = False) -> None:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.ray_head import free_ports, ray_head
+from tests.ray_head import free_ports, ray_head, scrape_until, value
 
 pytestmark = pytest.mark.slow
 EGORAY = [sys.executable, "-m", "egoray"]
@@ -87,16 +87,9 @@ def test_submit_status_logs_and_metrics(head, synth_small, tmp_path, ray_session
     run = json.loads((tmp_path / "ingest" / "run.json").read_text())
     assert run["status"] == "complete" and run["config"]["num_shards"] == 2
     # our counters reach the head's Prometheus endpoint
-    deadline, text = time.time() + 60, ""
-    while time.time() < deadline:
-        text = urllib.request.urlopen(head["metrics"], timeout=5).read().decode()
-        if "egoray_records" in text:
-            break
-        time.sleep(2)
-    lines = [line for line in text.splitlines() if line.startswith("ray_egoray_records") and 'job="ingest"' in line]
-    validate_in = [line for line in lines if 'stage="validate"' in line and 'kind="in"' in line]
-    assert validate_in, logs.stdout[-3000:]
-    assert float(validate_in[0].rsplit(" ", 1)[1]) == run["stages"]["validate"]["in"]
+    labels = {"job": "ingest", "stage": "validate", "kind": "in"}
+    found = scrape_until(head["metrics"], lambda f: value(f, "ray_egoray_records_total", **labels) > 0)
+    assert value(found, "ray_egoray_records_total", **labels) == run["stages"]["validate"]["in"]
 
 
 def test_stop_a_running_job(head, synth_videos, tmp_path):
