@@ -129,10 +129,10 @@ def _stack(column: Any) -> np.ndarray:
     return np.stack([np.asarray(x, np.float32) for x in column]) if len(column) else np.zeros((0, 0), np.float32)
 
 
-def eval_arrays(shard: Any) -> dict[str, np.ndarray]:
-    """The whole held-out set, as arrays (every worker reads all of it)."""
+def eval_arrays(batches: Any) -> dict[str, np.ndarray]:
+    """The whole held-out set, as arrays, from its batches (numpy format)."""
     video, text, verb, noun, captions = [], [], [], [], []
-    for b in shard.iter_batches(batch_size=4096, batch_format="numpy"):
+    for b in batches:
         video.append(_stack(b["video"]))
         text.append(_stack(b["embedding"]))
         verb.append(b["verb_code"].astype(np.int64))
@@ -156,20 +156,19 @@ class DualEncoderRecipe(Recipe):
         return DualEncoder(DualEncoderConfig(**self.loop["model"]))
 
     def setup(self, model: Any, options: TrainerOptions) -> None:
-        import ray.train
+        from egoray.train.data import held_out_batches, ordered_shard
 
         model.gradient_checkpointing = options.gradient_checkpointing
         self.options = options
-        self.data = eval_arrays(ray.train.get_dataset_shard("eval"))
-        self.train_shard = ray.train.get_dataset_shard("train")
+        self.data = eval_arrays(held_out_batches("eval", 4096))
+        self.train_rows = ordered_shard("train", options.seed)
         self.n_aux = self.loop["n_aux"]
-        self.aux_shard = ray.train.get_dataset_shard("aux") if self.n_aux else None
+        self.aux_rows = ordered_shard("aux", options.seed) if self.n_aux else None
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
         from egoray.train.data import batches_with_aux
 
-        return batches_with_aux(self.train_shard, self.aux_shard, self.n_aux, batch, self.options, epoch, rank,
-                                shuffle_batches=8)
+        return batches_with_aux(self.train_rows, self.aux_rows, self.n_aux, batch, epoch, self.options.num_workers)
 
     def loss(self, engine: Any, item: Any) -> tuple[Any, int]:
         import torch
@@ -242,7 +241,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         if aux:
             parts = [pairs_dataset(u, [], PAIR_COLUMNS, {"human": a.kind == "human"}) for u, a in zip(aux, config.aux)]
             datasets["aux"] = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-        return {"url": url, "aux": aux, "datasets": datasets, "split": ["train", "aux"]}
+        return {"url": url, "aux": aux, "datasets": datasets}
 
     def loop(counts: dict[str, Any]) -> dict[str, Any]:  # launch has refused too few training pairs
         dims = counts["dims"]

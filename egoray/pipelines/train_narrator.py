@@ -63,10 +63,10 @@ class Config(JobConfig):
         return self
 
 
-def eval_set(shard: Any) -> tuple[np.ndarray, list[str]]:
-    """Every held-out (frames, text), read by each worker."""
+def eval_set(batches: Any) -> tuple[np.ndarray, list[str]]:
+    """Every held-out (frames, text), from its batches (numpy format)."""
     frames, texts = [], []
-    for b in shard.iter_batches(batch_size=1024, batch_format="numpy"):
+    for b in batches:
         frames.append(stack_npy(b["frames"]))
         texts += [str(t) for t in b["text"]]
     return (np.concatenate(frames) if frames else np.zeros((0, 1, 1), np.float32)), texts
@@ -109,17 +109,15 @@ class NarratorRecipe(Recipe):
         return Narrator(NarratorConfig(**self.loop["model"]))
 
     def setup(self, model: Any, options: TrainerOptions) -> None:
-        import ray.train
+        from egoray.train.data import held_out_batches, ordered_shard
 
         model.set_gradient_checkpointing(options.gradient_checkpointing)
         self.model, self.options = model, options
-        self.eval_frames, self.eval_texts = eval_set(ray.train.get_dataset_shard("eval"))
-        self.train_shard = ray.train.get_dataset_shard("train")
+        self.eval_frames, self.eval_texts = eval_set(held_out_batches("eval", 1024))
+        self.train_rows = ordered_shard("train", options.seed)
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
-        return self.train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
-                                             local_shuffle_buffer_size=8 * batch,
-                                             local_shuffle_seed=self.options.seed * 100_003 + epoch * 31 + rank)
+        return self.train_rows.batches(epoch, batch)
 
     def loss(self, engine: Any, rows: Any) -> tuple[Any, int]:
         b = self.model.tokenize([str(t) for t in rows["text"]])
@@ -175,7 +173,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         else:
             url = build_pairs(config.output, "pairs", items, config.video_features, config.offset_sec,
                               num_frames=model.num_frames)
-        return {"url": url, "aux": [], "split": ["train"],
+        return {"url": url, "aux": [],
                 "datasets": {"train": pairs_dataset(url, config.train_splits, columns),
                              "eval": pairs_dataset(url, config.eval_splits, columns)}}
 

@@ -93,14 +93,13 @@ class VideoTextRecipe(Recipe):
         return VideoTextModel(VideoTextConfig(**self.loop["model"]))
 
     def setup(self, model: Any, options: TrainerOptions) -> None:
-        import ray.train
-
         from egoray.stages.pairs import caption_codes
+        from egoray.train.data import held_out_batches, ordered_shard
 
         model.set_gradient_checkpointing(options.gradient_checkpointing)
         self.model, self.options = model, options
         frames, texts, verb, noun = [], [], [], []
-        for b in ray.train.get_dataset_shard("eval").iter_batches(batch_size=256, batch_format="numpy"):
+        for b in held_out_batches("eval", 256):
             frames += list(b["frames"])  # kept encoded (uint8 .npy): decoded per evaluation batch
             texts += [str(t) for t in b["text"]]
             verb.append(b["verb_code"].astype(np.int64))
@@ -109,15 +108,14 @@ class VideoTextRecipe(Recipe):
         self.eval_verb = np.concatenate(verb) if verb else np.zeros(0, np.int64)
         self.eval_noun = np.concatenate(noun) if noun else np.zeros(0, np.int64)
         self.eval_captions = caption_codes(texts)
-        self.train_shard = ray.train.get_dataset_shard("train")
+        self.train_rows = ordered_shard("train", options.seed)
         self.n_aux = self.loop["n_aux"]
-        self.aux_shard = ray.train.get_dataset_shard("aux") if self.n_aux else None
+        self.aux_rows = ordered_shard("aux", options.seed) if self.n_aux else None
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
         from egoray.train.data import batches_with_aux
 
-        return batches_with_aux(self.train_shard, self.aux_shard, self.n_aux, batch, self.options, epoch, rank,
-                                shuffle_batches=4)
+        return batches_with_aux(self.train_rows, self.aux_rows, self.n_aux, batch, epoch, self.options.num_workers)
 
     def _tokens(self, engine: Any, texts: list[str]) -> Any:
         tokens = self.model.tokenize(texts)
@@ -220,7 +218,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         if aux:
             parts = [pairs_dataset(u, [], CLIP_COLUMNS, {"human": kind == "human"}) for u, kind in zip(aux, kinds)]
             datasets["aux"] = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-        return {"url": url, "aux": aux, "split": ["train", "aux"], "datasets": datasets}
+        return {"url": url, "aux": aux, "datasets": datasets}
 
     def loop(counts: dict[str, Any]) -> dict[str, Any]:  # launch has refused too few training clips
         return {"model": config.model.model_dump(), "egonce": config.egonce, "n_train": counts["train"],

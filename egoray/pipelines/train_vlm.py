@@ -149,6 +149,7 @@ class VLMRecipe(Recipe):
 
         from egoray.models.tiny import resolve_model
         from egoray.models.video_blip import train_transform
+        from egoray.train.data import ordered_shard
 
         path = resolve_model(self.spec.base)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
@@ -166,13 +167,11 @@ class VLMRecipe(Recipe):
         for b in held.iter_batches(batch_size=256, batch_format="pyarrow"):
             smallest = b.sort_by("id").slice(0, self.loop["eval_max"]).to_pylist()  # rows only of those
             self.eval_rows = sorted(self.eval_rows + smallest, key=lambda r: r["id"])[:self.loop["eval_max"]]
-        self.train_shard = ray.train.get_dataset_shard("train")
+        self.train_rows = ordered_shard("train", options.seed)
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
         self.epoch = epoch
-        return self.train_shard.iter_batches(batch_size=batch, batch_format="pyarrow", drop_last=True,
-                                             local_shuffle_buffer_size=8 * batch,
-                                             local_shuffle_seed=self.options.seed * 100_003 + epoch * 31 + rank)
+        return self.train_rows.batches(epoch, batch, "pyarrow")
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -328,7 +327,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             _Keep(k_train), batch_format="pyarrow", num_cpus=io_cpus())
         held = pairs_dataset(samples, config.eval_splits, SAMPLE_COLUMNS).map_batches(
             _Keep(k_eval), batch_format="pyarrow", num_cpus=io_cpus())
-        return {"url": samples, "aux": [], "split": ["train"], "datasets": {"train": train, "eval": held}}
+        return {"url": samples, "aux": [], "datasets": {"train": train, "eval": held}}
 
     def loop(counts: dict[str, Any]) -> dict[str, Any]:
         if counts["train"] <= max(k_train, k_eval):

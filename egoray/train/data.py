@@ -4,8 +4,8 @@ The pair-building pass (:func:`build_pairs`) reads the items (narrations with th
 embeddings, or narrations alone for the narrator), groups them by video and, per video, reads
 that video's features once (:class:`egoray.stages.pairs.PoolPairs`); it writes the pairs to
 ``OUTPUT/_work/<name>`` once, with a completion marker, so a resumed training run reads the same
-pairs. Ray Train workers then take their shard of it with ``get_dataset_shard``. The driver only
-ever sees counts.
+pairs. Every Ray Train worker reads the pairs with ``get_dataset_shard`` and trains on its share
+of each epoch's seeded global order (:class:`OrderedShard`). The driver only ever sees counts.
 """
 
 from __future__ import annotations
@@ -140,38 +140,85 @@ def aux_offset(offset: float | None, kind: str, job_offset: float) -> float:
     return 0.0 if kind == "pseudo" else job_offset
 
 
-def aux_batches(shard: Any, n_aux: int, batch: int, world: int, seed: int) -> Iterator[Any] | None:
+class OrderedShard:
+    """One worker's rows of a training stream, every epoch in the seeded global order
+    (:mod:`egoray.train.order`). ``shard`` is the whole stream (a Ray Train dataset shard that is
+    not split): each epoch the worker reads it and keeps its share."""
+
+    def __init__(self, shard: Any, seed: int, rank: int, world: int, stream: str = "train") -> None:
+        from egoray.train.order import EpochOrder, ids_of
+
+        self.shard, self.rank, self.world = shard, rank, world
+        self.order = EpochOrder(ids_of(self._blocks()), seed, stream)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def _blocks(self) -> Iterator[pa.Table]:
+        return self.shard.iter_batches(batch_size=None, batch_format="pyarrow")
+
+    def rows(self, epoch: int, cycle: int = 0) -> pa.Table:
+        """This worker's rows of ``epoch`` (``cycle``: a further pass in it), in training order."""
+        from egoray.train.order import pick
+
+        return pick(self._blocks(), self.order.share(epoch, self.rank, self.world, cycle))
+
+    def batches(self, epoch: int, batch: int, batch_format: str = "numpy") -> Iterator[Any]:
+        """Full batches of ``batch`` rows of ``epoch``, in order."""
+        from egoray.train.order import as_format, slices
+
+        return as_format(slices(self.rows(epoch), batch), batch_format)
+
+
+def ordered_shard(name: str, seed: int) -> OrderedShard:
+    """The Ray Train dataset ``name`` as this worker's :class:`OrderedShard`."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    return OrderedShard(ray.train.get_dataset_shard(name), seed, ctx.get_world_rank(), ctx.get_world_size(), name)
+
+
+def held_out_batches(name: str, batch: int, batch_format: str = "numpy") -> Iterator[Any]:
+    """The whole held-out dataset ``name`` (every worker reads all of it) in id order, in batches:
+    the same evaluation in every run whatever order the blocks arrive in."""
+    import ray.train
+
+    from egoray.train.order import in_id_order
+
+    shard = ray.train.get_dataset_shard(name)
+    return in_id_order(shard.iter_batches(batch_size=None, batch_format="pyarrow"), batch, batch_format)
+
+
+def aux_batches(aux: OrderedShard, n_aux: int, batch: int, world: int, epoch: int) -> Iterator[Any] | None:
     """Aux (pseudo / rephrased) pairs to join each training batch, cycled (aux sets are smaller or
-    larger than the main one), or None when there are too few to mix in: each worker takes up to
-    ``batch`` from its equal share of them."""
+    larger than the main one) in their own seeded order, or None when there are too few to mix
+    in: each worker takes up to ``batch`` from its equal share of them."""
     aux_batch = max(1, min(batch, n_aux // max(1, world))) if n_aux else 0
     if n_aux < 2 * max(1, world) or aux_batch < 2:
         return None
-    return _cycle(shard, aux_batch, seed)
+    return _cycle(aux, aux_batch, epoch)
 
 
-def batches_with_aux(train_shard: Any, aux_shard: Any, n_aux: int, batch: int, options: Any, epoch: int, rank: int,
-                     shuffle_batches: int) -> Iterator[tuple[Any, Any]]:
-    """An epoch of (training batch, aux batch or None): the worker's shard shuffled within
-    ``shuffle_batches`` batches, seeded per run, epoch and rank; aux pairs cycled alongside."""
-    aux = aux_batches(aux_shard, n_aux, batch, options.num_workers, options.seed + epoch) if n_aux else None
-    for b in train_shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
-                                      local_shuffle_buffer_size=max(batch, shuffle_batches * batch),
-                                      local_shuffle_seed=options.seed * 100_003 + epoch * 31 + rank):
-        yield b, (next(aux, None) if aux is not None else None)
+def batches_with_aux(train: OrderedShard, aux: OrderedShard | None, n_aux: int, batch: int, epoch: int,
+                     world: int) -> Iterator[tuple[Any, Any]]:
+    """An epoch of (training batch, aux batch or None), both in their seeded global order."""
+    extra = aux_batches(aux, n_aux, batch, world, epoch) if aux is not None and n_aux else None
+    for b in train.batches(epoch, batch):
+        yield b, (next(extra, None) if extra is not None else None)
 
 
-def _cycle(shard: Any, batch: int, seed: int) -> Iterator[Any]:
-    epoch = 0
+def _cycle(aux: OrderedShard, batch: int, epoch: int) -> Iterator[Any]:
+    from egoray.train.order import as_format, slices
+
+    cycle = 0
     while True:
         yielded = False
-        for b in shard.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True,
-                                    local_shuffle_buffer_size=8 * batch, local_shuffle_seed=seed + epoch):
+        for b in as_format(slices(aux.rows(epoch, cycle), batch), "numpy"):
             yielded = True
             yield b
         if not yielded:
             return
-        epoch += 1
+        cycle += 1
 
 
 def build_pairs(output: str, name: str, items: Callable[[], Any], features: str, offset: float,

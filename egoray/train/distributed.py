@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -270,20 +270,6 @@ def report(engine: Engine, metrics: dict[str, Any], client_state: dict[str, Any]
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def epoch_batches(n: int, batch: int, rank: int, world: int, seed: int, epoch: int) -> Iterator[Any]:
-    """This rank's index batches of one epoch: one shared permutation, dealt round-robin.
-
-    Every rank gets the same number of full batches (collectives need equal step counts).
-    """
-    import numpy as np
-
-    perm = np.random.default_rng(seed * 100_003 + epoch).permutation(n)
-    mine = perm[rank::world][: n // world]
-    steps = len(mine) // batch
-    for s in range(steps):
-        yield mine[s * batch:(s + 1) * batch]
-
-
 def effective_batch(n_train: int, world: int, batch: int) -> int:
     """The per-worker batch, shrunk for tiny datasets so that each epoch has at least one step."""
     per_rank = n_train // world
@@ -309,12 +295,11 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def fit(train_fn: Callable[[dict], None], loop_config: dict[str, Any], options: TrainerOptions,
-        output: str, datasets: dict[str, Any] | None = None, split: list[str] | None = None) -> Any:
+        output: str, datasets: dict[str, Any] | None = None) -> Any:
     """Run ``train_fn`` on ``options.num_workers`` Ray Train workers; returns the Ray Train Result.
 
-    ``datasets`` are Ray Datasets the workers read with ``ray.train.get_dataset_shard``: those
-    named in ``split`` are split between the workers (equal rows each, so every worker takes the
-    same number of steps), the others are read whole by every worker (held-out sets).
+    ``datasets`` are Ray Datasets the workers read with ``ray.train.get_dataset_shard``, each
+    whole (:class:`egoray.train.data.OrderedShard` deals a training set's rows).
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -336,7 +321,10 @@ def fit(train_fn: Callable[[dict], None], loop_config: dict[str, Any], options: 
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=options.keep_checkpoints),
             worker_runtime_env=Settings.from_environ().runtime_env()),
         datasets=datasets or {},
-        dataset_config=ray.train.DataConfig(datasets_to_split=list(split or [])),
+        # every worker reads every dataset whole: held-out sets all of them, training sets to
+        # take its share of the seeded global order (egoray.train.order), which a split by
+        # arrival would not keep
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
     return trainer.fit()
 

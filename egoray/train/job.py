@@ -50,7 +50,7 @@ def launch(config: JobConfig, options: TrainerOptions, ledger: ShardLedger, trai
     """Build the pairs, train on Ray, export the model and metrics, write ``run.json``.
 
     ``pairs()`` (Ray running) returns ``url`` (the main pairs), ``aux`` (more pair folders),
-    ``datasets`` and ``split`` for :func:`fit`; ``loop(counts)`` the train loop's config.
+    and ``datasets`` for :func:`fit`; ``loop(counts)`` the train loop's config.
     """
     from egoray.metrics import record
     from egoray.train.data import count_pairs, write_rejects
@@ -77,7 +77,7 @@ def launch(config: JobConfig, options: TrainerOptions, ledger: ShardLedger, trai
         if info["rejected"]:
             write_rejects(built["url"], config.output)
         loop_config = {**loop(info), "train": options.model_dump(), "output": config.output}
-        result = fit(train_fn, loop_config, options, config.output, built["datasets"], built["split"])
+        result = fit(train_fn, loop_config, options, config.output, built["datasets"])
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
         state = fetch_model(result.checkpoint, config.output)

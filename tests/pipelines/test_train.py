@@ -42,6 +42,7 @@ def test_dual_encoder_zero2_learns_round_trips_and_resumes(features):
     """The demo trained the dual encoder with DeepSpeed ZeRO-2 on 2 CPU workers (its config)."""
     from egoray.pipelines.train_dual_encoder import PAIR_COLUMNS, eval_arrays, evaluate, load_dual_encoder
     from egoray.train.data import pairs_dataset
+    from egoray.train.order import in_id_order
 
     out = features / "dual_encoder"
     overrides = _dual_encoder_overrides(features, out)
@@ -61,7 +62,8 @@ def test_dual_encoder_zero2_learns_round_trips_and_resumes(features):
 
     # the exported model reproduces the reported held-out metrics on the held-out pairs it was
     # evaluated on (built per video by the workers into _work/pairs, kept for resumed runs)
-    data = eval_arrays(pairs_dataset(str(out / "_work" / "pairs"), ["val", "test"], PAIR_COLUMNS))
+    held_out = pairs_dataset(str(out / "_work" / "pairs"), ["val", "test"], PAIR_COLUMNS)
+    data = eval_arrays(in_id_order(held_out.iter_batches(batch_size=None, batch_format="pyarrow"), 4096))
     assert len(data["eval_video"]) == pairs["eval"]
     again = evaluate(load_dual_encoder(str(out)), data)
     assert again["t2v_R@1"] == pytest.approx(final["t2v_R@1"])
