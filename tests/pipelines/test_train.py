@@ -18,6 +18,7 @@ import pytest
 from egoray import storage
 from egoray.pipelines import job_module, load_config
 from egoray.pipelines.demo import config_dir
+from tests.same_training import assert_same_training, train_again
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ def _dual_encoder_overrides(root: Path, out: Path) -> list[str]:
             f"text_features={root}/text_features", f"labels={root}/data/clips.parquet"]
 
 
-def test_dual_encoder_zero2_learns_round_trips_and_resumes(features):
+def test_dual_encoder_zero2_learns_round_trips_and_resumes(features, tmp_path):
     """The demo trained the dual encoder with DeepSpeed ZeRO-2 on 2 CPU workers (its config)."""
     from egoray.pipelines.train_dual_encoder import PAIR_COLUMNS, eval_arrays, evaluate, load_dual_encoder
     from egoray.train.data import pairs_dataset
@@ -75,6 +76,10 @@ def test_dual_encoder_zero2_learns_round_trips_and_resumes(features):
     assert best["value"] == pytest.approx(max(v for v in metrics["t2v_R@1"].to_pylist() if v is not None))
     assert best["value"] >= final["t2v_R@1"]
     assert evaluate(load_dual_encoder(str(out / "best")), data)["t2v_R@1"] == pytest.approx(best["value"])
+
+    # the same config on the same inputs trains the same batches to the same weights
+    train_again(out, tmp_path / "again")
+    assert_same_training(out, tmp_path / "again")
 
     # raising the epochs of a finished run resumes from its last checkpoint and trains only the new ones
     rerun = _run("demo/train_dual_encoder.yaml", [*overrides, f"train.epochs={run['epochs'] + 2}"])
@@ -113,15 +118,19 @@ def _train_workers() -> list:
 NARRATOR_EPOCHS, CHECKPOINT_STEPS, EVAL_STEPS = 4, 7, 20
 
 
+def _narrator_overrides(features: Path, out: Path) -> list[str]:
+    return [f"input={features}/narrations", f"output={out}", f"video_features={features}/video_features",
+            f"train.epochs={NARRATOR_EPOCHS}", "train.batch_size=4", "train.checkpoint_every=100",
+            f"train.checkpoint_every_steps={CHECKPOINT_STEPS}", f"train.eval_every_steps={EVAL_STEPS}",
+            "train.schedule=cosine", "train.warmup_steps=5", "train.max_failures=2"]
+
+
 @pytest.fixture(scope="module")
 def narrator(features, tmp_path_factory) -> tuple[Path, dict, int]:
     """A narrator trained with step checkpoints (every 7 of 10 steps per epoch: each is mid-epoch
     until step 70), one of its two workers SIGKILLed once the first checkpoint is registered."""
     out = tmp_path_factory.mktemp("narrator")
-    overrides = [f"input={features}/narrations", f"output={out}", f"video_features={features}/video_features",
-                 f"train.epochs={NARRATOR_EPOCHS}", "train.batch_size=4", "train.checkpoint_every=100",
-                 f"train.checkpoint_every_steps={CHECKPOINT_STEPS}", f"train.eval_every_steps={EVAL_STEPS}",
-                 "train.schedule=cosine", "train.warmup_steps=5", "train.max_failures=2"]
+    overrides = _narrator_overrides(features, out)
     result: dict = {}
 
     def target() -> None:
@@ -161,6 +170,14 @@ def test_narrator_resumes_mid_epoch_from_a_step_checkpoint_after_a_killed_worker
     assert run["final_metrics"]["mean_abs_gate"] > 0  # the gates opened
     assert (out / "model" / "model.pt").exists()
     assert list((out / "train").glob("checkpoint_*"))
+
+
+def test_a_narrator_resumed_mid_epoch_trains_what_an_uninterrupted_one_does(features, narrator, tmp_path):
+    """The resumed run continued with exactly the rows the killed one had not trained on: an
+    uninterrupted run of the same config makes the same evaluations and bit-identical weights."""
+    out, run, _ = narrator
+    _run("demo/train_narrator.yaml", _narrator_overrides(features, tmp_path / "whole"))
+    assert_same_training(out, tmp_path / "whole", resumed_epoch=run["resumed_from_step"] // run["steps_per_epoch"] + 1)
 
 
 def test_narrator_metrics_best_model_and_tensorboard(narrator):
@@ -350,6 +367,12 @@ def test_video_text_towers_learn_from_raw_frames(features, video_text, tmp_path)
     assert zeroshot["space"] == "raw" and zeroshot["clips"] == len(held)
     # class prompts were never trained on, yet the towers rank the clip's action high (0.25 here)
     assert zeroshot["top5"] >= 2 * zeroshot["chance_top5"]
+
+
+def test_video_text_training_reproduces(video_text, tmp_path):
+    """Frames decoded again, pseudo pairs mixed in again: the same batches, the same towers."""
+    train_again(video_text[0], tmp_path / "again")
+    assert_same_training(video_text[0], tmp_path / "again")
 
 
 def test_narrator_on_the_video_tower_trains_and_narrates_from_frames(features, video_text, tmp_path):
