@@ -88,8 +88,8 @@ def test_submit_status_logs_and_metrics(head, synth_small, tmp_path, ray_session
     assert run["status"] == "complete" and run["config"]["num_shards"] == 2
     # our counters reach the head's Prometheus endpoint
     labels = {"job": "ingest", "stage": "validate", "kind": "in"}
-    found = scrape_until(head["metrics"], lambda f: value(f, "ray_egoray_records_total", **labels)
-                         == run["stages"]["validate"]["in"])
+    scrape_until(head["metrics"], lambda f: value(f, "ray_egoray_records_total", **labels)
+                 == run["stages"]["validate"]["in"])
 
 
 def test_stop_a_running_job(head, synth_videos, tmp_path):
