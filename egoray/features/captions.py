@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from egoray.config import StrictModel
 from egoray.features.vision import ImageEncoder, to_tensor
@@ -19,7 +19,15 @@ class CaptionOptions(StrictModel):
     top_k: int = Field(1, ge=1)
     temperature: float = Field(1.0, gt=0)
     num_beams: int = Field(6, ge=1)
+    num_beam_groups: int = Field(3, ge=1, description="beam_search: groups of beams (open_clip's default, 3)")
     batch_size: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _beams_fill_groups(self) -> CaptionOptions:
+        if self.generation_type == "beam_search" and (self.num_beams < 2 or self.num_beams % self.num_beam_groups):
+            raise ValueError(f"beam_search needs num_beams ({self.num_beams}) > 1 and divisible by "
+                             f"num_beam_groups ({self.num_beam_groups})")
+        return self
 
 
 class CocaCaptioner(ImageEncoder):
@@ -46,7 +54,7 @@ class CocaCaptioner(ImageEncoder):
             kwargs = dict(generation_type=o.generation_type, seq_len=o.seq_len, max_seq_len=context,
                           temperature=o.temperature, top_p=o.top_p, top_k=o.top_k)
             if o.generation_type == "beam_search":
-                kwargs.update(num_beams=o.num_beams, num_beam_groups=1)
+                kwargs.update(num_beams=o.num_beams, num_beam_groups=o.num_beam_groups)
             for ids in cut_at_eot(generate(self.model, x, **kwargs)):
                 out.append(" ".join(open_clip.decode(torch.tensor(ids)).split()).rstrip(" ."))
         return out

@@ -65,8 +65,24 @@ def test_same_tokens_as_open_clip_when_captions_end_early():
 def test_captioner_writes_the_captions_it_wrote_on_transformers_4():
     for seed in (0, 1):
         for kind in ("top_p", "beam_search"):
-            captions = _captioner(seed, generation_type=kind, seq_len=10, batch_size=2).caption(FRAMES, seed=seed)
+            beams = {"num_beam_groups": 1} if kind == "beam_search" else {}
+            captions = _captioner(seed, generation_type=kind, seq_len=10, batch_size=2,
+                                  **beams).caption(FRAMES, seed=seed)
             assert captions == REFERENCE[f"captioner_{kind}/{seed}"]["captions"]
+
+
+def test_captioner_beam_search_uses_open_clips_three_beam_groups_by_default():
+    import open_clip
+
+    coca = _captioner(0, generation_type="beam_search", seq_len=12)
+    assert (coca.options.num_beams, coca.options.num_beam_groups) == (6, 3)
+    expected = [" ".join(open_clip.decode(torch.tensor(ids)).split()).rstrip(" .")
+                for ids in cut_at_eot(torch.tensor(REFERENCE["beam_groups/0"]["tokens"]))]
+    assert coca.caption(FRAMES, seed=0) == expected
+    ungrouped = _captioner(0, generation_type="beam_search", seq_len=12, num_beam_groups=1).caption(FRAMES, seed=0)
+    assert ungrouped != expected
+    with pytest.raises(ValueError, match="divisible by num_beam_groups"):
+        CaptionOptions(generation_type="beam_search", num_beams=4, num_beam_groups=3)
 
 
 def test_padding_after_the_end_is_not_part_of_a_caption():
