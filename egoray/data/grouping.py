@@ -22,9 +22,11 @@ def group_narrations(narrations: pa.Table, max_group: int = 5, max_span: float =
     """Consecutive narrations of one (video, pass) in time order, as GroundVQA groups them for
     EgoTimeQA.
 
-    From the first ungrouped narration, the longest run of at most ``max_group`` whose span (the
-    last one's end minus the first one's start) is under ``max_span`` is found (one narration at
-    least); the group takes a length drawn uniformly from 1 to that run's — with a generator
+    From the first ungrouped narration, the next ``max_group`` of its clip are taken and shrunk
+    from the top while the span (the last one's end minus the first one's start) is ``max_span``
+    or more (one narration at least), as GroundVQA's ``_sample_narrations`` does, so a long
+    narration in the middle does not cut a group short; the group takes a length drawn uniformly
+    from 1 to that run's, and spans the first one's start to the last one's end — with a generator
     seeded from (``seed``, video, pass), so a clip's groups are the same in every run and on every
     worker. ``seed=None`` takes the whole run (the longest groups). The group id is
     ``g:<first narration id>``.
@@ -45,10 +47,12 @@ def group_narrations(narrations: pa.Table, max_group: int = 5, max_span: float =
         key = (cols["video_uid"][i], cols["pass"][i])
         if seed is not None and (i == 0 or key != (cols["video_uid"][i - 1], cols["pass"][i - 1])):
             rng = np.random.default_rng(row_seed(seed, "group", *key))
-        j = i + 1  # the longest run: same clip, at most max_group, span under max_span
-        while (j < n and j - i < max_group and (cols["video_uid"][j], cols["pass"][j]) == key
-               and cols["t_end"][j] - cols["t_start"][i] < max_span):
+        j = i + 1  # the clip's next max_group narrations at most...
+        while j < n and j - i < max_group and (cols["video_uid"][j], cols["pass"][j]) == key:
             j += 1
+        # ...shrunk from the top while the last one's end is max_span or more after the first's start
+        while j - 1 > i and cols["t_end"][j - 1] - cols["t_start"][i] >= max_span:
+            j -= 1
         if rng is not None:
             j = i + int(rng.integers(1, j - i + 1))
         out["group_id"].append(f"g:{cols['narration_id'][i]}")
@@ -56,7 +60,7 @@ def group_narrations(narrations: pa.Table, max_group: int = 5, max_span: float =
         out["pass"].append(cols["pass"][i])
         out["narration_ids"].append(cols["narration_id"][i:j])
         out["texts"].append(cols["text"][i:j])
-        out["t_start"].append(min(cols["t_start"][i:j]))
-        out["t_end"].append(max(cols["t_end"][i:j]))
+        out["t_start"].append(cols["t_start"][i])
+        out["t_end"].append(cols["t_end"][j - 1])  # the last narration's end, as GroundVQA's end_sec
         i = j
     return pa.table(out, schema=GROUPS)

@@ -2,6 +2,7 @@
 
 import json
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -47,6 +48,23 @@ def test_grouping_rules(ingested_small):
     assert group_narrations(narrations, 5, 30.0, seed=1).to_pylist() != groups.to_pylist()
     longest = [len(g) for g in group_narrations(narrations, 5, 30.0, seed=None)["narration_ids"].to_pylist()]
     assert sum(longest) / len(longest) > sum(lengths) / len(lengths)
+
+
+def test_groups_shrink_from_the_top_as_groundvqas_sample_narrations():
+    """GroundVQA's ``_sample_narrations``: ``end = min(n, start + 5)``, then ``end -= 1`` while
+    ``narrations[end-1].end - narrations[start].start >= 30``; ``end_sec`` is the last one's end."""
+    def table(spans):
+        return pa.table({"narration_id": [f"v_{k}" for k in range(len(spans))], "video_uid": ["v"] * len(spans),
+                         "pass": pa.array([1] * len(spans), pa.int8()), "text": [f"t{k}" for k in range(len(spans))],
+                         "t_start": [float(a) for a, _ in spans], "t_end": [float(b) for _, b in spans]})
+    groups = group_narrations(table([(0, 10), (5, 35), (10, 20)]), 5, 30.0, seed=None).to_pylist()
+    assert [(len(g["narration_ids"]), g["t_start"], g["t_end"]) for g in groups] == [(3, 0.0, 20.0)]
+    # the last one reaching 30 s after the first's start is dropped; then the rest starts a group
+    groups = group_narrations(table([(0, 10), (5, 12), (10, 30), (31, 33)]), 5, 30.0, seed=None).to_pylist()
+    assert [(len(g["narration_ids"]), g["t_start"], g["t_end"]) for g in groups] == [(2, 0.0, 12.0), (2, 10.0, 33.0)]
+    # only the last one's end counts: a long first narration does not stop a group
+    groups = group_narrations(table([(0, 40), (1, 2)]), 5, 30.0, seed=None).to_pylist()
+    assert [len(g["narration_ids"]) for g in groups] == [2]
 
 
 def test_egotimeqa_export_normalises_durations_as_groundvqa_merge_does():
