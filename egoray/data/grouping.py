@@ -11,6 +11,7 @@ GROUPS = pa.schema(
         ("pass", pa.int8()),
         ("narration_ids", pa.list_(pa.string())),
         ("texts", pa.list_(pa.string())),
+        ("raw_texts", pa.list_(pa.string())),  # as annotated ("#C C picks ... ."), for prompts written for it
         ("t_start", pa.float64()),
         ("t_end", pa.float64()),
     ]
@@ -29,13 +30,16 @@ def group_narrations(narrations: pa.Table, max_group: int = 5, max_span: float =
     from 1 to that run's, and spans the first one's start to the last one's end — with a generator
     seeded from (``seed``, video, pass), so a clip's groups are the same in every run and on every
     worker. ``seed=None`` takes the whole run (the longest groups). The group id is
-    ``g:<first narration id>``.
+    ``g:<first narration id>``. ``raw_texts`` are the narrations as annotated (``text`` where the
+    table has no ``raw_text``).
     """
     import numpy as np
 
     from egoray.data.seeds import row_seed
 
-    t = narrations.select(["narration_id", "video_uid", "pass", "text", "t_start", "t_end"]).sort_by(
+    if "raw_text" not in narrations.column_names:
+        narrations = narrations.append_column("raw_text", narrations["text"])
+    t = narrations.select(["narration_id", "video_uid", "pass", "text", "raw_text", "t_start", "t_end"]).sort_by(
         [("video_uid", "ascending"), ("pass", "ascending"), ("t_start", "ascending"), ("narration_id", "ascending")]
     )
     cols = {name: t[name].to_pylist() for name in t.column_names}
@@ -60,6 +64,7 @@ def group_narrations(narrations: pa.Table, max_group: int = 5, max_span: float =
         out["pass"].append(cols["pass"][i])
         out["narration_ids"].append(cols["narration_id"][i:j])
         out["texts"].append(cols["text"][i:j])
+        out["raw_texts"].append(cols["raw_text"][i:j])
         out["t_start"].append(cols["t_start"][i])
         out["t_end"].append(cols["t_end"][j - 1])  # the last narration's end, as GroundVQA's end_sec
         i = j

@@ -76,7 +76,8 @@ WRONG_ANSWERS_PROMPT = (
 
 
 class QAPrompts(Template):
-    """Prompts of the qa job: ``{narrations}`` is the group's narrations, each as ``narration_line``."""
+    """Prompts of the qa job: ``{narrations}`` is the group's narrations, each as ``narration_line``
+    (``{text}``: ingest's cleaned text; ``{raw_text}``: as annotated, for prompts written for it)."""
 
     version: str = "egotimeqa-v1"
     question: str = QUESTION_PROMPT
@@ -88,7 +89,7 @@ class QAPrompts(Template):
     FIELDS: ClassVar[dict[str, set[str]]] = {
         "question": {"narrations"},
         "wrong_answers": {"question", "answer"},
-        "narration_line": {"text", "t_start", "t_end"},
+        "narration_line": {"text", "raw_text", "t_start", "t_end"},
     }
     EXAMPLES: ClassVar[tuple[str, ...]] = ("question_examples", "wrong_answers_examples")
 

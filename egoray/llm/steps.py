@@ -34,8 +34,9 @@ class QuestionStep(Step):
         self.prompts, self.max_q, self.max_a = prompts, max_question_words, max_answer_words
 
     def prompt(self, row: dict[str, Any]) -> Prompt:
-        lines = [self.prompts.narration_line.format(text=t, t_start=row["t_start"], t_end=row["t_end"])
-                 for t in row["texts"]]
+        raw = row.get("raw_texts") or row["texts"]
+        lines = [self.prompts.narration_line.format(text=t, raw_text=r, t_start=row["t_start"], t_end=row["t_end"])
+                 for t, r in zip(row["texts"], raw, strict=True)]
         user = self.prompts.question.format(narrations=self.prompts.narration_separator.join(lines))
         return self.prompts.as_prompt(user, self.prompts.question_examples)
 

@@ -11,6 +11,7 @@ from egoray.data.grouping import group_narrations
 from egoray.data.narrations import load_narrations
 from egoray.pipelines import qa, validate_config
 from egoray.pipelines.qa import EXPORT_FILE
+from tests.conftest import ROOT
 from tests.killing import assert_no_leftovers, kill_mid_run
 
 GROUPS = 8  # question groups of the job tests
@@ -65,6 +66,27 @@ def test_groups_shrink_from_the_top_as_groundvqas_sample_narrations():
     # only the last one's end counts: a long first narration does not stop a group
     groups = group_narrations(table([(0, 40), (1, 2)]), 5, 30.0, seed=None).to_pylist()
     assert [len(g["narration_ids"]) for g in groups] == [2]
+
+
+def test_the_groundvqa_config_prompts_with_the_narrations_as_annotated():
+    """GroundVQA's ``lm_input``: ``prompt + "<s>[INST] " + " ".join(narration_text) + "[/INST]\\n"``,
+    the texts as the pickle holds them ("C picks ... ." with its period), not ingest's cleaned ones."""
+    import yaml
+
+    from egoray.llm.engine import GenerationParams
+    from egoray.llm.steps import QuestionStep
+
+    raw = ["C searches through the cabinet.", "C picks the tin from the cabinet."]
+    narrations = pa.table({"narration_id": ["c_0", "c_1"], "video_uid": ["c", "c"], "pass": pa.array([1, 1], pa.int8()),
+                           "text": ["The camera wearer searches through the cabinet",
+                                    "The camera wearer picks the tin from the cabinet"],
+                           "raw_text": raw, "t_start": [1.0, 3.0], "t_end": [2.0, 4.0]})
+    group = group_narrations(narrations, 5, 30.0, seed=None).to_pylist()[0]
+    assert group["raw_texts"] == raw
+    config = validate_config(yaml.safe_load((ROOT / "configs" / "qa.yaml").read_text()))
+    prompt = QuestionStep(GenerationParams(), config.prompts).prompt(group)
+    few_shot = config.prompts.question.split("<s>[INST] {narrations}")[0].replace("{{", "{").replace("}}", "}")
+    assert prompt == few_shot + "<s>[INST] " + " ".join(raw) + "[/INST]\n"
 
 
 def test_egotimeqa_export_normalises_durations_as_groundvqa_merge_does():
