@@ -65,3 +65,29 @@ def test_a_model_without_a_chat_template_stops_the_job_before_it_starts(tmp_path
     with pytest.raises(ConfigError, match="has no chat template"):
         check_chat_template(str(path))
     check_chat_template("tiny:llama")
+
+
+def test_the_lab_phi_config_builds_the_notebooks_summary_prompt_byte_for_byte():
+    """Seed 002's notebook: ``sentences += f"\\n{caption}"`` per caption, then an indented
+    triple-quoted f-string holding the instruction, one example and ``Context:{sentences}``."""
+    import yaml
+
+    from egoray.llm.steps import summary_prompt
+    from egoray.pipelines import validate_config
+    from tests.conftest import ROOT
+
+    config = validate_config(yaml.safe_load((ROOT / "configs" / "captions_lab_phi.yaml").read_text()))
+    captions = ["a man on a kite board", "a man riding a wave on a kite board"]
+    sentences = "".join(f"\n{c}" for c in captions)
+    example = ["The two kids are playing with the cat", "The cat is runnning in the living room .",
+               "The cat is runnning in the living room .", "Two kids are trying to catch a black cat",
+               "One child is running in the living room .", "The cat is runnning in the living room .",
+               "A woman is holding a black cat .", "The children and a woman are petting the cat ."]
+    pad = " " * 8
+    lab = (f"\n{pad}Instruction:\n{pad}Create a summary sentence that aggregate the meaning of all the sentences "
+           "provided in the context. The sentences in the context are in cronological order. Provide a concise "
+           f"summary using only the information provided in the context.\n\n{pad}Context:\n"
+           + "".join(f"{pad}{line}\n" for line in example)
+           + f"\n{pad}Summary:\n{pad}Two children run into the living room trying to catch a black cat. After a "
+           f"woman catches the cat, they all pet it together .\n\n{pad}Context:{sentences}\n\n{pad}Summary:\n{pad}")
+    assert summary_prompt(captions, config.summary_prompts) == lab
