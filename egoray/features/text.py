@@ -23,6 +23,15 @@ class TextEncoderConfig(StrictModel):
     dtype: Literal["float32", "float16"] = "float32"
 
 
+def encoder_label(config: TextEncoderConfig) -> str:
+    """The model a text encoder config names, as outputs record it (no model is loaded)."""
+    if config.kind == "sentence_transformers":
+        return config.model
+    if config.kind == "video_text":
+        return f"video_text:{config.model}"
+    return f"{config.clip.name}:{config.clip.pretrained or 'random'}"
+
+
 class TextEncoder:
     """Loads the model once; ``encode(texts)`` → float array [N, D]."""
 
@@ -37,17 +46,15 @@ class TextEncoder:
             from egoray.models.tiny import resolve_model
 
             self.model = SentenceTransformer(resolve_model(config.model), device=self.device)
-            self.name = config.model
         elif config.kind == "video_text":
             from egoray.models.video_text import load_video_text
 
             self.model = load_video_text(config.model).to(self.device)
-            self.name = f"video_text:{config.model}"
         else:
             from egoray.models.clip import load_open_clip
 
             self.model, self.tokenizer, _ = load_open_clip(config.clip, self.device)
-            self.name = f"{config.clip.name}:{config.clip.pretrained or 'random'}"
+        self.name = encoder_label(config)
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         import torch

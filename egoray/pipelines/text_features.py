@@ -29,7 +29,7 @@ from egoray.data.labels import read_labels
 from egoray.data.raw import InputError
 from egoray.data.tables import table_columns
 from egoray.executor import Pass, Source, run_job
-from egoray.features.text import TextEncoderConfig
+from egoray.features.text import TextEncoderConfig, encoder_label
 from egoray.stages.base import Resources
 from egoray.stages.text import TextEncodeStage, TextSink
 
@@ -73,7 +73,7 @@ def is_labels(config: Config) -> bool:
 
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
-    model = config.encoder.model if config.encoder.kind == "sentence_transformers" else config.encoder.clip.name
+    model = encoder_label(config.encoder)
     resources = Resources(cpus=config.cpus_per_actor, gpus=config.gpus_per_actor, actors=config.num_actors,
                           batch_size=config.batch_size)
     if is_labels(config):

@@ -3,7 +3,7 @@
 import numpy as np
 
 from egoray.features.captions import CaptionOptions, CocaCaptioner, dedupe_captions
-from egoray.features.text import TextEncoder, TextEncoderConfig
+from egoray.features.text import TextEncoder, TextEncoderConfig, encoder_label
 from egoray.features.vision import ImageEncoder
 from egoray.models.clip import ClipModel
 
@@ -17,6 +17,10 @@ def test_text_encoders():
     clip = TextEncoder(TextEncoderConfig(kind="open_clip", clip=ClipModel(name="tiny-clip"), dtype="float16"))
     e2 = clip.encode(["The person in this video is doing cut onion"] * 3)
     assert e2.shape == (3, 32) and e2.dtype == np.float16
+    # what outputs record as the model: the encoder's own name, known before any model is loaded
+    assert (st.name, clip.name) == ("tiny:sentence", "tiny-clip:random")
+    assert encoder_label(clip.config) == clip.name and encoder_label(st.config) == st.name
+    assert encoder_label(TextEncoderConfig(kind="video_text", model="/runs/vt/best")) == "video_text:/runs/vt/best"
 
 
 def test_image_encoder_is_deterministic_and_streams():
