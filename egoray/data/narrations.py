@@ -204,17 +204,6 @@ def load_narrations(url: str, splits: list[str] | None = None) -> pa.Table:
     return table
 
 
-def input_files(url: str) -> list[str]:
-    """The Parquet files :func:`load_narrations` reads (for the resume check on changed inputs)."""
-    from egoray import storage
-
-    source = storage.join(url, "narrations")
-    if not storage.exists(source):
-        source = url
-    files = storage.listdir(source, ".parquet")
-    return files or [source]
-
-
 def check_narrations(url: str, needed: tuple[str, ...] = ("narration_id", "video_uid", "text", "t_start", "t_end")
                      ) -> str:
     """The narrations table a job reads (checked from its schema: no rows are read here)."""

@@ -15,7 +15,7 @@ tower. Output::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field
@@ -74,7 +74,6 @@ class CaptionsSink(Sink):
     caption_model: str = ""
     summary_model: str = ""
     prompt_version: str = ""
-    tables: ClassVar[tuple[str, ...]] = ("captions",)
 
     def empty_tables(self) -> dict[str, pa.Table]:
         return {**super().empty_tables(), "captions": CAPTIONS.empty_table()}

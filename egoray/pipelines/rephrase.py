@@ -16,7 +16,7 @@ then rejected. Output::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field
@@ -87,7 +87,6 @@ def write_rephraser_pkl(output: str, style: str = "egoray") -> int:
 class ParaphraseSink(Sink):
     prompt_version: str = ""
     model: str = ""
-    tables: ClassVar[tuple[str, ...]] = ("paraphrases",)
 
     def empty_tables(self) -> dict[str, pa.Table]:
         return {**super().empty_tables(), "paraphrases": PARAPHRASES.empty_table()}

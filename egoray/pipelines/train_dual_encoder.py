@@ -229,7 +229,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     aux_items = [text_features_source(a.text_features) for a in config.aux]
     # changed narrations, features or labels make another run: refused like a changed config
     watched = inputs + [u for _, us in aux_items for u in us] + [storage.join(config.video_features, "index")]
-    ledger = prepare(config, overwrite, watched + ([config.labels] if config.labels else []))
+    prepare(config, overwrite, watched + ([config.labels] if config.labels else []))
 
     def pairs() -> dict[str, Any]:
         url = build_pairs(config.output, "pairs", items, config.video_features, config.offset_sec, config.labels)
@@ -252,4 +252,4 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     options, pseudo = with_temperature_freezes(config.train, any(a.kind == "pseudo" for a in config.aux),
                                                config.freeze_temperature, config.freeze_pseudo_temperature)
-    return launch(config, options, ledger, _train_loop, pairs, loop, wall0)
+    return launch(config, options, _train_loop, pairs, loop, wall0)

@@ -164,7 +164,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     else:
         watched = inputs + [storage.join(config.video_features, "index")]
     # changed narrations or features make another run: refused like a changed config
-    ledger = prepare(config, overwrite, watched)
+    prepare(config, overwrite, watched)
     columns = ["id", "text", "frames"]
 
     def pairs() -> dict[str, Any]:
@@ -181,7 +181,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         width = 0 if config.tower else _feature_dim(config.video_features)
         return {"model": model.model_copy(update={"video_dim": width}).model_dump(), "n_train": counts["train"]}
 
-    return launch(config, options, ledger, _train_loop, pairs, loop, wall0)
+    return launch(config, options, _train_loop, pairs, loop, wall0)
 
 
 def _tower_config(url: str) -> Any:

@@ -202,7 +202,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     size = image_size(config.model.vision)
     # changed narrations, aux texts or labels make another run: refused like a changed config
     watched = inputs + [u for _, us, _ in aux_sources for u in us]
-    ledger = prepare(config, overwrite, watched + ([config.labels] if config.labels else []))
+    prepare(config, overwrite, watched + ([config.labels] if config.labels else []))
 
     def decode(name: str, build: Any, offset: float) -> str:
         clips = DecodeClips(videos, config.model.num_frames, size, offset, config.labels)
@@ -228,4 +228,4 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     options, pseudo = with_temperature_freezes(config.train, "pseudo" in kinds, config.freeze_temperature,
                                                config.freeze_pseudo_temperature)
-    return launch(config, options, ledger, _train_loop, pairs, loop, wall0)
+    return launch(config, options, _train_loop, pairs, loop, wall0)

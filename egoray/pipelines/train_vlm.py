@@ -305,7 +305,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         raise InputError(f"{config.videos}: no video files (<video_uid>.mp4, ...)")
     items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
     spec = config.model
-    ledger = prepare(config, overwrite, inputs)
+    prepare(config, overwrite, inputs)
     size = _image_size(spec.base)
     frames_dir = storage.join(config.output, "_work", "frames")
     k_train, k_eval = spec.examples(False), spec.examples(True)
@@ -336,7 +336,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         return {"model": spec.model_dump(), "n_train": counts["train"], "eval_max": config.eval_max,
                 "eval_generate": config.eval_generate, "max_new_tokens": config.max_new_tokens}
 
-    return launch(config, config.train, ledger, _train_loop, pairs, loop, wall0)
+    return launch(config, config.train, _train_loop, pairs, loop, wall0)
 
 
 class _Keep:

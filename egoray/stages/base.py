@@ -228,7 +228,6 @@ class Sink:
 
     id_column: str
     stages: Sequence[str]
-    tables: ClassVar[tuple[str, ...]] = ()
     input_columns: Sequence[str] = field(default_factory=tuple)
 
     def write_rows(self, rows: pa.Table, output: str, base: str) -> dict[str, int]:

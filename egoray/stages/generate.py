@@ -74,10 +74,6 @@ class LLMStage(Stage):
         self.engine_config, self.steps, self.id_column = engine, steps, id_column
         self.engine: Any = None
 
-    @property
-    def step_names(self) -> list[str]:
-        return [s.name for s in self.steps]
-
     def setup(self) -> None:
         c = self.engine_config
         if c.kind == "vllm":

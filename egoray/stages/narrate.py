@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -177,7 +177,6 @@ class NarratorStage(Stage):
 class CaptionSink(Sink):
     """``captions/<base>.parquet``: one row per caption, ``caption_id`` = ``<window_id>#<k>``."""
 
-    tables: ClassVar[tuple[str, ...]] = ("captions",)
 
     def empty_tables(self) -> dict[str, pa.Table]:
         return {**super().empty_tables(), "captions": CAPTIONS.empty_table()}

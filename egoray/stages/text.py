@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -85,7 +85,6 @@ class TextSink(Sink):
     storage_format: Literal["parquet", "hdf5"] = "parquet"
     model: str = ""
     keep: list[str] = field(default_factory=list)
-    tables: ClassVar[tuple[str, ...]] = ("embeddings", "index")
 
     def write_rows(self, rows: pa.Table, output: str, base: str) -> dict[str, int]:
         flat = explode_texts(rows, self.id_column, self.text_col, self.keep)
@@ -125,10 +124,6 @@ def explode_texts(rows: pa.Table, id_col: str, text_col: str, keep: list[str]) -
     return pa.table({"id": pa.array([f"{b}#{j}" for b, j in zip(base, k, strict=True)], pa.string()),
                      "text": pc.cast(texts.flatten(), pa.string()), "embedding": emb.flatten(),
                      **{c: rows[c].take(take) for c in keep}})
-
-
-def as_text_table(ids: list[str], texts: list[str]) -> pa.Table:
-    return pa.table({"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string())})
 
 
 def embedding_matrix(column: Any) -> np.ndarray:

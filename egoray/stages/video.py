@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -133,7 +133,6 @@ class FeatureSink(Sink):
     fps: float | None = None
     dtype: str = "float32"
     clip_mean: bool = False
-    tables: ClassVar[tuple[str, ...]] = ("index", "clip_mean")
 
     def write_rows(self, rows: pa.Table, output: str, base: str) -> dict[str, int]:
         file = f"features/{base}.h5"

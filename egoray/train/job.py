@@ -44,7 +44,7 @@ def with_temperature_freezes(options: TrainerOptions, has_pseudo: bool, freeze_t
     return options.model_copy(update={"freeze": options.freeze + frozen}), pseudo
 
 
-def launch(config: JobConfig, options: TrainerOptions, ledger: ShardLedger, train_fn: Callable[[dict], None],
+def launch(config: JobConfig, options: TrainerOptions, train_fn: Callable[[dict], None],
            pairs: Callable[[], dict[str, Any]], loop: Callable[[dict[str, Any]], dict[str, Any]],
            wall0: float) -> dict[str, Any]:
     """Build the pairs, train on Ray, export the model and metrics, write ``run.json``.
