@@ -65,8 +65,8 @@ class Config(StreamingJobConfig):
 
 
 def write_rephraser_pkl(output: str, style: str = "egoray") -> int:
-    """``rephraser.pkl`` from ``paraphrases/``: LaViLa's ``--metadata-aux`` input, one tuple per
-    narration with its original text first."""
+    """``rephraser.pkl`` from ``paraphrases/``: LaViLa's ``--metadata`` input (the rephrased
+    narrations in place of the originals), one tuple per narration with its original text first."""
     import pickle
 
     from egoray.data.lavila import lavila_style
