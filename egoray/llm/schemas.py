@@ -161,3 +161,42 @@ def _key(s: str) -> str:
     s = re.sub(r"[^\w\s]", "", s.lower()).strip()
     s = re.sub(r"^(a|an|the)\s+", "", s)
     return " ".join(s.split())
+
+
+def _literal(raw: str | bytes | None) -> Parsed:
+    """The whole output as a Python literal, as GroundVQA's generators read it (``literal_eval``:
+    single quotes pass, any text around the literal fails)."""
+    import ast
+
+    text = as_text(raw)
+    if not text.ok:
+        return text
+    try:
+        return Parsed(value=ast.literal_eval(text.value))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
+        return Parsed(reason="not_a_literal", detail=f"{type(e).__name__}: {e}"[:300])
+
+
+def accept_qa_as_groundvqa(raw: str | bytes | None) -> Parsed:
+    """GroundVQA's open-QA acceptance: the output is a literal whose ``question`` and ``answer``
+    can be read (its keys ``Q``/``A``, renamed as in egoray's prompts); no word limits, any value
+    kept as its ``str``."""
+    found = _literal(raw)
+    if not found.ok:
+        return found
+    try:
+        return Parsed(value=(str(found.value["question"]), str(found.value["answer"])))
+    except (KeyError, TypeError, IndexError) as e:
+        return Parsed(reason="missing_field", detail=f"{type(e).__name__}: {e}"[:300])
+
+
+def accept_wrong_answers_as_groundvqa(raw: str | bytes | None, n: int = 3) -> Parsed:
+    """GroundVQA's close-QA acceptance: a literal list of ``n`` (or, with egoray's prompt, a
+    ``wrong_answers`` list of ``n``); items are not checked against each other or the answer."""
+    found = _literal(raw)
+    if not found.ok:
+        return found
+    items = found.value.get("wrong_answers") if isinstance(found.value, dict) else found.value
+    if not isinstance(items, list) or len(items) != n:
+        return Parsed(reason="wrong_count", detail=f"not a list of {n}: {str(found.value)[:200]}")
+    return Parsed(value=[str(x) for x in items])

@@ -13,6 +13,8 @@ from egoray.llm.engine import GenerationParams, Prompt
 from egoray.llm.prompts import QAPrompts, RephrasePrompts, SummaryPrompts, Turn
 from egoray.llm.schemas import (
     Parsed,
+    accept_qa_as_groundvqa,
+    accept_wrong_answers_as_groundvqa,
     as_text,
     qa_schema,
     validate_qa,
@@ -29,9 +31,11 @@ class QuestionStep(Step):
     fields: ClassVar[list[pa.Field]] = [pa.field("question", pa.string()), pa.field("answer", pa.string())]
 
     def __init__(self, params: GenerationParams, prompts: QAPrompts, max_question_words: int = 10,
-                 max_answer_words: int = 5, max_attempts: int = 3) -> None:
-        super().__init__(params, qa_schema(max_question_words, max_answer_words), 1, max_attempts)
-        self.prompts, self.max_q, self.max_a = prompts, max_question_words, max_answer_words
+                 max_answer_words: int = 5, max_attempts: int = 3, acceptance: str = "strict") -> None:
+        groundvqa = acceptance == "groundvqa"  # unconstrained, one try, GroundVQA's parse
+        super().__init__(params, None if groundvqa else qa_schema(max_question_words, max_answer_words), 1,
+                         1 if groundvqa else max_attempts)
+        self.prompts, self.max_q, self.max_a, self.groundvqa = prompts, max_question_words, max_answer_words, groundvqa
 
     def prompt(self, row: dict[str, Any]) -> Prompt:
         raw = row.get("raw_texts") or row["texts"]
@@ -41,7 +45,8 @@ class QuestionStep(Step):
         return self.prompts.as_prompt(user, self.prompts.question_examples)
 
     def validate(self, row: dict[str, Any], outputs: list[str]) -> Parsed:
-        return validate_qa(outputs[0] if outputs else None, self.max_q, self.max_a)
+        output = outputs[0] if outputs else None
+        return accept_qa_as_groundvqa(output) if self.groundvqa else validate_qa(output, self.max_q, self.max_a)
 
     def columns(self, row: dict[str, Any], value: Any) -> dict[str, Any]:
         return {"question": value[0], "answer": value[1]}
@@ -58,16 +63,21 @@ class WrongAnswersStep(Step):
     fields: ClassVar[list[pa.Field]] = [pa.field("wrong_answers", pa.list_(pa.string()))]
 
     def __init__(self, params: GenerationParams, prompts: QAPrompts, n_wrong: int = 3, max_answer_words: int = 5,
-                 max_attempts: int = 3) -> None:
-        super().__init__(params, wrong_answers_schema(n_wrong, max_answer_words), 1, max_attempts)
-        self.prompts, self.n_wrong, self.max_a = prompts, n_wrong, max_answer_words
+                 max_attempts: int = 3, acceptance: str = "strict") -> None:
+        groundvqa = acceptance == "groundvqa"
+        super().__init__(params, None if groundvqa else wrong_answers_schema(n_wrong, max_answer_words), 1,
+                         1 if groundvqa else max_attempts)
+        self.prompts, self.n_wrong, self.max_a, self.groundvqa = prompts, n_wrong, max_answer_words, groundvqa
 
     def prompt(self, row: dict[str, Any]) -> Prompt:
         user = self.prompts.wrong_answers.format(question=row["question"], answer=row["answer"])
         return self.prompts.as_prompt(user, self.prompts.wrong_answers_examples)
 
     def validate(self, row: dict[str, Any], outputs: list[str]) -> Parsed:
-        return validate_wrong_answers(outputs[0] if outputs else None, row["answer"], self.n_wrong, self.max_a)
+        output = outputs[0] if outputs else None
+        if self.groundvqa:
+            return accept_wrong_answers_as_groundvqa(output, self.n_wrong)
+        return validate_wrong_answers(output, row["answer"], self.n_wrong, self.max_a)
 
     def columns(self, row: dict[str, Any], value: Any) -> dict[str, Any]:
         return {"wrong_answers": list(value)}

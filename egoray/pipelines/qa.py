@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -73,6 +73,10 @@ class Limits(StrictModel):
     max_answer_words: int = Field(5, ge=1)
     n_wrong: int = Field(3, ge=1)
     max_attempts: int = Field(3, ge=1, description="tries per item before it goes to rejects")
+    acceptance: Literal["strict", "groundvqa"] = Field(
+        "strict", description="strict: decoding constrained to the JSON schema, word limits and distinct wrong "
+        "answers checked, max_attempts tries; groundvqa: as GroundVQA's generators, unconstrained, one try, "
+        "accepted when the output is a Python literal holding the fields (no limits checked)")
 
 
 class Config(StreamingJobConfig):
@@ -96,7 +100,6 @@ class Config(StreamingJobConfig):
 class QASink(Sink):
     prompt_version: str = ""
     model: str = ""
-    tables: ClassVar[tuple[str, ...]] = ("qa",)
 
     def empty_tables(self) -> dict[str, pa.Table]:
         return {**super().empty_tables(), "qa": QA.empty_table()}
@@ -176,9 +179,9 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         groups = prepare(config.output, "groups", build_groups)
         lim = config.limits
         steps = [QuestionStep(config.question_params, config.prompts, lim.max_question_words, lim.max_answer_words,
-                              lim.max_attempts),
+                              lim.max_attempts, lim.acceptance),
                  WrongAnswersStep(config.wrong_answer_params, config.prompts, lim.n_wrong, lim.max_answer_words,
-                                  lim.max_attempts)]
+                                  lim.max_attempts, lim.acceptance)]
         sink = QASink(id_column="group_id", stages=[s.name for s in steps], prompt_version=config.prompts.version,
                       model=config.engine.model)
         return Pass("qa", Source(groups, columns=GROUPS.names), [llm_stage(config.engine, steps, "group_id")], sink,

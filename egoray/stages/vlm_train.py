@@ -83,7 +83,10 @@ class ChooseTrainingExamples:
         keep = pa.array(pending(table))
         if self.train_splits:
             keep = pc.and_(keep, pc.fill_null(pc.is_in(table["split"], value_set=pa.array(self.train_splits)), False))
-        return ExamplePool(table.filter(keep).select([c for c in columns if c != REASON]).to_pylist())
+        # in id order: the files' order (named by write task) differs between runs, and the seeded
+        # draws pick positions in this list
+        kept = table.filter(keep).select([c for c in columns if c != REASON]).sort_by("id")
+        return ExamplePool(kept.to_pylist())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.pool is None:

@@ -1,8 +1,16 @@
+import json
 import re
 
 import pytest
 
-from egoray.llm.schemas import qa_schema, validate_qa, validate_wrong_answers, words_pattern
+from egoray.llm.schemas import (
+    accept_qa_as_groundvqa,
+    accept_wrong_answers_as_groundvqa,
+    qa_schema,
+    validate_qa,
+    validate_wrong_answers,
+    words_pattern,
+)
 
 
 @pytest.mark.parametrize(
@@ -88,3 +96,23 @@ def test_word_pattern_admits_dots_slashes_and_accented_letters():
         assert answer.match(ok), ok
     for bad in ("two  spaces", "bad!", "a b c d e f", ""):
         assert not answer.match(bad), bad
+
+
+def test_groundvqa_acceptance_is_literal_eval_of_the_whole_output():
+    """GroundVQA's generators: ``qa = literal_eval(gen_result); qa['Q'], qa['A']`` and
+    ``literal_eval(gen_result)`` a list of 3; anything raising is dropped; no limits checked."""
+    long_q = "What did I do with the thing in my left hand today?"  # 12 words: strict rejects it
+    output = json.dumps({"question": long_q, "answer": "put it down"})
+    assert accept_qa_as_groundvqa(" " + output).value == (long_q, "put it down")
+    assert not validate_qa(output).ok
+    assert accept_qa_as_groundvqa("{'question': 'Did I wash it?', 'answer': 2}").value == ("Did I wash it?", "2")
+    prose = 'Sure! {"question": "What did I cut?", "answer": "an onion"}'
+    assert validate_qa(prose).ok and accept_qa_as_groundvqa(prose).reason == "not_a_literal"
+    assert accept_qa_as_groundvqa('{"q": "What?"}').reason == "missing_field"
+    assert accept_qa_as_groundvqa('["What?"]').reason == "missing_field"
+    assert accept_qa_as_groundvqa("").reason == "empty_output"
+    assert accept_wrong_answers_as_groundvqa('["one piece", "one piece", "two pieces"]', 3).value == [
+        "one piece", "one piece", "two pieces"]  # duplicates and the answer itself are not checked
+    assert accept_wrong_answers_as_groundvqa('{"wrong_answers": ["a", "b", "c"]}', 3).value == ["a", "b", "c"]
+    assert accept_wrong_answers_as_groundvqa('["a", "b"]', 3).reason == "wrong_count"
+    assert accept_wrong_answers_as_groundvqa('["a", "b", "c"] </s>', 3).reason == "not_a_literal"

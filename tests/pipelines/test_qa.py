@@ -181,6 +181,23 @@ def test_failures_are_retried_then_rejected_with_raw_output(ingested_small, tmp_
     assert json.loads((out / EXPORT_FILE).read_text()) == []
 
 
+def test_groundvqa_acceptance_decodes_unconstrained_and_tries_once(ingested_small, tmp_path):
+    out = tmp_path / "qa"
+    manifest = qa.run(_config(ingested_small, out, grouping={"limit": 4}, limits={"acceptance": "groundvqa"},
+                              question_params={"max_new_tokens": 24, "temperature": 1.0}))
+    stages = manifest["stages"]
+    assert stages["question"]["in"] == 4 == stages["question"]["out"] + stages["question"]["rejected"]
+    q, r = _ids(out)
+    assert sorted(q + r) == sorted(set(q + r)) and len(q + r) == 4
+    for row in storage.read_parquet(str(out / "rejects")).to_pylist():
+        kept = json.loads(row["input"])
+        assert kept["attempts"] == 1  # one try, as GroundVQA's
+        if row["stage"] == "question":
+            # a random tiny model writes free text when nothing constrains it, which literal_eval refuses
+            assert row["reason"] in {"not_a_literal", "missing_field", "empty_output"}
+            assert not kept["raw_output"].startswith('{"question": "')
+
+
 @pytest.mark.gpu
 def test_vllm_engine_same_tables(ingested_small, tmp_path):
     pytest.importorskip("vllm")
