@@ -167,8 +167,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     def build_groups() -> Any:
         names = storage.parquet_schema(source).names
-        columns = [c for c in ("narration_id", "video_uid", "pass", "text", "raw_text", "t_start", "t_end",
-                                         "split") if c in names]
+        wanted = ("narration_id", "video_uid", "pass", "text", "raw_text", "t_start", "t_end", "split")
+        columns = [c for c in wanted if c in names]
         ds = read(Source(source, columns=columns, where=split_filter(config.splits)))
         ds = ds.groupby("video_uid").map_groups(groups_of_video, fn_args=(g.max_group, g.max_span_sec, g.seed,
                                                                           g.point_window_sec),

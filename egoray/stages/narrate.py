@@ -177,7 +177,6 @@ class NarratorStage(Stage):
 class CaptionSink(Sink):
     """``captions/<base>.parquet``: one row per caption, ``caption_id`` = ``<window_id>#<k>``."""
 
-
     def empty_tables(self) -> dict[str, pa.Table]:
         return {**super().empty_tables(), "captions": CAPTIONS.empty_table()}
 

@@ -27,12 +27,10 @@ def _best(output: str) -> dict[str, Any] | None:
     return storage.read_json(url) if storage.exists(url) else None
 
 
-def prepare(config: JobConfig, overwrite: bool, inputs: list[str] | None = None) -> ShardLedger:
+def prepare(config: JobConfig, overwrite: bool, inputs: list[str] | None = None) -> None:
     """Refuse an output written by another config or from changed inputs (``--overwrite`` clears
     it, checkpoints too)."""
-    ledger = ShardLedger(config.output)
-    ledger.prepare(config, ["train"], overwrite=overwrite, inputs=inputs)
-    return ledger
+    ShardLedger(config.output).prepare(config, ["train"], overwrite=overwrite, inputs=inputs)
 
 
 def with_temperature_freezes(options: TrainerOptions, has_pseudo: bool, freeze_temperature: bool,
