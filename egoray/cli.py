@@ -154,6 +154,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Turn another tool's released model into an egoray export (lavila: LaViLa's dual encoders and narrators)."""
+    from egoray.models.lavila_import import import_lavila
+
+    summary = import_lavila(args.checkpoint, args.output, args.head_width, args.text_model, args.lm)
+    print(f"{summary['kind']} ({summary['model'] or 'LaViLa'}, {summary['tensors']} tensors) -> {summary['output']}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print a submitted job's status as JSON."""
     from egoray import submit
@@ -240,6 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("features", help="a video_features output")
     q.add_argument("out", help="the .h5 file to write (path or URL)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help=cmd_import.__doc__, description=cmd_import.__doc__)
+    imports = p.add_subparsers(dest="format", required=True)
+    q = imports.add_parser("lavila", help="a LaViLa checkpoint (TSF dual encoder or VCLM narrator) as an export that "
+                                          "video_features tower=, text_features, train_video_text init_from= and "
+                                          "narrate model= take")
+    q.add_argument("checkpoint", help="LaViLa's .pth ({'state_dict': ...}; path or URL)")
+    q.add_argument("output", help="folder to write model/model.pt into (path or URL)")
+    q.add_argument("--head-width", type=int, default=64, help="width of every attention head (LaViLa's: 64)")
+    q.add_argument("--text-model", default="distilbert-base-uncased",
+                   help="the transformers text tower of a *_DISTILBERT_BASE checkpoint (config and tokenizer)")
+    q.add_argument("--lm", help="a narrator's LM (its config and tokenizer; default: the GPT-2 of the checkpoint's width)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     p.add_argument("run_dir", help="a directory of job outputs (e.g. egoray demo's --out)")

@@ -26,6 +26,10 @@ class ClipModel(StrictModel):
     pretrained: str | None = Field(None, description="open_clip pretrained tag or checkpoint path; none = random")
     seed: int = Field(0, description="seed of random weights when pretrained is empty")
     precision: str = Field("fp32", description="fp32, fp16, bf16 (GPU)")
+    architecture: dict[str, Any] | None = Field(
+        None, description="an open_clip model config (embed_dim, vision_cfg, text_cfg, quick_gelu) to build "
+                          "instead of looking the name up: how an imported checkpoint (egoray import lavila) "
+                          "records its towers' shapes; weights come from the export")
 
 
 def register_tiny_configs() -> None:
@@ -45,13 +49,21 @@ def load_open_clip(spec: ClipModel, device: str = "cpu") -> tuple[Any, Any, dict
     register_tiny_configs()
     if not spec.pretrained:
         torch.manual_seed(spec.seed)
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        spec.name, pretrained=spec.pretrained or None, precision=spec.precision, device=device
-    )
+    if spec.architecture is not None:
+        if spec.pretrained:
+            raise ValueError(f"{spec.name}: an architecture is built with its own weights, not a pretrained tag")
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[spec.precision]
+        model = open_clip.CLIP(**spec.architecture).to(device=device, dtype=dtype)
+        text = spec.architecture["text_cfg"]
+        tokenizer = open_clip.SimpleTokenizer(context_length=int(text.get("context_length", 77)))
+    else:
+        model, _, _ = open_clip.create_model_and_transforms(
+            spec.name, pretrained=spec.pretrained or None, precision=spec.precision, device=device
+        )
+        tokenizer = open_clip.get_tokenizer(spec.name)
     if not spec.pretrained:
         _initialise(model, spec.seed)
     model.eval()
-    tokenizer = open_clip.get_tokenizer(spec.name)
     size = model.visual.image_size
     size = size[0] if isinstance(size, tuple | list) else int(size)
     mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
@@ -64,7 +76,7 @@ def image_size(spec: ClipModel) -> int:
     import open_clip
 
     register_tiny_configs()
-    config = open_clip.get_model_config(spec.name)
+    config = spec.architecture or open_clip.get_model_config(spec.name)
     if config is None:
         from egoray.data.raw import InputError
 

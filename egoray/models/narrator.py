@@ -3,9 +3,11 @@
 The visual input of a window is either stored video features (``[F, Dv]``, frozen upstream) or,
 with ``tower``, its frames through the frozen video tower of a ``train_video_text`` run, whose
 space–time tokens (``T·(1 + P)`` of them, LaViLa's narrator input) are attended to. Either is
-summarised by an attention pooler with learned queries into ``Q`` visual tokens. Every ``cross_attn_every``-th decoder layer of the
-LM is preceded by a gated cross-attention block (Flamingo): ``x + tanh(g) * attn(x, visual)``
-and ``x + tanh(h) * ff(x)`` with ``g = h = 0`` at initialisation, so an untrained narrator is
+summarised by LaViLa's attention pooler (learned queries, multi-query attention) into ``Q``
+visual tokens. Every ``cross_attn_every``-th decoder layer of the LM (layers 0, k, 2k, … as
+LaViLa's ``layer_idx % cross_attn_freq == 0``) is preceded by LaViLa's gated cross-attention
+block: ``x + tanh(a) * xattn(x, visual)`` and ``x + tanh(b) * ff(x)`` (a squared-ReLU
+feed-forward) with ``a = b = 0`` at initialisation, so an untrained narrator is
 exactly the frozen LM. Only the pooler and the cross-attention blocks train; a tower's weights
 are exported with them (``video.``), so a trained narrator loads on its own.
 """
@@ -32,7 +34,10 @@ class NarratorConfig(StrictModel):
     num_queries: int = Field(8, ge=1)
     num_frames: int = Field(4, ge=1, description="video features sampled per window")
     cross_attn_every: int = Field(1, ge=1)
-    heads: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1, description="query heads of the attention pooler (LaViLa: the LM's heads)")
+    dim_head: int = Field(64, ge=1, description="width of each pooler head and of its one key/value head")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout of the cross-attention blocks in training "
+                                                       "(LaViLa: GPT-2's 0.1); the LM keeps its own")
     max_text_tokens: int = Field(32, ge=4)
     standardise: bool = Field(False, description="standardise each feature dimension by running batch statistics "
                                                  "(BatchNorm) before the pooler: for encoders whose features share "
@@ -46,42 +51,119 @@ def saved_prefixes(config: NarratorConfig) -> tuple[str, ...]:
     return TRAINED_PREFIXES + ((TOWER_PREFIX,) if config.tower is not None else ())
 
 
-class AttentionPooler(nn.Module):
-    """Learned queries attend over a window's frame features: ``[B, F, Dv] -> [B, Q, E]``."""
+class BiasFreeLayerNorm(nn.Module):
+    """LayerNorm with a learned gain and no bias (LaViLa's ``coca.LayerNorm``: its beta is a zero buffer)."""
 
-    def __init__(self, video_dim: int, width: int, num_queries: int, heads: int, standardise: bool = False) -> None:
+    def __init__(self, width: int) -> None:
         super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.layer_norm(x, x.shape[-1:], self.weight, None)
+
+
+class AttentionPooler(nn.Module):
+    """Learned queries attend over a window's visual tokens: ``[B, N, Dv] -> [B, Q, E]``.
+
+    LaViLa's ``img_attn_pool`` + ``img_attn_pool_norm`` (``coca.CrossAttention`` with
+    ``norm_context``): queries and context layer-normed without bias, multi-query attention (one
+    key/value head of ``dim_head`` shared by ``heads`` query heads), bias-free projections, no
+    residual, and a bias-free LayerNorm on the output.
+    """
+
+    def __init__(self, video_dim: int, width: int, num_queries: int, heads: int, dim_head: int = 64,
+                 standardise: bool = False) -> None:
+        super().__init__()
+        self.heads, self.dim_head = heads, dim_head
         self.standardise = nn.BatchNorm1d(video_dim, affine=False) if standardise else None
         self.queries = nn.Parameter(torch.randn(num_queries, width) * width**-0.5)
-        self.ln_kv = nn.LayerNorm(video_dim)
-        self.attn = nn.MultiheadAttention(width, heads, kdim=video_dim, vdim=video_dim, batch_first=True)
-        self.ln_out = nn.LayerNorm(width)
+        self.ln_q = BiasFreeLayerNorm(width)
+        self.ln_kv = BiasFreeLayerNorm(video_dim)
+        self.to_q = nn.Linear(width, heads * dim_head, bias=False)
+        self.to_kv = nn.Linear(video_dim, 2 * dim_head, bias=False)
+        self.to_out = nn.Linear(heads * dim_head, width, bias=False)
+        self.ln_out = BiasFreeLayerNorm(width)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         if self.standardise is not None:
             frames = self.standardise(frames.flatten(0, 1)).view_as(frames)
-        kv = self.ln_kv(frames)
-        q = self.queries.unsqueeze(0).expand(frames.shape[0], -1, -1)
-        return self.ln_out(self.attn(q, kv, kv, need_weights=False)[0])
+        b = frames.shape[0]
+        q = self.to_q(self.ln_q(self.queries)).view(-1, self.heads, self.dim_head).transpose(0, 1)  # [H, Q, d]
+        k, v = self.to_kv(self.ln_kv(frames)).chunk(2, dim=-1)  # [B, N, d] each: one head for all
+        weights = torch.einsum("hqd,bnd->bhqn", q * self.dim_head**-0.5, k).softmax(-1)
+        out = torch.einsum("bhqn,bnd->bqhd", weights, v).reshape(b, -1, self.heads * self.dim_head)
+        return self.ln_out(self.to_out(out))
+
+
+class CrossAttention(nn.Module):
+    """GPT-2's cross-attention (``GPT2Attention(is_cross_attention=True)``): queries from the
+    text, keys and values from the visual tokens (both of the LM's width), biased projections,
+    dropout on the attention weights and on the output."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"the LM's width {width} is not divisible by its {heads} heads")
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.proj = nn.Linear(width, width)
+        self.attn_dropout = nn.Dropout(dropout)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        b, n, width = x.shape
+        d = width // self.heads
+        q = self.q(x).view(b, n, self.heads, d).transpose(1, 2)
+        k, v = (t.view(b, -1, self.heads, d).transpose(1, 2) for t in self.kv(visual).split(width, dim=-1))
+        weights = self.attn_dropout((q @ k.transpose(-1, -2) / d**0.5).softmax(-1))
+        return self.resid_dropout(self.proj((weights @ v).transpose(1, 2).reshape(b, n, width)))
+
+
+class SquaredReLUFeedForward(nn.Module):
+    """LaViLa's ``mlp_crossattention``: GPT-2's MLP with a squared ReLU (Primer), then dropout."""
+
+    def __init__(self, width: int, inner: int, dropout: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, inner)
+        self.proj = nn.Linear(inner, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(torch.relu(self.fc(x)) ** 2))
 
 
 class GatedCrossAttention(nn.Module):
-    """Tanh-gated cross-attention + feed-forward; the identity while both gates are zero."""
+    """LaViLa's gated cross-attention before a GPT-2 block (``gpt2_gated.GPT2Block``):
+    ``x + tanh(a) * xattn(ln(x), visual)``, then ``x + tanh(b) * ff(ln(x))``; the identity
+    while both gates are zero, as at initialisation.
 
-    def __init__(self, width: int, heads: int) -> None:
+    Initialised as GPT-2 initialises new weights (``_init_weights``): normal(0, 0.02), zero biases,
+    the output projections normal(0, 0.02 / sqrt(2 * layers)).
+    """
+
+    def __init__(self, width: int, heads: int, inner: int, dropout: float, eps: float = 1e-5,
+                 lm_layers: int = 1, init_std: float = 0.02) -> None:
         super().__init__()
-        self.ln = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln = nn.LayerNorm(width, eps=eps)
+        self.attn = CrossAttention(width, heads, dropout)
         self.attn_gate = nn.Parameter(torch.zeros(1))  # [1], not 0-d: DeepSpeed broadcasts byte views
-        self.ln_ff = nn.LayerNorm(width)
-        self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.ln_ff = nn.LayerNorm(width, eps=eps)
+        self.ff = SquaredReLUFeedForward(width, inner, dropout)
         self.ff_gate = nn.Parameter(torch.zeros(1))
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif name.endswith("proj.weight"):
+                nn.init.normal_(p, std=init_std / (2 * lm_layers) ** 0.5)
+            elif p.dim() == 2:
+                nn.init.normal_(p, std=init_std)
 
     def forward(self, x: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         if visual.shape[0] != x.shape[0]:
             raise ValueError(f"visual tokens for {visual.shape[0]} sequences, text for {x.shape[0]}")
         visual = visual.to(x.dtype)
-        x = x + torch.tanh(self.attn_gate) * self.attn(self.ln(x), visual, visual, need_weights=False)[0]
+        x = x + torch.tanh(self.attn_gate) * self.attn(self.ln(x), visual)
         return x + torch.tanh(self.ff_gate) * self.ff(self.ln_ff(x))
 
 
@@ -143,19 +225,25 @@ class Narrator(nn.Module):
             self.video, self.image = build_video_tower(config.tower)
             self.video.requires_grad_(False)
             video_dim = self.video.width
-        self.pooler = AttentionPooler(video_dim, width, config.num_queries, config.heads, config.standardise)
+        self.pooler = AttentionPooler(video_dim, width, config.num_queries, config.heads, config.dim_head,
+                                      config.standardise)
         self._visual = _Visual()
         layers = decoder_layers(lm)
+        lm_config = lm.config
+        inner = getattr(lm_config, "n_inner", None) or 4 * width  # GPT-2's MLP width
+        eps = getattr(lm_config, "layer_norm_epsilon", None) or getattr(lm_config, "rms_norm_eps", None) or 1e-5
         self.xattn = nn.ModuleList()
         for i in range(len(layers)):
-            if i % config.cross_attn_every == 0:
-                block = GatedCrossAttention(width, config.heads)
+            if i % config.cross_attn_every == 0:  # LaViLa: layer_idx % cross_attn_freq == 0
+                block = GatedCrossAttention(width, lm_config.num_attention_heads, inner, config.dropout, eps,
+                                            len(layers), getattr(lm_config, "initializer_range", 0.02))
                 self.xattn.append(block)
                 layers[i] = GatedLayer(layers[i], block, self._visual)
 
     def train(self, mode: bool = True) -> Narrator:
+        """The LM trains with its own dropout, frozen or not (LaViLa's GPT-2 is in train mode too);
+        a frozen video tower stays in evaluation mode."""
         super().train(mode)
-        self.lm.eval()  # frozen: no dropout, so that gates at zero reproduce the LM exactly
         if self.config.tower is not None:
             self.video.eval()
         return self

@@ -3,12 +3,13 @@
 The visual tower is an open_clip ViT (initialised from a CLIP checkpoint, or random for tiny
 models) over ``num_frames`` frames per clip, in one of two ways:
 
-- ``average``: every frame through the image tower, the clip embedding is the frames' mean;
-- ``divided``: TimeSformer's divided space–time attention — before each of the ViT's blocks a
-  temporal attention over the same patch position in every frame, plus a learned time embedding.
-  Both start at zero (the temporal attention's output projection and the time embedding), so an
-  untrained divided tower is exactly the frame average of its CLIP image tower, as LaViLa
-  inflates CLIP into TimeSformer.
+- ``space_time`` (LaViLa's): the Frozen-in-Time space–time transformer
+  (:mod:`egoray.models.timesformer`) inflated from the CLIP ViT as LaViLa does, one class token
+  for the clip; its temporal attention starts at zero;
+- ``average``: every frame through the image tower, the clip embedding is the frames' mean.
+
+With ``embed_dim`` other than CLIP's, both projections are new (LaViLa's ``image_projection`` and
+``text_projection``); otherwise CLIP's own are kept.
 
 The text tower is open_clip's (the same CLIP model's) or a transformers encoder such as
 DistilBERT (its first token, projected). Temperatures are learned as in CLIP, with LaViLa's
@@ -36,7 +37,8 @@ class VideoTextConfig(StrictModel):
     """Both towers; stored with the weights so a model loads without its job config."""
 
     vision: ClipModel = ClipModel()
-    temporal: Literal["divided", "average"] = Field("divided", description="space–time attention or frame mean")
+    temporal: Literal["space_time", "average"] = Field(
+        "space_time", description="LaViLa's space–time transformer over the frames, or the mean of CLIP's frame embeddings")
     num_frames: int = Field(4, ge=1)
     text: str = Field("open_clip", description="open_clip (the CLIP model's text tower) or a transformers encoder")
     context_length: int = Field(77, ge=4, description="text tokens (transformers encoders)")
@@ -46,86 +48,54 @@ class VideoTextConfig(StrictModel):
     init_pseudo_temperature: float = Field(0.07, gt=0)
 
 
-class TemporalAttention(nn.Module):
-    """Attention across frames at each patch position; zero output at initialisation."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.out = nn.Linear(width, width)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        """``x`` [B·T, 1 + P, W] (class token first); the patch tokens attend over the T frames."""
-        bt, length, width = x.shape
-        b = bt // frames
-        patches = x[:, 1:].reshape(b, frames, length - 1, width).transpose(1, 2).reshape(-1, frames, width)
-        h = self.norm(patches)
-        h, _ = self.attn(h, h, h, need_weights=False)
-        h = self.out(h).reshape(b, length - 1, frames, width).transpose(1, 2).reshape(bt, length - 1, width)
-        return torch.cat([x[:, :1], x[:, 1:] + h], dim=1)
-
-
 class VideoTower(nn.Module):
-    """An open_clip ``VisionTransformer`` over clips: [B, T, 3, H, W] → [B, E]."""
+    """A CLIP image tower over clips: [B, T, 3, H, W] → [B, E].
 
-    def __init__(self, visual: nn.Module, num_frames: int, temporal: str) -> None:
+    ``space_time``: LaViLa's space–time transformer inflated from the CLIP ViT
+    (:mod:`egoray.models.timesformer`), the clip's class token projected. ``average``: each frame
+    through the CLIP image tower, the frames' projected embeddings averaged.
+    """
+
+    def __init__(self, visual: nn.Module, num_frames: int, temporal: str, embed_dim: int | None = None) -> None:
         super().__init__()
-        self.visual = visual
+        from egoray.models.timesformer import from_open_clip
+
         self.temporal_mode = temporal
         self.gradient_checkpointing = False
+        clip_proj = visual.proj
         width = int(visual.conv1.out_channels)
-        blocks = visual.transformer.resblocks
-        if temporal == "divided":
-            heads = blocks[0].attn.num_heads
-            self.time_embed = nn.Parameter(torch.zeros(num_frames, width))
-            self.temporal = nn.ModuleList(TemporalAttention(width, heads) for _ in blocks)
+        if temporal == "space_time":
+            self.visual: nn.Module = from_open_clip(visual, num_frames)
+        else:
+            visual.proj = None  # ours below
+            self.visual = visual
+        if clip_proj is None or (embed_dim is not None and embed_dim != clip_proj.shape[1]):
+            # a new joint space: LaViLa's image_projection, normal(std = width ** -0.5)
+            self.proj = nn.Parameter(torch.randn(width, embed_dim or width) * width**-0.5)
+        else:  # CLIP's own projection, as LaViLa loads it when the widths agree
+            self.proj = nn.Parameter(clip_proj.detach().clone())
 
     @property
     def width(self) -> int:
-        return int(self.visual.conv1.out_channels)
-
-    def _blocks(self, frames: torch.Tensor) -> torch.Tensor:
-        """Every frame's tokens after the ViT's blocks: [B·T, 1 + P, W]."""
-        b, t = frames.shape[:2]
-        visual = self.visual
-        x = visual._embeds(frames.flatten(0, 1))
-        if self.temporal_mode == "divided":
-            x = (x.view(b, t, *x.shape[1:]) + self.time_embed[None, :t, None, :]).flatten(0, 1)
-            batch_first = getattr(visual.transformer, "batch_first", True)
-            for block, temporal in zip(visual.transformer.resblocks, self.temporal):
-                x = self._run(self._divided_block, x, block, temporal, t, batch_first)
-            return x
-        return visual.transformer(x)
+        return int(self.visual.width) if self.temporal_mode == "space_time" else int(self.visual.conv1.out_channels)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.temporal_mode == "space_time":
+            self.visual.gradient_checkpointing = self.gradient_checkpointing
+            return self.visual(frames) @ self.proj
         b, t = frames.shape[:2]
-        pooled, _ = self.visual._pool(self._blocks(frames))
-        if self.visual.proj is not None:
-            pooled = pooled @ self.visual.proj
-        return pooled.view(b, t, -1).mean(1)
+        return (self.visual(frames.flatten(0, 1)) @ self.proj).view(b, t, -1).mean(1)
 
     def tokens(self, frames: torch.Tensor) -> torch.Tensor:
-        """The clip's space–time tokens after the final norm, [B, T·(1 + P), W]: what LaViLa's
-        narrator attends to (every patch of every frame, and the frames' class tokens)."""
+        """The clip's tokens after the final norm: what LaViLa's narrator attends to —
+        ``1 + T·P`` of them (the class token, then every patch of every frame) for ``space_time``,
+        ``T·(1 + P)`` (each frame's class token and patches) for ``average``."""
+        if self.temporal_mode == "space_time":
+            return self.visual.forward_features(frames)
         b = frames.shape[0]
-        x = self.visual.ln_post(self._blocks(frames))
+        visual = self.visual
+        x = visual.ln_post(visual.transformer(visual._embeds(frames.flatten(0, 1))))
         return x.reshape(b, -1, x.shape[-1])
-
-    @staticmethod
-    def _divided_block(x: torch.Tensor, block: nn.Module, temporal: nn.Module, frames: int,
-                       batch_first: bool) -> torch.Tensor:
-        x = temporal(x, frames)
-        return block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
-
-    def _run(self, fn: Any, x: torch.Tensor, *args: Any) -> torch.Tensor:
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            from torch.utils.checkpoint import checkpoint
-
-            return checkpoint(fn, x, *args, use_reentrant=False)
-        return fn(x, *args)
 
 
 class OpenClipText(nn.Module):
@@ -140,7 +110,8 @@ class OpenClipText(nn.Module):
 
 
 class HFText(nn.Module):
-    """A transformers encoder (DistilBERT, BERT, ...): the first token's state, projected."""
+    """A transformers encoder (DistilBERT, BERT, ...): the first token's state, projected
+    (LaViLa's ``CLIP_HF`` with ``text_use_cls_token``; projection normal(std = width ** -0.5))."""
 
     def __init__(self, name: str, embed_dim: int) -> None:
         super().__init__()
@@ -149,7 +120,9 @@ class HFText(nn.Module):
         from egoray.models.tiny import resolve_model
 
         self.encoder = AutoModel.from_pretrained(resolve_model(name))
-        self.proj = nn.Linear(self.encoder.config.hidden_size, embed_dim, bias=False)
+        width = self.encoder.config.hidden_size
+        self.proj = nn.Linear(width, embed_dim, bias=False)
+        nn.init.normal_(self.proj.weight, std=width**-0.5)
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
@@ -174,12 +147,15 @@ class VideoTextModel(nn.Module):
             clip.logit_bias = None
         clip_dim = int(visual.output_dim)
         embed_dim = config.embed_dim or clip_dim
-        self.video = VideoTower(visual, config.num_frames, config.temporal)
-        self.video_proj = nn.Linear(clip_dim, embed_dim, bias=False) if embed_dim != clip_dim else None
+        self.video = VideoTower(visual, config.num_frames, config.temporal, embed_dim)
         if config.text == "open_clip":
+            if embed_dim != clip_dim:  # a new joint space: LaViLa's text_projection, normal(std = width ** -0.5)
+                if not isinstance(clip.text_projection, nn.Parameter):
+                    raise ValueError(f"embed_dim {embed_dim} needs a CLIP whose text projection is a matrix")
+                width = clip.text_projection.shape[0]
+                clip.text_projection = nn.Parameter(torch.randn(width, embed_dim) * width**-0.5)
             self.text = OpenClipText(clip)
             self.tokenizer: Any = tokenizer
-            self.text_proj = nn.Linear(clip_dim, embed_dim, bias=False) if embed_dim != clip_dim else None
         else:
             from transformers import AutoTokenizer
 
@@ -187,7 +163,6 @@ class VideoTextModel(nn.Module):
 
             self.text = HFText(config.text, embed_dim)
             self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.text))
-            self.text_proj = None
         init = math.log(1 / config.init_temperature)
         # shape [1]: DeepSpeed broadcasts parameters as byte views, which 0-d tensors refuse
         self.logit_scale = nn.Parameter(torch.full((1,), init))
@@ -213,15 +188,14 @@ class VideoTextModel(nn.Module):
         """uint8 [B, T, H, W, 3] at the tower's size → normalised float [B, T, 3, H, W]."""
         return normalise_frames(frames, self.image)
 
-    def _out(self, x: torch.Tensor, proj: nn.Module | None) -> torch.Tensor:
-        x = proj(x) if proj is not None else x
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.config.norm_embed else x
 
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
-        return self._out(self.video(frames), self.video_proj)
+        return self._out(self.video(frames))
 
     def encode_text(self, tokens: Any) -> torch.Tensor:
-        return self._out(self.text(tokens), self.text_proj)
+        return self._out(self.text(tokens))
 
     def embed_texts(self, texts: list[str], batch_size: int = 64, normalize: bool = False) -> np.ndarray:
         """Joint-space embeddings of texts, in batches (what ``text_features`` stores)."""
@@ -255,7 +229,7 @@ def build_video_tower(config: VideoTextConfig) -> tuple[VideoTower, dict[str, An
     from egoray.models.clip import load_open_clip
 
     clip, _, image = load_open_clip(config.vision)
-    return VideoTower(clip.visual, config.num_frames, config.temporal), image
+    return VideoTower(clip.visual, config.num_frames, config.temporal, config.embed_dim), image
 
 
 def normalise_frames(frames: np.ndarray, image: dict[str, Any]) -> torch.Tensor:

@@ -5,7 +5,7 @@ Inputs: an ingest output (narrations with splits) and ``videos``, the folder hol
 ``[t_start - offset, t_end + offset]`` into ``model.num_frames`` frames at the visual tower's size
 (:class:`egoray.stages.clips.DecodeClips`) into ``OUTPUT/_work/clips``, kept for resumed runs,
 and the Ray Train workers stream them. The towers (:mod:`egoray.models.video_text`): an open_clip
-ViT over the frames with divided space–time attention or frame averaging, and open_clip's or a
+ViT over the frames in LaViLa's space–time transformer or frame averaging, and open_clip's or a
 transformers text encoder; symmetric InfoNCE (optionally EgoNCE) against the negatives of every
 worker. ``aux`` texts of windows (a ``narrate`` output's pseudo-narrations, a ``rephrase``
 output's paraphrases) have their clips decoded the same way into ``_work/aux<i>`` and join each

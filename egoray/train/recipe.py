@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from egoray import storage
+from egoray.data.seeds import row_seed
 from egoray.train.distributed import Engine, TrainerOptions, effective_batch, report, resume
 from egoray.train.tensorboard import ScalarLog
 
@@ -181,6 +182,9 @@ def train(recipe: Recipe, loop: dict[str, Any]) -> None:
                 break
             if i < skip:
                 continue
+            # dropout and any other draw of a micro-batch come from its own seed, not from how many
+            # draws came before: a run resumed mid-epoch draws what an uninterrupted one does
+            torch.manual_seed(row_seed(options.seed, "micro-batch", rank, epoch, i))
             loss, n = recipe.loss(engine, b)
             stepped = engine.step(loss)
             losses.append(float(loss.detach()))

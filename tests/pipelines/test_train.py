@@ -281,7 +281,7 @@ def video_text(features, tmp_path_factory) -> tuple[Path, dict, int]:
 
 def test_video_text_towers_learn_from_raw_frames(features, video_text, tmp_path):
     """LaViLa's dual encoder end to end: frames decoded by Ray Data workers from the demo videos,
-    a tiny ViT with divided space–time attention and its text tower, ZeRO-2 on 2 CPU workers."""
+    a tiny ViT in LaViLa's space–time transformer and its text tower, ZeRO-2 on 2 CPU workers."""
     from egoray.models.video_text import load_video_text
     from egoray.pipelines.train_dual_encoder import retrieval_metrics
     from egoray.pipelines.video_features import read_features

@@ -19,12 +19,17 @@ def _narrator(lm_and_tokenizer, **kw):
 
 def test_gates_at_zero_reproduce_the_frozen_lm(lm_and_tokenizer):
     lm, _ = lm_and_tokenizer
-    model = _narrator(lm_and_tokenizer).train()
+    model = _narrator(lm_and_tokenizer).eval()
     batch = model.tokenize(["c opens the drawer", "c cuts the onion into pieces"])
     frames = torch.randn(2, 4, 16)
     ours = model(frames, batch["input_ids"], batch["attention_mask"]).logits
     ref = lm.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert torch.equal(ours, ref)
+    # in training the frozen LM keeps its dropout, as LaViLa's GPT-2 does (it is in train mode)
+    model.train()
+    assert model.lm.training and all(b.training for b in model.xattn)
+    assert not torch.equal(model(frames, batch["input_ids"], batch["attention_mask"]).logits, ref)
+    model.eval()
     # with open gates the video changes the output
     with torch.no_grad():
         for block in model.xattn:
@@ -150,7 +155,7 @@ def test_narrator_on_a_video_tower_attends_to_its_frozen_space_time_tokens(lm_an
     from egoray.models.video_text import VideoTextConfig, VideoTextModel
     from egoray.train.recipe import init_weights
 
-    tower_config = VideoTextConfig(temporal="divided", num_frames=3)
+    tower_config = VideoTextConfig(temporal="space_time", num_frames=3)
     torch.manual_seed(1)
     towers = VideoTextModel(tower_config)
     torch.save({"kind": "video_text", "config": tower_config.model_dump(), "state_dict": towers.state_dict()},
@@ -169,8 +174,8 @@ def test_narrator_on_a_video_tower_attends_to_its_frozen_space_time_tokens(lm_an
     frames = model.prepare(clips)
     assert frames.shape == (2, 3, 3, 64, 64)
     tokens = model.video.tokens(frames)
-    patches = (64 // towers.video.visual.patch_size[0]) ** 2
-    assert tokens.shape == (2, 3 * (1 + patches), model.video.width)
+    patches = (64 // towers.video.visual.patch_size) ** 2
+    assert tokens.shape == (2, 1 + 3 * patches, model.video.width)  # LaViLa's: one class token, every patch
     assert model.visual_tokens(frames).shape == (2, 5, lm.config.hidden_size)
     batch = model.tokenize(["c opens the drawer", "c cuts the onion"])
     out = model.train()(frames, batch["input_ids"], batch["attention_mask"], batch["labels"])
@@ -184,3 +189,82 @@ def test_narrator_on_a_video_tower_attends_to_its_frozen_space_time_tokens(lm_an
     again = load_narrator(str(tmp_path / "n.pt"))
     with torch.no_grad():
         assert torch.allclose(again.visual_tokens(frames), model.eval().visual_tokens(frames), atol=1e-6)
+
+
+def test_pooler_is_lavilas_multi_query_attention_pool():
+    """LaViLa's ``img_attn_pool`` (``coca.CrossAttention(dim, context_dim, dim_head, heads,
+    norm_context=True)``) and ``img_attn_pool_norm``, written out from its code: bias-free
+    LayerNorms (gain, zero beta) on the queries and the context, ``to_q`` to heads × dim_head,
+    ``to_kv`` to one key/value head of dim_head, ``q * dim_head**-0.5``, the row max subtracted
+    before the softmax, ``to_out`` and no residual, then a bias-free LayerNorm."""
+    import torch.nn.functional as F
+
+    from egoray.models.narrator import AttentionPooler
+
+    torch.manual_seed(3)
+    heads, dim_head, width, video_dim = 3, 8, 12, 10
+    pooler = AttentionPooler(video_dim, width, num_queries=5, heads=heads, dim_head=dim_head)
+    with torch.no_grad():
+        for p in (pooler.ln_q.weight, pooler.ln_kv.weight, pooler.ln_out.weight):
+            p.uniform_(0.5, 1.5)  # gains away from 1, so that a missing norm shows
+    assert [n for n, _ in pooler.named_parameters() if "bias" in n] == []
+    assert pooler.to_kv.weight.shape == (2 * dim_head, video_dim)  # multi-query: one K/V head
+    context = torch.randn(2, 7, video_dim)
+
+    def layer_norm(x, gamma):
+        return F.layer_norm(x, x.shape[-1:], gamma, torch.zeros_like(gamma))
+
+    queries = pooler.queries.unsqueeze(0).expand(2, -1, -1)
+    x = layer_norm(queries, pooler.ln_q.weight)
+    c = layer_norm(context, pooler.ln_kv.weight)
+    q = (x @ pooler.to_q.weight.T).view(2, 5, heads, dim_head).permute(0, 2, 1, 3) * dim_head**-0.5
+    k, v = (c @ pooler.to_kv.weight.T).chunk(2, dim=-1)
+    sim = torch.einsum("bhid,bjd->bhij", q, k)
+    attn = (sim - sim.amax(dim=-1, keepdim=True)).softmax(dim=-1)
+    out = torch.einsum("bhij,bjd->bhid", attn, v).permute(0, 2, 1, 3).reshape(2, 5, heads * dim_head)
+    expected = layer_norm(out @ pooler.to_out.weight.T, pooler.ln_out.weight)
+    assert torch.allclose(pooler(context), expected, atol=1e-6)
+    assert pooler.queries.std().item() == pytest.approx(width**-0.5, rel=0.5)  # normal(std=width**-0.5)
+
+
+def test_gated_block_is_lavilas_gpt2_cross_attention_block(lm_and_tokenizer):
+    """LaViLa's ``GPT2Block`` before its self-attention (``gpt2_gated.py``): ``ln_cross_attn``,
+    GPT-2's own cross-attention (``GPT2Attention(is_cross_attention=True)``: q from the text,
+    k/v from the visual tokens, no mask), ``tanh(alpha_cattn)``, residual; ``ln_2_crossattention``,
+    ``GPT2MLP(squared_relu=True)``, ``tanh(alpha_dense)``, residual. The reference is
+    transformers' GPT2Attention (the class LaViLa's file copies) with our weights, and the MLP
+    written out; with dropout the training draws differ, in eval they are the same numbers."""
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+    lm, _ = lm_and_tokenizer
+    model = _narrator(lm_and_tokenizer)
+    block = model.xattn[0]
+    cfg = copy.deepcopy(lm.config)
+    cfg._attn_implementation = "eager"
+    assert {m.p for m in block.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}  # GPT-2's attn/resid_pdrop
+    assert block.ff.fc.weight.shape == (4 * cfg.n_embd, cfg.n_embd)
+    # GPT-2's init of new weights: N(0, 0.02), zero biases, c_proj N(0, 0.02 / sqrt(2 * n_layer))
+    assert block.attn.q.weight.std().item() == pytest.approx(0.02, rel=0.15)
+    assert block.ff.proj.weight.std().item() == pytest.approx(0.02 / (2 * cfg.n_layer) ** 0.5, rel=0.15)
+    assert float(block.attn.q.bias.abs().sum()) == 0 and float(block.attn_gate) == float(block.ff_gate) == 0
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ref = GPT2Attention(cfg, is_cross_attention=True, layer_idx=0).eval()
+    with torch.no_grad():  # Conv1D holds [in, out]: Linear's weight transposed
+        ref.q_attn.weight.copy_(block.attn.q.weight.T)
+        ref.q_attn.bias.copy_(block.attn.q.bias)
+        ref.c_attn.weight.copy_(block.attn.kv.weight.T)
+        ref.c_attn.bias.copy_(block.attn.kv.bias)
+        ref.c_proj.weight.copy_(block.attn.proj.weight.T)
+        ref.c_proj.bias.copy_(block.attn.proj.bias)
+    x, visual = torch.randn(2, 6, cfg.n_embd), torch.randn(2, 5, cfg.n_embd)
+    block.eval()
+    h = x + torch.tanh(block.attn_gate) * ref(block.ln(x), encoder_hidden_states=visual)[0]
+    ff = block.ff
+    mlp = torch.pow(torch.relu(block.ln_ff(h) @ ff.fc.weight.T + ff.fc.bias), 2) @ ff.proj.weight.T + ff.proj.bias
+    expected = h + torch.tanh(block.ff_gate) * mlp
+    assert torch.allclose(block(x, visual), expected, atol=1e-5)
+    block.train()
+    assert not torch.allclose(block(x, visual), expected, atol=1e-5)
