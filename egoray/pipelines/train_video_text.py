@@ -55,6 +55,15 @@ class AuxTexts(StrictModel):
                                                              "texts (narrate's windows are final), else the job's")
 
 
+class Augment(StrictModel):
+    """LaViLa's training augmentation, drawn per clip per epoch (:mod:`egoray.video.augment`)."""
+
+    per_segment: int = Field(3, ge=1, description="candidate frames kept per segment of a training clip, one drawn "
+                                                  "each epoch (LaViLa: any frame of the segment; 1: no jitter)")
+    crop_scale: tuple[float, float] = Field((0.5, 1.0), description="RandomResizedCrop's area range (LaViLa 0.5–1)")
+    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop's aspect range")
+
+
 class Config(JobConfig):
     """Config of the ``train_video_text`` job (``input``: an ingest output)."""
 
@@ -67,6 +76,11 @@ class Config(JobConfig):
     model: VideoTextConfig = VideoTextConfig()
     egonce: bool = Field(False, description="pairs sharing verb and noun count as positives")
     aux: list[AuxTexts] = []
+    augment: Augment | None = Field(Augment(), description="LaViLa's per-epoch temporal jitter and random resized "
+                                                           "crop of training clips; none: the centre frames, cropped")
+    rephrased: Url | None = Field(
+        None, description="a rephrase output: each training clip's text is drawn every epoch from its narration and "
+                          "its paraphrases (LaViLa's --metadata with the rephraser's pickle: random.choice per clip)")
     gather_negatives: bool = Field(True, description="contrast against every worker's batch")
     freeze_temperature: bool = Field(False, description="keep the temperature at its initial value")
     freeze_pseudo_temperature: bool = Field(False, description="keep the pseudo pairs' temperature fixed")
@@ -113,9 +127,27 @@ class VideoTextRecipe(Recipe):
         self.aux_rows = ordered_shard("aux", options.seed) if self.n_aux else None
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
-        from egoray.train.data import batches_with_aux
+        from egoray.train.data import batches_with_aux, choose_texts
 
-        return batches_with_aux(self.train_rows, self.aux_rows, self.n_aux, batch, epoch, self.options.num_workers)
+        for rows, aux in batches_with_aux(self.train_rows, self.aux_rows, self.n_aux, batch, epoch,
+                                          self.options.num_workers):
+            rows = choose_texts(rows, self.options.seed, epoch)
+            yield self._augmented(rows, epoch), (self._augmented(aux, epoch) if aux is not None else None)
+
+    def _augmented(self, rows: dict[str, Any], epoch: int) -> dict[str, Any]:
+        """Each clip's frames for this epoch: a candidate per segment, one random resized crop
+        (float [B, T, size, size, 3]); without ``augment`` the stored ones."""
+        from egoray.stages.video import from_npy
+        from egoray.video.augment import jittered_frames, random_resized_crop
+
+        augment = self.loop["augment"]
+        if augment is None:
+            return rows
+        seed, frames = self.options.seed, self.loop["model"]["num_frames"]
+        clips = [random_resized_crop(jittered_frames(from_npy(f), frames, seed, epoch, str(i)), self.loop["size"],
+                                     tuple(augment["crop_scale"]), tuple(augment["crop_ratio"]), seed, epoch, str(i))
+                 for f, i in zip(rows["frames"], rows["id"], strict=True)]
+        return {**rows, "frames": np.stack(clips)}
 
     def _tokens(self, engine: Any, texts: list[str]) -> Any:
         tokens = self.model.tokenize(texts)
@@ -132,7 +164,7 @@ class VideoTextRecipe(Recipe):
         rows, aux = item
         parts = [rows] + ([aux] if aux is not None else [])
         size = len(rows["frames"])
-        frames = engine.to_input(self.model.preprocess(np.concatenate([stack_npy(p["frames"]) for p in parts])))
+        frames = engine.to_input(self.model.preprocess(np.concatenate([_frames(p["frames"]) for p in parts])))
         texts = [str(t) for p in parts for t in p["text"]]
         ve, te, scale, pseudo_scale = engine(frames, self._tokens(engine, texts))
         verb = torch.from_numpy(np.concatenate([p["verb_code"].astype(np.int64) for p in parts]))
@@ -179,6 +211,11 @@ class VideoTextRecipe(Recipe):
         return {"kind": "video_text", "config": export_config(VideoTextConfig(**self.loop["model"]))}
 
 
+def _frames(column: Any) -> np.ndarray:
+    """A batch's clips as one array: augmented ones already are, stored ones are ``.npy`` cells."""
+    return column if isinstance(column, np.ndarray) and column.dtype != object else stack_npy(column)
+
+
 def _train_loop(loop: dict[str, Any]) -> None:
     from egoray.train.recipe import train
 
@@ -190,10 +227,20 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from egoray.models.clip import image_size
     from egoray.pipelines.narrate_vlm import video_paths
     from egoray.stages.clips import DecodeClips
-    from egoray.train.data import aux_offset, narrations_dataset, pairs_dataset, window_texts_dataset
+    from egoray.train.data import (
+        PARAPHRASES,
+        aux_offset,
+        narrations_dataset,
+        pairs_dataset,
+        window_texts_dataset,
+        with_paraphrases,
+    )
 
     wall0 = time.perf_counter()
     items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
+    if config.rephrased:
+        items, rephrased = with_paraphrases(items, config.input, config.rephrased)
+        inputs = inputs + rephrased
     aux_sources = [window_texts_dataset(a.texts) for a in config.aux]
     kinds = [a.kind or default for a, (_, _, default) in zip(config.aux, aux_sources, strict=True)]
     videos = video_paths(config.videos) or {}
@@ -204,8 +251,13 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     watched = inputs + [u for _, us, _ in aux_sources for u in us]
     prepare(config, overwrite, watched + ([config.labels] if config.labels else []))
 
+    augment = config.augment
+
     def decode(name: str, build: Any, offset: float) -> str:
-        clips = DecodeClips(videos, config.model.num_frames, size, offset, config.labels)
+        aux = name != "clips"  # aux clips train like the training split's
+        clips = DecodeClips(videos, config.model.num_frames, size, offset, config.labels,
+                            augment_splits=config.train_splits if augment else None,
+                            per_segment=augment.per_segment if augment else 1, augment_all=bool(augment) and aux)
         return prepare_work(config.output, name, lambda: build().map_batches(clips, batch_format="pyarrow",
                                                                             batch_size=16))
 
@@ -213,7 +265,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         url = decode("clips", items, config.offset_sec)
         aux = [decode(f"aux{i}", build, aux_offset(a.offset_sec, kind, config.offset_sec))
                for i, (a, (build, _, _), kind) in enumerate(zip(config.aux, aux_sources, kinds, strict=True))]
-        datasets = {"train": pairs_dataset(url, config.train_splits, CLIP_COLUMNS),
+        datasets = {"train": pairs_dataset(url, config.train_splits, CLIP_COLUMNS + [PARAPHRASES]),
                     "eval": pairs_dataset(url, config.eval_splits, CLIP_COLUMNS)}
         if aux:
             parts = [pairs_dataset(u, [], CLIP_COLUMNS, {"human": kind == "human"}) for u, kind in zip(aux, kinds)]
@@ -222,6 +274,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     def loop(counts: dict[str, Any]) -> dict[str, Any]:  # launch has refused too few training clips
         return {"model": config.model.model_dump(), "egonce": config.egonce, "n_train": counts["train"],
+                "augment": augment.model_dump() if augment else None, "size": size,
                 "n_aux": counts["aux"], "pseudo": pseudo,
                 "gather": config.gather_negatives and config.train.num_workers > 1,
                 "eval_batch_size": config.eval_batch_size}

@@ -20,12 +20,20 @@ from egoray.stages.video import to_npy
 
 class DecodeClips:
     """Narration rows (``video_uid, t_start, t_end``, …) → ``frames`` (``.npy`` of [T, H, W, 3] uint8)
-    over ``[t_start - offset, t_end + offset]``, with ``verb_code``/``noun_code``."""
+    over ``[t_start - offset, t_end + offset]``, with ``verb_code``/``noun_code``.
+
+    Rows of ``augment_splits`` (every row with ``augment_all``) keep what a per-epoch
+    augmentation (:mod:`egoray.video.augment`) draws from instead: the whole
+    frame (shorter side ``size``, not cropped) at ``T · per_segment`` times — ``per_segment``
+    candidates spread over each of the ``T`` segments of the window.
+    """
 
     def __init__(self, videos: dict[str, str], num_frames: int, size: int, offset: float = 0.0,
-                 labels: str | None = None, stage: str = "clips", squash: bool = False) -> None:
+                 labels: str | None = None, stage: str = "clips", squash: bool = False,
+                 augment_splits: list[str] | None = None, per_segment: int = 1, augment_all: bool = False) -> None:
         self.videos, self.num_frames, self.size, self.offset, self.stage = videos, num_frames, size, offset, stage
         self.squash = squash  # BLIP-2: the whole frame resized, not centre-cropped
+        self.augment_splits, self.per_segment, self.augment_all = set(augment_splits or []), per_segment, augment_all
         self.labels_url = labels
         self.labels: Labels | None = None
 
@@ -37,6 +45,8 @@ class DecodeClips:
         uids = [str(u) for u in batch["video_uid"].to_pylist()]
         t0 = pc.cast(batch["t_start"], pa.float64()).to_numpy(zero_copy_only=False) - self.offset
         t1 = pc.cast(batch["t_end"], pa.float64()).to_numpy(zero_copy_only=False) + self.offset
+        splits = batch["split"].to_pylist() if "split" in batch.column_names else [None] * n
+        augmented = [self.augment_all or s in self.augment_splits for s in splits]
         frames: list[bytes | None] = [None] * n
         reasons: list[str] = [""] * n
         details: list[str] = [""] * n
@@ -57,8 +67,10 @@ class DecodeClips:
                 with storage.local_copy(path) as local:
                     for r in rows:
                         start = max(0.0, float(t0[r]))
-                        times = sample_times(start, max(start, float(t1[r])), num_frames=self.num_frames)
-                        clip = np.stack([f for _, f in iter_frames(local, times, self.size, self.squash)])
+                        count = self.num_frames * (self.per_segment if augmented[r] else 1)
+                        times = sample_times(start, max(start, float(t1[r])), num_frames=count)
+                        clip = np.stack([f for _, f in iter_frames(local, times, self.size, self.squash,
+                                                                   crop=not augmented[r])])
                         frames[r] = to_npy(clip)
             except (VideoError, storage.StorageError) as err:
                 for r in rows:

@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from egoray import storage
 from egoray.data.raw import InputError
+from egoray.data.seeds import row_seed
 from egoray.executor import Source, prepare, read, unwrap
 from egoray.stages.base import REASON, STAGE, pending
 from egoray.stages.pairs import AttachEmbeddings, PoolPairs
@@ -54,14 +56,16 @@ def text_features_source(url: str, splits: list[str] | None = None) -> tuple[Cal
     return build, [table_url]
 
 
+NARRATION_COLUMNS = ("narration_id", "text", "video_uid", "t_start", "t_end", "split", "verb", "noun")
+
+
 def narrations_dataset(url: str, splits: list[str] | None) -> tuple[Callable[[], Any], list[str]]:
     """A builder of the dataset of an ingest output's narrations (``id`` = narration id)."""
     from egoray.data.narrations import check_narrations, split_filter
 
     source = check_narrations(url)
     names = storage.parquet_schema(source).names
-    columns = [c for c in ("narration_id", "text", "video_uid", "t_start", "t_end", "split", "verb", "noun")
-               if c in names]
+    columns = [c for c in NARRATION_COLUMNS if c in names]
 
     def build() -> Any:
         return read(Source(source, columns=columns, where=split_filter(splits))).map_batches(
@@ -72,6 +76,81 @@ def narrations_dataset(url: str, splits: list[str] | None) -> tuple[Callable[[],
 
 def _rename_id(batch: pa.Table) -> pa.Table:
     return batch.rename_columns({"narration_id": "id"})
+
+
+PARAPHRASES = "paraphrases"
+
+
+def with_paraphrases(build: Callable[[], Any], narrations_url: str, url: str) -> tuple[Callable[[], Any], list[str]]:
+    """``build``'s narrations with a ``paraphrases`` list column from a ``rephrase`` output (null
+    where it has none), and the URLs to watch. Both go through one ``groupby("video_uid")``
+    (Ray Data's shuffle: no lookup table in the driver or in a worker), and each video's
+    paraphrases are attached to its narrations by id."""
+    from egoray.data.narrations import check_narrations
+
+    source = storage.join(url, "paraphrases")
+    if not storage.listdir(source, ".parquet"):
+        raise InputError(f"{url}: not a rephrase output (no paraphrases/ Parquet files)")
+    missing = {"narration_id", "video_uid", PARAPHRASES} - set(storage.parquet_schema(source).names)
+    if missing:
+        raise InputError(f"{source}: no {sorted(missing)} column (a rephrase output has them)")
+    schema = storage.parquet_schema(check_narrations(narrations_url))
+    fields = [pa.field("id" if f.name == "narration_id" else f.name, f.type) for f in schema
+              if f.name in NARRATION_COLUMNS]
+    joined_schema = pa.schema([*fields, pa.field(PARAPHRASES, pa.list_(pa.string())), pa.field("_para", pa.bool_())])
+
+    def joined() -> Any:
+        narrations = build().map_batches(_AsJoinRows(joined_schema, False), batch_format="pyarrow")
+        para = read(Source(source, columns=["narration_id", "video_uid", PARAPHRASES])).map_batches(
+            _AsJoinRows(joined_schema, True), batch_format="pyarrow")
+        return narrations.union(para).groupby("video_uid").map_groups(_attach_paraphrases, batch_format="pyarrow")
+
+    return joined, [source]
+
+
+class _AsJoinRows:
+    """Narration rows or paraphrase rows in one schema (the other side's columns null)."""
+
+    def __init__(self, schema: pa.Schema, paraphrase_rows: bool) -> None:
+        self.schema, self.paraphrase_rows = schema, paraphrase_rows
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if "narration_id" in batch.column_names:
+            batch = batch.rename_columns({"narration_id": "id"})
+        n = batch.num_rows
+        columns = {}
+        for f in self.schema:
+            if f.name == "_para":
+                columns[f.name] = pa.array([self.paraphrase_rows] * n, pa.bool_())
+            elif f.name in batch.column_names:
+                columns[f.name] = pc.cast(batch[f.name], f.type)
+            else:
+                columns[f.name] = pa.nulls(n, f.type)
+        return pa.table(columns, schema=self.schema)
+
+
+def _attach_paraphrases(group: pa.Table) -> pa.Table:
+    """One video's narrations, each with the paraphrases of its id (the paraphrase rows dropped)."""
+    is_para = group["_para"].to_numpy(zero_copy_only=False)
+    para = group.filter(pa.array(is_para))
+    found = dict(zip(para["id"].to_pylist(), para[PARAPHRASES].to_pylist(), strict=True))
+    rows = group.filter(pa.array(~is_para)).drop_columns(["_para"])
+    attached = pa.array([found.get(i) for i in rows["id"].to_pylist()], pa.list_(pa.string()))
+    return rows.set_column(rows.schema.get_field_index(PARAPHRASES), PARAPHRASES, attached)
+
+
+def choose_texts(rows: dict[str, Any], seed: int, epoch: int) -> dict[str, Any]:
+    """Each row's text for this epoch: one of ``[text, *paraphrases]`` drawn uniformly with a
+    generator seeded by (seed, epoch, id) — LaViLa's ``random.choice`` over the rephraser's list
+    (original first) per clip per epoch, the same in any run, on any worker, after any resume."""
+    if PARAPHRASES not in rows:
+        return rows
+    texts = []
+    for row_id, text, more in zip(rows["id"], rows["text"], rows[PARAPHRASES], strict=True):
+        options = [str(text), *[str(t) for t in (list(more) if more is not None else [])]]
+        rng = np.random.default_rng(row_seed(seed, "paraphrase", epoch, str(row_id)))
+        texts.append(options[int(rng.integers(len(options)))])
+    return {**rows, "text": np.asarray(texts, dtype=object)}
 
 
 WINDOW_TEXT_SOURCES = (("captions", "caption_id", "text", "pseudo"),  # a narrate output
@@ -248,14 +327,18 @@ def count_pairs(url: str) -> dict[str, Any]:
         for name in ("video", "embedding"):  # vector widths, from the first usable row
             if name in batch.column_names and ok.any():
                 counts[f"dim:{name}:{len(batch[name][int(ok.argmax())].as_py())}"] = 1
+        if PARAPHRASES in batch.column_names:  # usable pairs with paraphrases to draw from
+            lengths = pc.fill_null(pc.list_value_length(batch[PARAPHRASES]), 0).to_numpy(zero_copy_only=False)
+            counts["with:paraphrases"] = int(((lengths > 0) & ok).sum())
         return pa.table({"counts": [json.dumps(counts)]})
 
     if not storage.listdir(url, ".parquet"):
-        return {"total": 0, "dims": {}, "splits": {}, "rejected": {}}
+        return {"total": 0, "dims": {}, "splits": {}, "rejected": {}, "with": {}}
     names = storage.parquet_schema(url).names
     with data_context(None):
         try:
-            records = read(Source(url, columns=[c for c in ("split", REASON, "video", "embedding") if c in names])) \
+            wanted = ("split", REASON, "video", "embedding", PARAPHRASES)
+            records = read(Source(url, columns=[c for c in wanted if c in names])) \
                 .map_batches(count, batch_format="pyarrow", batch_size=None).take_all()
         except Exception as e:
             raise unwrap(e) from None
@@ -264,8 +347,9 @@ def count_pairs(url: str) -> dict[str, Any]:
         for key, n in json.loads(record["counts"]).items():
             counts[key] = n if key.startswith("dim:") else counts.get(key, 0) + n
     dims = {k.split(":")[1]: int(k.split(":")[2]) for k in counts if k.startswith("dim:")}
-    counts = {k: v for k, v in counts.items() if not k.startswith("dim:")}
-    return {"total": sum(counts.values()), "dims": dims,
+    having = {k[len("with:"):]: v for k, v in counts.items() if k.startswith("with:")}
+    counts = {k: v for k, v in counts.items() if not k.startswith(("dim:", "with:"))}
+    return {"total": sum(counts.values()), "dims": dims, "with": having,
             "splits": {k[len("split:"):]: v for k, v in counts.items() if k.startswith("split:")},
             "rejected": {k[len("reject:"):]: v for k, v in counts.items() if k.startswith("reject:")}}
 

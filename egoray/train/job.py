@@ -66,7 +66,8 @@ def launch(config: JobConfig, options: TrainerOptions, train_fn: Callable[[dict]
         n_aux = sum(sum(c["splits"].values()) for c in aux_counts)
         info = {"in": counts["total"], "out": sum(splits.values()), "rejected": sum(counts["rejected"].values()),
                 "train": n_train, "eval": n_eval, "aux": n_aux,
-                "aux_rejected": sum(sum(c["rejected"].values()) for c in aux_counts), "dims": counts["dims"]}
+                "aux_rejected": sum(sum(c["rejected"].values()) for c in aux_counts), "dims": counts["dims"],
+                **({"with_paraphrases": counts["with"]["paraphrases"]} if "paraphrases" in counts["with"] else {})}
         print(f"[{config.job}] {n_train} training pairs, {n_eval} held-out, {n_aux} auxiliary "
               f"({info['aux_rejected']} without video), {info['rejected']} rejected", flush=True)
         if n_train // options.num_workers < 2:

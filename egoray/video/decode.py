@@ -86,7 +86,7 @@ def keyframe_times(path: str) -> np.ndarray:
     return np.array(sorted(times))
 
 
-def iter_frames(path: str, times: np.ndarray, size: int | None = None, squash: bool = False
+def iter_frames(path: str, times: np.ndarray, size: int | None = None, squash: bool = False, crop: bool = True
                 ) -> Iterator[tuple[float, np.ndarray]]:
     """Yield (sample time, HxWx3 uint8 RGB frame) for each sample time, in order, streaming.
 
@@ -94,7 +94,8 @@ def iter_frames(path: str, times: np.ndarray, size: int | None = None, squash: b
     last decoded frame, the decoder seeks to it: sparse samples in videos with short keyframe
     intervals skip most of the decoding, and the frames are the same as decoding from the start.
     ``squash``: frames resized to ``size`` x ``size`` whatever their aspect (BLIP-2's processor)
-    instead of scaled and centre-cropped.
+    instead of scaled and centre-cropped; ``crop=False``: scaled (shorter side ``size``), not
+    cropped — the whole frame, for a random crop later.
     """
     import av
 
@@ -131,7 +132,7 @@ def iter_frames(path: str, times: np.ndarray, size: int | None = None, squash: b
                 t = float(frame.pts * tb) if frame.pts is not None and tb else (frame.time or 0.0)
                 position = t
                 while i < len(times) and t + 1e-6 >= times[i]:
-                    yield float(times[i]), _rgb(frame, size, squash)
+                    yield float(times[i]), _rgb(frame, size, squash, crop)
                     i += 1
                 last = frame
         except av.error.FFmpegError as e:
@@ -139,13 +140,13 @@ def iter_frames(path: str, times: np.ndarray, size: int | None = None, squash: b
                 raise VideoError("corrupt", str(e)[:300]) from None
         if last is None:
             raise VideoError("empty", "no frame could be decoded")
-        tail = _rgb(last, size, squash)
+        tail = _rgb(last, size, squash, crop)
         while i < len(times):  # the stream ended before the last sample times: repeat the last frame
             yield float(times[i]), tail
             i += 1
 
 
-def _rgb(frame, size: int | None, squash: bool = False) -> np.ndarray:
+def _rgb(frame, size: int | None, squash: bool = False, crop: bool = True) -> np.ndarray:
     """RGB array; with ``size``, the shorter side scaled to ``size`` and the centre cropped square
     (what CLIP preprocessing does) or, ``squash``, the whole frame resized to the square; the
     scaling done by FFmpeg."""
@@ -157,5 +158,7 @@ def _rgb(frame, size: int | None, squash: bool = False) -> np.ndarray:
     scale = size / min(w, h)
     sw, sh = max(size, round(w * scale)), max(size, round(h * scale))
     img = frame.to_ndarray(format="rgb24", width=sw, height=sh)
+    if not crop:
+        return img
     y, x = (sh - size) // 2, (sw - size) // 2
     return img[y:y + size, x:x + size]

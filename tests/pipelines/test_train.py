@@ -263,7 +263,9 @@ def test_narrate_killed_mid_run_with_two_actors_gives_the_one_actor_captions(fea
 @pytest.fixture(scope="module")
 def video_text(features, tmp_path_factory) -> tuple[Path, dict, int]:
     """The tiny video–text towers trained from the demo videos' frames, with pseudo-narrations of
-    training windows in narrate's layout (captions/) mixed in, one of them of a missing video."""
+    training windows in narrate's layout (captions/) mixed in, one of them of a missing video, and
+    paraphrases of six training narrations in rephrase's layout (paraphrases/), plus one of a
+    narration that is not there."""
     tmp = tmp_path_factory.mktemp("video_text")
     narr = storage.read_parquet(str(features / "narrations" / "narrations"))
     train_rows = narr.filter(pc.equal(narr["split"], "train")).to_pylist()[:8]
@@ -272,10 +274,16 @@ def video_text(features, tmp_path_factory) -> tuple[Path, dict, int]:
     pseudo.append({**pseudo[0], "caption_id": "lost#0", "video_uid": "no-such-video"})
     (tmp / "pseudo" / "captions").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(pseudo), tmp / "pseudo" / "captions" / "part-0000.parquet")
+    paraphrases = [{"narration_id": r["narration_id"], "video_uid": r["video_uid"],
+                    "paraphrases": [f"{r['text']} now", f"then {r['text']}"]} for r in train_rows[2:]]
+    paraphrases.append({**paraphrases[0], "narration_id": "gone", "paraphrases": ["c waits"]})
+    (tmp / "rephrased" / "paraphrases").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(paraphrases), tmp / "rephrased" / "paraphrases" / "part-0000.parquet")
     run = _run("demo/train_video_text.yaml", [f"input={features}/narrations", f"output={tmp / 'video_text'}",
                                                f"videos={features}/data/videos",
                                                f"labels={features}/data/clips.parquet",
-                                               f"aux=[{{texts: {tmp / 'pseudo'}}}]"])
+                                               f"aux=[{{texts: {tmp / 'pseudo'}}}]",
+                                               f"rephrased={tmp / 'rephrased'}"])
     return tmp / "video_text", run, len(pseudo)
 
 
@@ -294,6 +302,7 @@ def test_video_text_towers_learn_from_raw_frames(features, video_text, tmp_path)
     assert run["status"] == "complete" and pairs["in"] == pairs["out"] + pairs["rejected"]
     assert pairs["train"] + pairs["eval"] == pairs["out"] and pairs["eval"] > 0
     assert pairs["aux"] == n_pseudo - 1 and pairs["aux_rejected"] == 1
+    assert pairs["with_paraphrases"] == 6  # drawn from per clip per epoch; the unknown narration's joined nothing
     final, initial = run["final_metrics"], run["initial_metrics"]
     # the pseudo pairs met at their own temperature, which learned: it starts at 0.07 like τ (a
     # frozen one stays there to float precision, ~1e-8) and moved on its own
