@@ -219,22 +219,40 @@ def aux_offset(offset: float | None, kind: str, job_offset: float) -> float:
     return 0.0 if kind == "pseudo" else job_offset
 
 
+KEEP_BYTES = 256 * 2**20  # a worker keeps a training stream this small in memory
+
+
 class OrderedShard:
     """One worker's rows of a training stream, every epoch in the seeded global order
     (:mod:`egoray.train.order`). ``shard`` is the whole stream (a Ray Train dataset shard that is
-    not split): each epoch the worker reads it and keeps its share."""
+    not split): each epoch the worker reads it and keeps its share. A stream of at most
+    ``keep_bytes`` is read once and kept in the worker (a dataset execution per epoch costs about
+    a second whatever its size: most of a small run's epoch)."""
 
-    def __init__(self, shard: Any, seed: int, rank: int, world: int, stream: str = "train") -> None:
-        from egoray.train.order import EpochOrder, ids_of
+    def __init__(self, shard: Any, seed: int, rank: int, world: int, stream: str = "train",
+                 keep_bytes: int = KEEP_BYTES) -> None:
+        from egoray.train.order import EpochOrder
 
         self.shard, self.rank, self.world = shard, rank, world
-        self.order = EpochOrder(ids_of(self._blocks()), seed, stream)
+        kept: list[pa.Table] = []
+        ids: list[str] = []
+        size = 0
+        for block in self._stream():
+            ids += [str(x) for x in block["id"].to_pylist()]
+            size += block.nbytes
+            if size <= keep_bytes:
+                kept.append(block)
+        self.kept = kept if size <= keep_bytes else None
+        self.order = EpochOrder(ids, seed, stream)
 
     def __len__(self) -> int:
         return len(self.order)
 
-    def _blocks(self) -> Iterator[pa.Table]:
+    def _stream(self) -> Iterator[pa.Table]:
         return self.shard.iter_batches(batch_size=None, batch_format="pyarrow")
+
+    def _blocks(self) -> Iterator[pa.Table]:
+        return iter(self.kept) if self.kept is not None else self._stream()
 
     def rows(self, epoch: int, cycle: int = 0) -> pa.Table:
         """This worker's rows of ``epoch`` (``cycle``: a further pass in it), in training order."""

@@ -89,3 +89,27 @@ def test_held_out_rows_in_id_order_and_batches_as_ray_gives_them():
     assert isinstance(batch, dict) and batch["x"].dtype == np.float64 and list(batch["id"]) == sorted(ids)[:4]
     assert ids_of(_blocks(mixed, [23])) == mixed
     assert by_id([]) is None
+
+
+class _Shard:
+    """A Ray Train dataset shard's iter_batches over fixed Arrow blocks, counting the reads."""
+
+    def __init__(self, blocks):
+        self.blocks, self.reads = blocks, 0
+
+    def iter_batches(self, batch_size=None, batch_format="pyarrow"):
+        self.reads += 1
+        return iter(self.blocks)
+
+
+def test_a_small_stream_is_read_once_and_gives_the_streamed_rows():
+    from egoray.train.data import OrderedShard
+
+    blocks = [pa.table({"id": [f"r{i}" for i in range(k, k + 10)], "x": list(range(k, k + 10))}) for k in (0, 10, 20)]
+    kept, streamed = _Shard(blocks), _Shard(blocks)
+    small = OrderedShard(kept, seed=3, rank=1, world=2)
+    large = OrderedShard(streamed, seed=3, rank=1, world=2, keep_bytes=100)  # over 100 bytes: streamed
+    for epoch in (1, 2, 3):
+        assert small.rows(epoch).to_pydict() == large.rows(epoch).to_pydict()
+    assert kept.reads == 1 and streamed.reads == 4  # set-up, then once per epoch
+    assert small.rows(1)["id"].to_pylist() != small.rows(2)["id"].to_pylist()
