@@ -190,7 +190,10 @@ def interleave(tokenizer: Any, decoder_only: bool, blocks: list[tuple[str, int]]
     the block's text, a ``"\n"`` between blocks; the target follows the last block as
     ``" <target>\n</s>"``, the only tokens the loss sees. Encoder-decoder (T5): the same without
     BOS, the encoder input ends with ``</s>``, and the target is the decoder's ``"<target></s>"``.
-    Texts are tokenized without special tokens; the placeholders are the pad token.
+    Texts are tokenized without special tokens, each with its following ``"\n"`` in one call (as
+    EILEV's ``generate_input_ids_and_labels_from_interleaved``: a sentencepiece tokenizer such as
+    Flan-T5's treats the newline as whitespace, so the two calls would differ); after a clip's
+    placeholders (the pad token) comes the first id of ``"\n"``, EILEV's ``newline_token_id``.
 
     ``videoblip`` (VideoBLIP's ``train_v1``, one clip and one block): BLIP-2's own layout — the
     clip's query tokens first, then (OPT) BOS and the prompt, the target ``" <target></s>"``.
@@ -198,7 +201,7 @@ def interleave(tokenizer: Any, decoder_only: bool, blocks: list[tuple[str, int]]
     def ids(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    newline, eos = ids(NEWLINE), tokenizer.eos_token_id
+    newline, eos = ids(NEWLINE)[:1], tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if layout == "videoblip":
         if [clips for _, clips in blocks] != [1]:
@@ -220,7 +223,7 @@ def interleave(tokenizer: Any, decoder_only: bool, blocks: list[tuple[str, int]]
         for _ in range(clips):
             tokens += [pad] * num_query_tokens + newline
             video += [1] * num_query_tokens + [0] * len(newline)
-        body = ids(text) + (newline if b < len(blocks) - 1 else [])
+        body = ids(text + NEWLINE if b < len(blocks) - 1 else text)
         tokens += body
         video += [0] * len(body)
     if not decoder_only:
@@ -229,7 +232,7 @@ def interleave(tokenizer: Any, decoder_only: bool, blocks: list[tuple[str, int]]
         return Interleaved(tokens, ids(target) + [eos] if target is not None else [], video)
     labels = [-100] * len(tokens)
     if target is not None:
-        answer = ids(" " + target) + newline + [eos]
+        answer = ids(" " + target + NEWLINE) + [eos]
         tokens += answer
         video += [0] * len(answer)
         labels += answer

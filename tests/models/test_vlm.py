@@ -312,3 +312,74 @@ def test_training_loss_sees_only_the_target_and_trains_only_the_qformer(preset):
     graded = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert graded and all(n.startswith(("qformer.", "query_tokens", "language_projection.")) for n in graded)
     assert "query_tokens" in graded and any(n.startswith("language_projection.") for n in graded)
+
+
+def _eilev_layout(tokenizer, prompts, text, num_query_tokens, decoder_only):
+    """EILEV's ``generate_input_ids_and_labels_from_interleaved`` (eilev/data/utils.py), written
+    out from its code: lists instead of tensors."""
+    input_ids, labels, video = [], [], []
+    newline = tokenizer("\n", add_special_tokens=False).input_ids[0]
+    pad, q = tokenizer.pad_token_id, num_query_tokens
+    for i, (prompt, clips) in enumerate(prompts):
+        for _ in range(clips):
+            input_ids += [pad] * q + [newline]
+            video += [1] * q + [0]
+            if decoder_only:
+                labels += [-100] * (q + 1)
+        if decoder_only and i == 0:
+            input_ids, labels, video = [tokenizer.bos_token_id] + input_ids, [-100] + labels, [0] + video
+        if i != len(prompts) - 1:
+            prompt += "\n"
+        tokens = tokenizer(prompt, add_special_tokens=False).input_ids
+        if not decoder_only and i == len(prompts) - 1:
+            tokens.append(tokenizer.eos_token_id)
+        input_ids += tokens
+        video += [0] * len(tokens)
+        if decoder_only:
+            labels += [-100] * len(tokens)
+    if text is not None:
+        if decoder_only:
+            tokens = tokenizer(" " + text + "\n", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+            input_ids += tokens
+            video += [0] * len(tokens)
+            labels += tokens
+        else:
+            labels = tokenizer(text).input_ids
+    return input_ids, labels, video
+
+
+def _merging_tokenizer():
+    """A BPE tokenizer with no pre-tokenizer whose merges cross into a newline (``"t\\n"`` is one
+    token): tokenising a text and its newline apart differs from tokenising them together, as
+    with sentencepiece tokenizers that treat the newline as whitespace."""
+    from tokenizers import Tokenizer, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .?\n"))
+    vocab = {"<pad>": 0, "</s>": 1, "<s>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    vocab["t\n"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("t", "\n")]))
+    tok.normalizer = normalizers.Sequence([])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", bos_token="<s>")
+
+
+@pytest.mark.parametrize("case", ["opt", "t5", "merging"])
+def test_interleaved_layout_is_eilevs(case):
+    """Our layout against EILEV's function on the tiny OPT and T5 tokenizers and on one whose
+    newline merges with the text before it (where tokenising them apart would differ)."""
+    tok = {"opt": lambda: _tokenizer("tiny:blip2"), "t5": lambda: _tokenizer("tiny:blip2-t5"),
+           "merging": _merging_tokenizer}[case]()
+    decoder_only = case != "t5"
+    if case == "merging":  # the case has teeth: apart, "text" and "\n" give other ids
+        assert tok("A text", add_special_tokens=False).input_ids + tok("\n", add_special_tokens=False).input_ids \
+            != tok("A text\n", add_special_tokens=False).input_ids
+    blocks = [("What is the camera wearer doing? The camera wearer cuts a carrot.", 1),
+              ("Q: What is the camera wearer doing? A: The camera wearer washes a pot.", 2),
+              ("What is the camera wearer doing?", 1)]
+    for target in ("The camera wearer opens the fridge.", None):
+        ours = interleave(tok, decoder_only, blocks, target, 3)
+        ids, labels, video = _eilev_layout(tok, blocks, target, 3, decoder_only)
+        assert ours.input_ids == ids and ours.video_mask == video
+        if not decoder_only and target is not None and labels[-1] != tok.eos_token_id:
+            labels = labels + [tok.eos_token_id]  # T5's tokenizer appends </s> itself; the tiny one has no post-processor
+        assert ours.labels == (labels if target is not None or decoder_only else [])
