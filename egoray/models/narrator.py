@@ -2,8 +2,8 @@
 
 The visual input of a window is either stored video features (``[F, Dv]``, frozen upstream) or,
 with ``tower``, its frames through the frozen video tower of a ``train_video_text`` run, whose
-space–time tokens (``T·(1 + P)`` of them, LaViLa's narrator input) are attended to. Either is
-summarised by LaViLa's attention pooler (learned queries, multi-query attention) into ``Q``
+tokens (``1 + T·P`` of them: the clip's class token and every patch, LaViLa's narrator input)
+are attended to. Either is summarised by LaViLa's attention pooler (learned queries, multi-query attention) into ``Q``
 visual tokens. Every ``cross_attn_every``-th decoder layer of the LM (layers 0, k, 2k, … as
 LaViLa's ``layer_idx % cross_attn_freq == 0``) is preceded by LaViLa's gated cross-attention
 block: ``x + tanh(a) * xattn(x, visual)`` and ``x + tanh(b) * ff(x)`` (a squared-ReLU
