@@ -34,16 +34,14 @@ HEAD_WIDTH = 64  # every LaViLa tower's attention heads (ViT-B/L, CLIP's text, G
 
 def read_checkpoint(url: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A LaViLa checkpoint's ``state_dict`` without DDP's ``module.`` prefix, and its ``args``.
-    Loaded with ``weights_only`` (LaViLa's ``args`` Namespace allowed, nothing that could run code)."""
+    Loaded as every egoray export is (``load_weights``: ``weights_only``), LaViLa's ``args``
+    Namespace allowed besides, nothing that could run code."""
     import argparse
-    import pickle
 
-    data = storage.read_bytes(url)
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise InputError(f"{url}: refused to load (it holds more than weights: {str(e).strip()[:300]})") from None
+    from egoray.models.checkpoint import load_weights
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        blob = load_weights(storage.read_bytes(url), url)
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{url}: not a LaViLa checkpoint (no state_dict of tensors)")
@@ -57,7 +55,7 @@ def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def tower_architecture(state: dict[str, torch.Tensor], head_width: int = HEAD_WIDTH) -> dict[str, Any]:
+def tower_architecture(state: dict[str, torch.Tensor], head_width: int = HEAD_WIDTH) -> tuple[dict[str, Any], int]:
     """open_clip's ``vision_cfg`` for the checkpoint's space–time tower, and its frame count."""
     width = state["visual.cls_token"].shape[-1]
     patch = state["visual.patch_embed.proj.weight"].shape[-1]
@@ -65,10 +63,18 @@ def tower_architecture(state: dict[str, torch.Tensor], head_width: int = HEAD_WI
     side = round(patches**0.5)
     if side * side != patches:
         raise InputError(f"the tower's {patches} patch positions are not a square grid")
-    return {"image_size": side * patch, "patch_size": patch, "width": width, "head_width": head_width,
-            "layers": _count(state, r"visual\.blocks\.(\d+)\."),
-            "mlp_ratio": state["visual.blocks.0.mlp.fc1.weight"].shape[0] / width,
-            "num_frames": state["visual.temporal_embed"].shape[1]}
+    vision = {"image_size": side * patch, "patch_size": patch, "width": width, "head_width": head_width,
+              "layers": _count(state, r"visual\.blocks\.(\d+)\."),
+              "mlp_ratio": state["visual.blocks.0.mlp.fc1.weight"].shape[0] / width}
+    return vision, state["visual.temporal_embed"].shape[1]
+
+
+def _lavila_clip(vision: dict[str, Any], embed_dim: int, text_cfg: dict[str, Any]) -> Any:
+    """The open_clip model an import builds: the checkpoint's shapes, OpenAI's QuickGELU."""
+    from egoray.models.clip import ClipModel
+
+    return ClipModel(name="lavila", architecture={"embed_dim": embed_dim, "quick_gelu": True, "vision_cfg": vision,
+                                                  "text_cfg": text_cfg})
 
 
 def _tower_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -78,11 +84,9 @@ def _tower_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def import_dual_encoder(state: dict[str, torch.Tensor], args: dict[str, Any], head_width: int = HEAD_WIDTH,
                         text_model: str = "distilbert-base-uncased") -> dict[str, Any]:
     """An egoray ``video_text`` export from a LaViLa ``CLIP``/``CLIP_HF`` state dict."""
-    from egoray.models.clip import ClipModel
     from egoray.models.video_text import VideoTextConfig, VideoTextModel, export_config
 
-    vision = tower_architecture(state, head_width)
-    frames = vision.pop("num_frames")
+    vision, frames = tower_architecture(state, head_width)
     embed_dim = state["image_projection"].shape[1]
     mapped = {**_tower_state(state), "video.proj": state["image_projection"]}
     if "textual.embeddings.word_embeddings.weight" in state:  # CLIP_HF: a transformers text tower
@@ -105,8 +109,7 @@ def import_dual_encoder(state: dict[str, torch.Tensor], args: dict[str, Any], he
         text = "open_clip"
     if "logit_scale" in state:
         mapped["logit_scale"] = state["logit_scale"].reshape(1)
-    architecture = {"embed_dim": embed_dim, "quick_gelu": True, "vision_cfg": vision, "text_cfg": text_cfg}
-    config = VideoTextConfig(vision=ClipModel(name="lavila", architecture=architecture), temporal="space_time",
+    config = VideoTextConfig(vision=_lavila_clip(vision, embed_dim, text_cfg), temporal="space_time",
                              num_frames=frames, text=text, embed_dim=embed_dim,
                              norm_embed=bool(args.get("norm_embed", True)))
     model = VideoTextModel(config)
@@ -138,14 +141,11 @@ _CROSS_CONV1D = {"crossattention.q_attn": "attn.q", "crossattention.c_attn": "at
 
 def _tower_config(state: dict[str, torch.Tensor], head_width: int) -> Any:
     """A video–text config whose video tower is the checkpoint's (the narrator's frozen tower)."""
-    from egoray.models.clip import ClipModel
     from egoray.models.video_text import VideoTextConfig
 
-    vision = tower_architecture(state, head_width)
-    frames = vision.pop("num_frames")
-    architecture = {"embed_dim": vision["width"], "quick_gelu": True, "vision_cfg": vision,
-                    "text_cfg": {"width": head_width, "heads": 1, "layers": 1, "context_length": 77}}
-    return VideoTextConfig(vision=ClipModel(name="lavila", architecture=architecture), temporal="space_time",
+    vision, frames = tower_architecture(state, head_width)
+    text_cfg = {"width": head_width, "heads": 1, "layers": 1, "context_length": 77}  # unused: the tower alone
+    return VideoTextConfig(vision=_lavila_clip(vision, vision["width"], text_cfg), temporal="space_time",
                            num_frames=frames)
 
 

@@ -231,14 +231,14 @@ class OrderedShard:
 
     def __init__(self, shard: Any, seed: int, rank: int, world: int, stream: str = "train",
                  keep_bytes: int = KEEP_BYTES) -> None:
-        from egoray.train.order import EpochOrder
+        from egoray.train.order import EpochOrder, ids_of
 
         self.shard, self.rank, self.world = shard, rank, world
         kept: list[pa.Table] = []
         ids: list[str] = []
         size = 0
         for block in self._stream():
-            ids += [str(x) for x in block["id"].to_pylist()]
+            ids += ids_of([block])
             size += block.nbytes
             if size <= keep_bytes:
                 kept.append(block)
