@@ -37,11 +37,11 @@ FRAMES, K, SIZE = 4, 2, 32
 
 def decode(path: str, t0: float, t1: float) -> np.ndarray:
     times = sample_times(t0, t1, num_frames=FRAMES)
-    return np.stack([f for _, f in iter_frames(path, times, SIZE, squash=True)])
+    return np.stack([f for _, f in iter_frames(path, times, 2 * SIZE, squash=True)])  # stored at 2x, cropped
 
 
 def step(model, optimizer, tokenizer, clips: list[np.ndarray], texts: list[str], transform) -> float:
-    pixels = to_pixels(np.stack(clips), [0.5] * 3, [0.5] * 3, transform, list(range(len(clips))))
+    pixels = to_pixels(np.stack(clips), transform, list(range(len(clips))))
     item = interleave(tokenizer, True, eilev_blocks("Question: What is the camera wearer doing? Answer:", texts[:-1]),
                       texts[-1], model.config.num_query_tokens)
     b = pad_interleaved([item], tokenizer.pad_token_id, left=False)
@@ -75,7 +75,7 @@ def main() -> None:
     freeze_backbones(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    transform = train_transform(SIZE)
+    transform = train_transform(SIZE, [0.5] * 3, [0.5] * 3)
     with tempfile.TemporaryDirectory() as tmp:
         synthesize(tmp, videos=4, seed=1)
         videos = {p.stem: str(p) for p in Path(tmp, "videos").glob("*.mp4")}

@@ -1,5 +1,5 @@
-"""BLIP-2 trained as VideoBLIP / EILEV: the loss of interleaved clip–text sequences, and the frame
-augmentation EILEV trains with.
+"""BLIP-2 trained as VideoBLIP / EILEV: the loss of interleaved clip–text sequences, and EILEV's
+frame transforms for training and held-out clips.
 
 The model is ``Blip2ForConditionalGeneration`` with a forward that takes ``[batch, clips, frames,
 3, H, W]`` pixels and an :func:`egoray.models.vlm.interleave` layout: every clip becomes a visual
@@ -10,6 +10,7 @@ trained Q-Former loads into the plain model for narration.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -44,30 +45,52 @@ def freeze_backbones(model: torch.nn.Module) -> list[str]:
     return frozen
 
 
-def train_transform(size: int, magnitude: int = 5) -> Any:
-    """EILEV's training augmentation of a clip (``[frames, 3, H, W]`` uint8, one draw for all its
-    frames): RandAugment, a random resized crop of 50–100 % of the area at 3/4–4/3 aspect (bicubic)
-    to ``size``, a horizontal flip half the time."""
-    from torchvision.transforms import v2
-
-    return v2.Compose([v2.RandAugment(magnitude=magnitude),
-                       v2.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3),
-                                            interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                       v2.RandomHorizontalFlip()])
+def _normalised(video: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 ``[T, 3, H, W]`` → floats on 0–1, normalised per channel."""
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (video.to(torch.float32) / 255.0 - m) / s
 
 
-def to_pixels(clips: np.ndarray, mean: list[float], std: list[float], transform: Any = None,
-              seeds: list[int] | None = None) -> torch.Tensor:
-    """``[clips, frames, 3, H, W]`` normalised floats from uint8 ``[clips, frames, H, W, 3]``; with a
-    ``transform``, clip ``i`` is augmented under torch seed ``seeds[i]`` (reproducible batches)."""
+def train_transform(size: int, mean: list[float], std: list[float], magnitude: float = 5) -> Callable[..., Any]:
+    """EILEV's training transform of a stored clip (uint8 ``[T, 3, H, W]``, kept at twice the
+    processor's size) → normalised floats ``[T, 3, size, size]``: pytorchvideo's
+    ``RandAugment(magnitude)`` on the uint8 frames, normalisation, a random resized crop of
+    50–100 % of the area at 3/4–4/3 aspect resized bicubic to ``size``, a horizontal flip half the
+    time — one draw for all frames of the clip, in EILEV's order."""
+    from egoray.video.clip_augment import RandAugment, random_resized_crop
+
+    augment = RandAugment(magnitude=magnitude)
+
+    def transform(video: torch.Tensor) -> torch.Tensor:
+        x = _normalised(augment(video), mean, std)
+        x = random_resized_crop(x.transpose(0, 1), size).transpose(0, 1)  # pytorchvideo's [C, T, H, W]
+        return x.flip(-1) if torch.rand(1) < 0.5 else x  # torchvision's RandomHorizontalFlip
+
+    return transform
+
+
+def eval_transform(size: int, mean: list[float], std: list[float]) -> Callable[..., Any]:
+    """EILEV's held-out transform: the stored frames resized to ``size`` (bicubic, antialiased),
+    normalised."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    def transform(video: torch.Tensor) -> torch.Tensor:
+        if video.shape[-1] != size or video.shape[-2] != size:
+            video = F.resize(video, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        return _normalised(video, mean, std)
+
+    return transform
+
+
+def to_pixels(clips: np.ndarray, transform: Callable[..., Any], seeds: list[int] | None = None) -> torch.Tensor:
+    """``[clips, frames, 3, H, W]`` model inputs from uint8 ``[clips, frames, H, W, 3]``, clip ``i``
+    transformed under torch seed ``seeds[i]`` (reproducible random augmentation)."""
     x = torch.from_numpy(np.ascontiguousarray(clips)).permute(0, 1, 4, 2, 3)
-    if transform is not None:
-        out = []
-        for i, clip in enumerate(x):
-            with torch.random.fork_rng():
-                torch.manual_seed(int(seeds[i]) if seeds else i)
-                out.append(transform(clip))
-        x = torch.stack(out)
-    m = torch.tensor(mean).view(1, 1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 1, 3, 1, 1)
-    return (x.float() / 255.0 - m) / s
+    out = []
+    for i, clip in enumerate(x):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seeds[i]) if seeds else i)
+            out.append(transform(clip))
+    return torch.stack(out)

@@ -148,15 +148,20 @@ class VLMRecipe(Recipe):
         import transformers
 
         from egoray.models.tiny import resolve_model
-        from egoray.models.video_blip import train_transform
+        from egoray.models.video_blip import eval_transform, train_transform
+        from egoray.stages.vlm_train import load_example_pool
         from egoray.train.data import ordered_shard
 
         path = resolve_model(self.spec.base)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         processor = transformers.BlipImageProcessor.from_pretrained(path)
-        self.mean, self.std = list(processor.image_mean), list(processor.image_std)
-        self.size = int(processor.size["height"])
-        self.transform = train_transform(self.size) if self.spec.augment else None
+        mean, std, size = list(processor.image_mean), list(processor.image_std), int(processor.size["height"])
+        self.held_out_transform = eval_transform(size, mean, std)
+        self.train_transform = train_transform(size, mean, std) if self.spec.augment else self.held_out_transform
+        # training clips draw their in-context examples every epoch (EILEV's dataset draws them
+        # at every load) from the training pool: metadata only, read once per worker
+        k = self.spec.examples(False)
+        self.pool = load_example_pool(self.loop["clips"], self.loop["train_splits"]) if k else None
         self.model, self.options = model, options
         self.decoder_only = bool(model.config.use_decoder_only_language_model)
         self.queries = int(model.config.num_query_tokens)
@@ -175,29 +180,48 @@ class VLMRecipe(Recipe):
 
     # -- one batch -------------------------------------------------------------------------
 
+    def _examples(self, row: dict[str, Any], train: bool) -> tuple[list[str], list[str]]:
+        """A sample's in-context examples (frame URLs, texts): a training clip's drawn for this
+        epoch, a held-out clip's chosen once (the same at every evaluation)."""
+        from egoray.data.seeds import row_seed
+        from egoray.stages.vlm_train import example_text
+
+        if not (train and self.pool is not None):
+            return list(row["example_urls"] or []), list(row["example_texts"] or [])
+        rng = np.random.default_rng(row_seed(self.options.seed, "vlm_examples", row["id"], self.epoch))
+        picks = self.pool.choose(row, self.spec.examples(False), "random" if self.spec.random_examples
+                                 else "verb_noun", self.spec.verb_noun_ratio, rng)
+        return [self.pool.pool[j]["frames_url"] for j in picks], [example_text(self.pool.pool[j]) for j in picks]
+
     def _inputs(self, rows: list[dict[str, Any]], train: bool) -> dict[str, Any]:
-        """Pixels ``[rows, clips, frames, 3, H, W]`` and the padded interleaved tokens."""
+        """Pixels ``[rows, clips, frames, 3, H, W]`` and the padded interleaved tokens. Templates
+        are drawn per clip (EILEV's training and validation sets): per epoch in training, once per
+        clip for the held-out loss."""
         from egoray import storage
         from egoray.data.seeds import row_seed
         from egoray.models.video_blip import to_pixels
-        from egoray.models.vlm import clean_narration, eilev_blocks, interleave, pad_interleaved
+        from egoray.models.vlm import eilev_blocks, interleave, pad_interleaved
         from egoray.stages.video import from_npy
+        from egoray.stages.vlm_train import narration_text
 
         seed = self.options.seed
         clips, items, seeds = [], [], []
         for r in rows:
-            urls = [*(r["example_urls"] or []), r["frames_url"]]
+            urls, texts = self._examples(r, train)
+            urls = [*urls, r["frames_url"]]
             clips += [from_npy(storage.read_bytes(u)) for u in urls]
             seeds += [row_seed(seed, "augment", r["id"], self.epoch, j) for j in range(len(urls))]
-            if train and self.spec.mode == "eilev":
-                rng = np.random.default_rng(row_seed(seed, "prompts", r["id"], self.epoch))
+            if self.spec.mode == "eilev":
+                draw = row_seed(seed, "prompts", r["id"], self.epoch) if train else row_seed(seed, "held-out prompts",
+                                                                                              r["id"])
+                rng = np.random.default_rng(draw)
                 picks = [self.spec.prompts[int(i)] for i in rng.integers(0, len(self.spec.prompts), len(urls))]
-                blocks = eilev_blocks(picks[-1], list(r["example_texts"] or []), picks[:-1])
+                blocks = eilev_blocks(picks[-1], texts, picks[:-1])
             else:
-                blocks = eilev_blocks(self.spec.eval_prompt, list(r["example_texts"] or []))
-            items.append(interleave(self.tokenizer, self.decoder_only, blocks, clean_narration(r["text"]),
+                blocks = eilev_blocks(self.spec.eval_prompt, texts)
+            items.append(interleave(self.tokenizer, self.decoder_only, blocks, narration_text(r),
                                     self.queries, self.spec.layout))
-        pixels = to_pixels(np.stack(clips), self.mean, self.std, self.transform if train else None, seeds)
+        pixels = to_pixels(np.stack(clips), self.train_transform if train else self.held_out_transform, seeds)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         batch = pad_interleaved(items, pad, left=False)
         batch["pixel_values"] = pixels.reshape(len(rows), -1, *pixels.shape[1:])
@@ -242,7 +266,8 @@ class VLMRecipe(Recipe):
         narrations, and the share whose verb and noun labels appear in the generated text."""
         import torch
 
-        from egoray.models.vlm import LoadedVLM, VLMOptions, clean_narration, clip_prompts, generate, query_inputs
+        from egoray.models.vlm import LoadedVLM, VLMOptions, clip_prompts, generate, query_inputs
+        from egoray.stages.vlm_train import narration_text
 
         rows = self.eval_rows[:self.loop["eval_generate"]]
         vlm = LoadedVLM(model, self.tokenizer, None, device)
@@ -261,7 +286,7 @@ class VLMRecipe(Recipe):
 
         from egoray.eval.captioning import simple_tokenize
 
-        refs = simple_tokenize({str(i): [clean_narration(r["text"])] for i, r in enumerate(rows)})
+        refs = simple_tokenize({str(i): [narration_text(r)] for i, r in enumerate(rows)})
         preds = simple_tokenize({str(i): [t] for i, t in enumerate(texts)})
         cider, _ = Cider().compute_score(refs, preds)
         verbs = [_recovered(r.get("verb"), t) for r, t in zip(rows, texts, strict=True)]
@@ -292,7 +317,7 @@ def _train_loop(loop: dict[str, Any]) -> None:
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from egoray import storage
-    from egoray.executor import io_cpus, read
+    from egoray.executor import WORK_DIR, io_cpus, read
     from egoray.executor import prepare as prepare_work
     from egoray.pipelines.narrate_vlm import video_paths
     from egoray.stages.clips import DecodeClips
@@ -303,23 +328,26 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     videos = video_paths(config.videos) or {}
     if not videos:
         raise InputError(f"{config.videos}: no video files (<video_uid>.mp4, ...)")
-    items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
+    items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits, extra=("raw_text",))
     spec = config.model
     prepare(config, overwrite, inputs)
     size = _image_size(spec.base)
-    frames_dir = storage.join(config.output, "_work", "frames")
+    frames_dir = storage.join(config.output, WORK_DIR, "frames")
     k_train, k_eval = spec.examples(False), spec.examples(True)
 
     def pairs() -> dict[str, Any]:
         from egoray.executor import Source
 
-        decode = DecodeClips(videos, spec.num_frames, size, labels=config.labels, squash=True)
+        # as EILEV's extract_frames.py: the window's own frames subsampled, the whole frame resized
+        # (bicubic) to twice the processor's size for the random resized crop of training
+        decode = DecodeClips(videos, spec.num_frames, 2 * size, labels=config.labels, squash=True,
+                             window_frames=True, bicubic=True)
         clips = prepare_work(config.output, "clips", lambda: items().map_batches(
             PointWindows(spec.point_window_sec), batch_format="pyarrow").map_batches(
             decode, batch_format="pyarrow", batch_size=8).map_batches(StoreFrames(frames_dir), batch_format="pyarrow"))
         k = max(k_train, k_eval)
         choose = ChooseTrainingExamples(clips, config.train_splits, k, "random" if spec.random_examples else "verb_noun",
-                                        spec.verb_noun_ratio, config.seed)
+                                        spec.verb_noun_ratio, config.seed, config.eval_splits)
         samples = prepare_work(config.output, "samples", lambda: read(Source(clips)).map_batches(
             choose, batch_format="pyarrow", batch_size=256))
         # the trainers hold the CPUs: the feeding tasks ask for none (as pairs_dataset's reads)
@@ -334,6 +362,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             raise InputError(f"{counts['train']} training clips cannot give {max(k_train, k_eval)} in-context "
                              "examples each (another clip's); add data or lower model.in_context")
         return {"model": spec.model_dump(), "n_train": counts["train"], "eval_max": config.eval_max,
+                "clips": storage.join(config.output, WORK_DIR, "clips"), "train_splits": config.train_splits,
                 "eval_generate": config.eval_generate, "max_new_tokens": config.max_new_tokens}
 
     return launch(config, config.train, _train_loop, pairs, loop, wall0)

@@ -18,6 +18,17 @@ from egoray.stages.pairs import Labels, label_code
 from egoray.stages.video import to_npy
 
 
+def resize_bicubic(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[T, H, W, 3]`` → ``[T, size, size, 3]`` by torchvision's bicubic, antialiased resize."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    out = F.resize(video, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return out.permute(0, 2, 3, 1).contiguous().numpy()
+
+
 class DecodeClips:
     """Narration rows (``video_uid, t_start, t_end``, …) → ``frames`` (``.npy`` of [T, H, W, 3] uint8)
     over ``[t_start - offset, t_end + offset]``, with ``verb_code``/``noun_code``.
@@ -26,19 +37,28 @@ class DecodeClips:
     augmentation (:mod:`egoray.video.augment`) draws from instead: the whole
     frame (shorter side ``size``, not cropped) at ``T · per_segment`` times — ``per_segment``
     candidates spread over each of the ``T`` segments of the window.
+
+    ``window_frames`` (EILEV's clips): ``T`` of the window's own frames
+    (:func:`egoray.video.decode.clip_frame_times`), the window first moved back inside the video
+    when it runs past the end; ``bicubic``: the ``squash`` resize is torchvision's bicubic,
+    antialiased ``Resize`` of the whole decoded frame (EILEV's ``extract_frames.py``) instead of
+    FFmpeg's scaler.
     """
 
     def __init__(self, videos: dict[str, str], num_frames: int, size: int, offset: float = 0.0,
                  labels: str | None = None, stage: str = "clips", squash: bool = False,
-                 augment_splits: list[str] | None = None, per_segment: int = 1, augment_all: bool = False) -> None:
+                 augment_splits: list[str] | None = None, per_segment: int = 1, augment_all: bool = False,
+                 window_frames: bool = False, bicubic: bool = False) -> None:
         self.videos, self.num_frames, self.size, self.offset, self.stage = videos, num_frames, size, offset, stage
         self.squash = squash  # BLIP-2: the whole frame resized, not centre-cropped
         self.augment_splits, self.per_segment, self.augment_all = set(augment_splits or []), per_segment, augment_all
+        self.window_frames, self.bicubic = window_frames, bicubic
         self.labels_url = labels
         self.labels: Labels | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from egoray.video.decode import VideoError, iter_frames, sample_times
+        from egoray.models.vlm import fit_window
+        from egoray.video.decode import VideoError, clip_frame_times, iter_frames, probe, sample_times
 
         batch = with_reject_columns(batch)
         n = batch.num_rows
@@ -65,13 +85,19 @@ class DecodeClips:
                 continue
             try:
                 with storage.local_copy(path) as local:
+                    info = probe(local) if self.window_frames else None
                     for r in rows:
                         start = max(0.0, float(t0[r]))
                         count = self.num_frames * (self.per_segment if augmented[r] else 1)
-                        times = sample_times(start, max(start, float(t1[r])), num_frames=count)
-                        clip = np.stack([f for _, f in iter_frames(local, times, self.size, self.squash,
+                        if info is not None:
+                            a, b = fit_window(start, max(start, float(t1[r])), info.duration or None)
+                            times = clip_frame_times(a, b, info.fps, count)
+                        else:
+                            times = sample_times(start, max(start, float(t1[r])), num_frames=count)
+                        size = None if self.bicubic else self.size
+                        clip = np.stack([f for _, f in iter_frames(local, times, size, self.squash,
                                                                    crop=not augmented[r])])
-                        frames[r] = to_npy(clip)
+                        frames[r] = to_npy(resize_bicubic(clip, self.size) if self.bicubic else clip)
             except (VideoError, storage.StorageError) as err:
                 for r in rows:
                     if frames[r] is None:

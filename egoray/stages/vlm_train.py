@@ -13,10 +13,41 @@ import pyarrow as pa
 
 from egoray import storage
 from egoray.data.seeds import row_seed
-from egoray.models.vlm import ExamplePool, point_window
+from egoray.models.vlm import ExamplePool, clean_narration, point_window
 from egoray.stages.base import pending
 
-SAMPLE_COLUMNS = ["id", "text", "verb", "noun", "split", "frames_url", "example_urls", "example_texts"]
+SAMPLE_COLUMNS = ["id", "text", "raw_text", "verb", "noun", "split", "frames_url", "example_urls", "example_texts"]
+POOL_COLUMNS = ("id", "text", "raw_text", "verb", "noun", "split", "frames_url")
+
+
+def example_text(row: dict) -> str:
+    """A clip's narration as annotated (``#C C picks …``; ingest's ``text`` where there is none),
+    for EILEV's own cleaning."""
+    return row.get("raw_text") or row["text"] or ""
+
+
+def narration_text(row: dict) -> str:
+    """The narration as EILEV feeds it: the annotated text through EILEV's cleaning, not ingest's
+    normalised ``text``."""
+    return clean_narration(example_text(row))
+
+
+def load_example_pool(clips_url: str, train_splits: list[str]) -> ExamplePool:
+    """The clips in-context examples are drawn from: the usable clips of ``train_splits``, their
+    ids, labels, texts and frame URLs (no frames), in id order — the files' order (named by write
+    task) differs between runs, and the seeded draws pick positions in this list."""
+    import pyarrow.compute as pc
+
+    from egoray.stages.base import REASON
+
+    names = storage.parquet_schema(clips_url).names
+    columns = [c for c in (*POOL_COLUMNS, REASON) if c in names]
+    table = storage.read_parquet(clips_url, columns=columns)
+    keep = pa.array(pending(table))
+    if train_splits:
+        keep = pc.and_(keep, pc.fill_null(pc.is_in(table["split"], value_set=pa.array(train_splits)), False))
+    kept = table.filter(keep).select([c for c in columns if c != REASON]).sort_by("id")
+    return ExamplePool(kept.to_pylist())
 
 
 class PointWindows:
@@ -62,45 +93,29 @@ class StoreFrames:
 
 
 class ChooseTrainingExamples:
-    """Each clip's ``k`` in-context examples from the usable training clips (EILEV's rules, a
-    generator seeded by the clip id) → ``example_urls``, ``example_texts``. The pool — ids,
-    labels, texts and frame URLs, no frames — is read once per actor."""
+    """The ``k`` in-context examples of each clip of ``splits`` (the held-out ones: training clips
+    draw theirs every epoch, in the trainer) from the usable training clips (EILEV's rules, a
+    generator seeded by the clip id) → ``example_urls``, ``example_texts``; other rows get none.
+    The pool is read once per actor."""
 
     def __init__(self, clips_url: str, train_splits: list[str], k: int, strategy: str, ratio: float,
-                 seed: int) -> None:
+                 seed: int, splits: list[str]) -> None:
         self.clips_url, self.train_splits, self.k = clips_url, train_splits, k
-        self.strategy, self.ratio, self.seed = strategy, ratio, seed
+        self.strategy, self.ratio, self.seed, self.splits = strategy, ratio, seed, set(splits)
         self.pool: ExamplePool | None = None
 
-    def _load(self) -> ExamplePool:
-        import pyarrow.compute as pc
-
-        from egoray.stages.base import REASON
-
-        names = storage.parquet_schema(self.clips_url).names
-        columns = [c for c in ("id", "text", "verb", "noun", "split", "frames_url", REASON) if c in names]
-        table = storage.read_parquet(self.clips_url, columns=columns)
-        keep = pa.array(pending(table))
-        if self.train_splits:
-            keep = pc.and_(keep, pc.fill_null(pc.is_in(table["split"], value_set=pa.array(self.train_splits)), False))
-        # in id order: the files' order (named by write task) differs between runs, and the seeded
-        # draws pick positions in this list
-        kept = table.filter(keep).select([c for c in columns if c != REASON]).sort_by("id")
-        return ExamplePool(kept.to_pylist())
-
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.pool is None:
-            self.pool = self._load() if self.k else ExamplePool([])
         ok = pending(batch)
         urls, texts = [], []
-        for i, r in enumerate(batch.select(["id", "verb", "noun"]).to_pylist()):
-            if not ok[i]:
+        for i, r in enumerate(batch.select(["id", "verb", "noun", "split"]).to_pylist()):
+            if not ok[i] or not self.k or r["split"] not in self.splits:
                 urls.append([])
                 texts.append([])
                 continue
+            self.pool = self.pool or load_example_pool(self.clips_url, self.train_splits)
             rng = np.random.default_rng(row_seed(self.seed, "vlm_examples", r["id"]))
             picks = self.pool.choose(r, self.k, self.strategy, self.ratio, rng)
             urls.append([self.pool.pool[j]["frames_url"] for j in picks])
-            texts.append([self.pool.pool[j]["text"] for j in picks])
+            texts.append([example_text(self.pool.pool[j]) for j in picks])
         batch = batch.append_column("example_urls", pa.array(urls, pa.list_(pa.string())))
         return batch.append_column("example_texts", pa.array(texts, pa.list_(pa.string())))

@@ -59,13 +59,15 @@ def text_features_source(url: str, splits: list[str] | None = None) -> tuple[Cal
 NARRATION_COLUMNS = ("narration_id", "text", "video_uid", "t_start", "t_end", "split", "verb", "noun")
 
 
-def narrations_dataset(url: str, splits: list[str] | None) -> tuple[Callable[[], Any], list[str]]:
-    """A builder of the dataset of an ingest output's narrations (``id`` = narration id)."""
+def narrations_dataset(url: str, splits: list[str] | None, extra: tuple[str, ...] = ()
+                       ) -> tuple[Callable[[], Any], list[str]]:
+    """A builder of the dataset of an ingest output's narrations (``id`` = narration id), with the
+    ``extra`` columns it has."""
     from egoray.data.narrations import check_narrations, split_filter
 
     source = check_narrations(url)
     names = storage.parquet_schema(source).names
-    columns = [c for c in NARRATION_COLUMNS if c in names]
+    columns = [c for c in (*NARRATION_COLUMNS, *extra) if c in names]
 
     def build() -> Any:
         return read(Source(source, columns=columns, where=split_filter(splits))).map_batches(

@@ -4,7 +4,9 @@ Sampling times for a window ``[t_start, t_end)`` of duration ``D``:
 
 - at a rate ``r`` frames/s: ``n = max(1, floor(D * r))`` samples at ``t_start + (k + 0.5) / r``
   (a window shorter than one interval still gives one sample, at its middle);
-- ``n`` uniform frames: at ``t_start + (k + 0.5) * D / n``.
+- ``n`` uniform frames: at ``t_start + (k + 0.5) * D / n``;
+- ``n`` of the window's own frames (:func:`clip_frame_times`, as EILEV): the frames of a
+  ``fps`` stream presented in ``[t_start, t_end)``, subsampled at ``linspace(0, T - 1, n)``.
 
 Each sample is the first decoded frame whose presentation time reaches the sample time (the last
 frame of the window if the stream ends first). Frames are converted and resized by FFmpeg's scaler
@@ -73,6 +75,21 @@ def sample_times(t_start: float, t_end: float, rate: float | None = None, num_fr
         n = max(1, math.floor(duration * rate + 1e-9))
         return t_start + (np.arange(n) + 0.5) / rate if duration * rate >= 1 else np.array([t_start + duration / 2])
     return t_start + (np.arange(num_frames) + 0.5) * duration / num_frames
+
+
+def clip_frame_times(t_start: float, t_end: float, fps: float, num_frames: int) -> np.ndarray:
+    """The presentation times of ``num_frames`` of a window's own frames as EILEV takes them:
+    pytorchvideo's ``get_clip`` keeps the frames presented in ``[t_start, t_end)`` (a constant
+    ``fps`` stream from 0: frame ``k`` at ``k / fps``), ``UniformTemporalSubsample`` then takes
+    indices ``linspace(0, T - 1, n)`` truncated (repeating frames when ``T < n``)."""
+    import torch
+
+    if fps <= 0:
+        raise ValueError("the stream's frame rate is unknown")
+    first = math.ceil(t_start * fps - 1e-6)
+    count = max(1, math.ceil(t_end * fps - 1e-6) - first)
+    picks = torch.clamp(torch.linspace(0, count - 1, num_frames), 0, count - 1).long().numpy()
+    return (first + picks) / fps
 
 
 def keyframe_times(path: str) -> np.ndarray:

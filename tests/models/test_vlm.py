@@ -194,6 +194,31 @@ def test_example_choice_follows_eilev_rules():
     assert 0 not in examples.choose(query, 29, "random", 0.5, np.random.default_rng(0))
 
 
+def test_training_clips_draw_their_examples_every_epoch_and_targets_are_the_annotated_text():
+    """EILEV's dataset draws a sample's in-context examples at every load: a training clip's differ
+    between epochs (the same in every run for an epoch), a held-out clip keeps the ones chosen
+    once; texts are the annotated ones through EILEV's cleaning."""
+    from egoray.pipelines.train_vlm import VLMRecipe, VLMTrainModel
+    from egoray.stages.vlm_train import narration_text
+    from egoray.train.distributed import TrainerOptions
+
+    pool = [{**_row(i, "cut" if i % 2 else "wash", f"thing{i % 5}"), "frames_url": f"f{i}.npy",
+             "text": f"The camera wearer does {i}", "raw_text": f"#C C does {i} #unsure"} for i in range(40)]
+    recipe = VLMRecipe({"model": VLMTrainModel(in_context=4).model_dump()})
+    recipe.pool, recipe.options = ExamplePool(pool), TrainerOptions(seed=3)
+    query = {**pool[7], "example_urls": ["held.npy"], "example_texts": ["#C C holds"]}
+    drawn = {}
+    for epoch in (0, 1, 2, 0):
+        recipe.epoch = epoch
+        urls, texts = recipe._examples(query, train=True)
+        assert len(urls) == 4 and "f7.npy" not in urls and texts == [f"#C C does {u[1:-4]} #unsure" for u in urls]
+        assert drawn.setdefault(epoch, urls) == urls  # the same draw for an epoch, every time
+        assert recipe._examples(query, train=False) == (["held.npy"], ["#C C holds"])
+    assert len({tuple(u) for u in drawn.values()}) == 3
+    assert narration_text(query) == "The camera wearer does 7."
+    assert narration_text({"text": "The camera wearer cuts", "raw_text": None}) == "The camera wearer cuts."
+
+
 def test_point_narrations_get_8_s_inside_the_video():
     assert point_window(10.0, 10.0, 8.0) == (6.0, 14.0)
     assert point_window(2.0, 2.0, 8.0) == (0.0, 8.0)
@@ -284,7 +309,7 @@ def test_training_loss_sees_only_the_target_and_trains_only_the_qformer(preset):
     """VideoBlip2's loss is the cross-entropy of the target tokens after the interleaved prompt,
     and its gradient reaches the Q-Former, its queries and the projection only."""
     from egoray.models.tiny import resolve_model
-    from egoray.models.video_blip import VideoBlip2, freeze_backbones, to_pixels
+    from egoray.models.video_blip import VideoBlip2, eval_transform, freeze_backbones, to_pixels
     from egoray.models.vlm import pad_interleaved
 
     torch.manual_seed(0)
@@ -297,7 +322,7 @@ def test_training_loss_sees_only_the_target_and_trains_only_the_qformer(preset):
              interleave(tok, decoder_only, eilev_blocks(PROMPT, ["C washes"]), "The camera wearer stirs.", 4)]
     batch = pad_interleaved(items, tok.pad_token_id, left=False)
     frames = np.random.default_rng(0).integers(0, 255, (4, 2, 32, 32, 3), dtype=np.uint8)  # 2 samples x 2 clips
-    pixels = to_pixels(frames, [0.5] * 3, [0.5] * 3).reshape(2, 2, 2, 3, 32, 32)
+    pixels = to_pixels(frames, eval_transform(32, [0.5] * 3, [0.5] * 3)).reshape(2, 2, 2, 3, 32, 32)
     out = model(pixels, batch["input_ids"], batch["attention_mask"], batch["video_mask"], batch["labels"])
     logits, labels = out.logits.float(), batch["labels"]
     if decoder_only:  # token t is predicted at position t - 1

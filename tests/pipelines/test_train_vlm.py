@@ -55,10 +55,11 @@ def test_eilev_training_beats_the_untrained_model_and_narrates(demo_run, tmp_pat
     untrained = metrics[0]["eval_loss"]
     best = json.loads((tmp_path / "vlm" / "best" / "best.json").read_text())
     assert best["metric"] == "eval_loss" and best["value"] == min(m["eval_loss"] for m in metrics)
-    # the frozen language model already knows narrations; the trained visual prompts must still
-    # lower the held-out loss by 3 % of the untrained model's (on transformers 5 three epochs reach
-    # 4.6 %; the last note measured 20 % on transformers 4.56: not understood yet, see the closing note)
-    assert best["value"] < untrained * 0.97, (untrained, best)
+    # the trained visual prompts lower the held-out loss (random templates, as EILEV's validation
+    # set) well below the untrained model's (measured: 4.21 → 3.40, 19 %), and the narrations of
+    # held-out clips gain CIDEr (measured 0.03 → 1.09; the goal: 1.5×)
+    assert best["value"] < untrained * 0.9, (untrained, best)
+    assert max(m["cider"] for m in metrics[1:]) > 1.5 * metrics[0]["cider"] + 0.1, metrics
 
     # the same config on the same inputs: the same batches, evaluations and weights
     train_again(tmp_path / "vlm", tmp_path / "again")

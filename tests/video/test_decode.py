@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from egoray.video.decode import VideoError, iter_frames, probe, sample_times
+from egoray.video.decode import VideoError, clip_frame_times, iter_frames, probe, sample_times
 
 
 def _video(synth_videos):
@@ -45,6 +45,29 @@ def test_decoding_whole_video_and_window(synth_videos):
         np.testing.assert_array_equal(f, full[float(t)])
     # a window shorter than one sampling interval still yields one frame
     assert len(list(iter_frames(path, sample_times(2.0, 2.1, rate=1.0)))) == 1
+
+
+def test_window_frames_are_pytorchvideos_clip_subsampled(synth_videos):
+    """EILEV's frames: pytorchvideo's ``get_clip(a, b)`` keeps the frames with a <= pts < b, then
+    ``UniformTemporalSubsample(n)`` takes linspace(0, T - 1, n) truncated."""
+    import torch
+
+    from tests.pytorchvideo_reference import uniform_temporal_subsample
+
+    v = _video(synth_videos)
+    path = str(synth_videos / v["path"])
+    info = probe(path)
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        decoded = [(float(f.pts * stream.time_base), f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
+    for a, b, n in ((1.0, 9.0, 8), (0.25, 2.6, 8), (3.0, 3.2, 8), (2.0, 7.0, 3)):
+        kept = [f for t, f in decoded if a - 1e-9 <= t < b - 1e-9]
+        expected = uniform_temporal_subsample(torch.from_numpy(np.stack(kept)), n, temporal_dim=0).numpy()
+        times = clip_frame_times(a, b, info.fps, n)
+        ours = np.stack([f for _, f in iter_frames(path, times)])
+        assert ours.shape == expected.shape and np.array_equal(ours, expected), (a, b, n)
+    # 30 fps, [1, 9): frames 30..269 (240), linspace(0, 239, 8) truncated
+    np.testing.assert_allclose(clip_frame_times(1.0, 9.0, 30.0, 8) * 30, [30, 64, 98, 132, 166, 200, 234, 269])
 
 
 def test_broken_files(tmp_path, synth_videos):
