@@ -2,14 +2,15 @@
 
 Input: an ingest output (narrations with splits; ``verb``/``noun`` for EILEV's example choice,
 e.g. Ego4D's ``fho_main.json``) and ``videos``. Two Ray Data passes prepare the clips: the
-workers decode each narration's window (points widened to ``point_window_sec``) into
-``num_frames`` frames squashed to the processor's size, stored once per clip under
-``_work/frames`` (as EILEV extracts frames before training), then pick every clip's in-context
-examples from the training clips (EILEV mode) into ``_work/samples``. The samples stream to the
-Ray Train workers, which read the frames, augment them (RandAugment, random resized crop, flip),
-lay the clips and texts out as EILEV does (randomised prompt templates, target ``" <narration>\\n</s>"``,
-the prompt masked out of the loss) and train the Q-Former, its queries and the projection; the
-vision tower and the language model stay frozen. Held-out loss and narrations generated for
+workers take each narration's window (points widened to ``point_window_sec``) and ``num_frames``
+of its own frames, resized bicubic to twice the processor's size, stored once per clip under
+``_work/frames`` (as EILEV's ``extract_frames.py``), then pick the held-out clips' in-context
+examples into ``_work/samples``. The samples stream to the Ray Train workers, which draw each
+training clip's examples again every epoch, read the frames, augment them as EILEV does
+(pytorchvideo's RandAugment, a random resized crop, a flip), lay the clips and texts out as EILEV
+does (randomised prompt templates, target ``" <narration>\\n</s>"``, the prompt masked out of
+the loss) and train the Q-Former, its queries and the projection; the vision tower and the
+language model stay frozen. Held-out loss and narrations generated for
 held-out clips (CIDEr, verbs and nouns recovered) are measured at every evaluation.
 
 Output::

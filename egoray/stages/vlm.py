@@ -193,6 +193,7 @@ class VLMStage(Stage):
         self.size = 0
         self.checked: dict[str, tuple[str | None, str, str, float | None]] = {}
         self.cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.rates: dict[str, float] = {}  # frame rate of each video, probed once
         self.files = storage.LocalFiles(keep=8)
 
     def setup(self) -> None:
@@ -222,16 +223,21 @@ class VLMStage(Stage):
         return fit_window(*point_window(float(t0), end, self.options.in_context.point_window_sec), duration)
 
     def _frames(self, path: str, t0: float, t1: float) -> np.ndarray:
-        """The clip's frames (squashed to the processor's size, as BLIP-2's processor does), from a
-        small LRU cache: the same examples serve many queries."""
-        from egoray.video.decode import iter_frames, sample_times
+        """The clip's frames — the window's own frames subsampled at ``linspace(0, T - 1, n)``, as
+        EILEV narrates (``get_clip`` + ``UniformTemporalSubsample``) and ``train_vlm`` trains
+        (the videos are constant-rate: :func:`check_video`) — squashed to the processor's size, as
+        BLIP-2's processor does; from a small LRU cache: the same examples serve many queries."""
+        from egoray.video.decode import clip_frame_times, iter_frames, probe
 
         key = (path, t0, t1)
         if key in self.cache:
             self.cache.move_to_end(key)
             return self.cache[key]
-        times = sample_times(t0, max(t1, t0 + 1e-3), num_frames=self.options.num_frames)
-        frames = np.stack([f for _, f in iter_frames(self.files.path(path), times, self.size, squash=True)])
+        local = self.files.path(path)
+        if path not in self.rates:
+            self.rates[path] = probe(local).fps
+        times = clip_frame_times(t0, max(t1, t0 + 1e-3), self.rates[path], self.options.num_frames)
+        frames = np.stack([f for _, f in iter_frames(local, times, self.size, squash=True)])
         if self.options.frame_cache:
             self.cache[key] = frames
             while len(self.cache) > self.options.frame_cache:

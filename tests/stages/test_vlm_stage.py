@@ -50,4 +50,8 @@ def test_a_remote_video_is_downloaded_once_per_actor(tmp_path, s3_server, caplog
     assert duration == 10.0
     # a point narration near the end is narrated over the video's last 8 s
     assert stage.window(9.5, 9.5, duration) == (2.0, 10.0) and stage.window(3.0, 3.0, duration) == (0.0, 8.0)
+    # the window's own frames as EILEV (and train_vlm) take them: [0.5, 2.0) at 10 fps holds
+    # frames 5..19, linspace(0, 14, 2) → frames 5 and 19 (frame i is grey 2i)
+    grey = stage._frames(url, 0.5, 2.0).reshape(2, -1).mean(axis=1)
+    assert np.abs(grey - [10, 38]).max() < 1.5, grey  # neighbours are 2 apart; the codec shifts grey by 1
     assert downloads() == 1
