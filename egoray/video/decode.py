@@ -84,8 +84,8 @@ def clip_frame_times(t_start: float, t_end: float, fps: float, num_frames: int) 
     indices ``linspace(0, T - 1, n)`` truncated (repeating frames when ``T < n``)."""
     import torch
 
-    if fps <= 0:
-        raise ValueError("the stream's frame rate is unknown")
+    if not fps or fps <= 0:  # a reject reason for the row, not a crash of the batch
+        raise VideoError("no_frame_rate", "the video stream declares no frame rate")
     first = math.ceil(t_start * fps - 1e-6)
     count = max(1, math.ceil(t_end * fps - 1e-6) - first)
     picks = torch.clamp(torch.linspace(0, count - 1, num_frames), 0, count - 1).long().numpy()

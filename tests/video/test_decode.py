@@ -68,6 +68,9 @@ def test_window_frames_are_pytorchvideos_clip_subsampled(synth_videos):
         assert ours.shape == expected.shape and np.array_equal(ours, expected), (a, b, n)
     # 30 fps, [1, 9): frames 30..269 (240), linspace(0, 239, 8) truncated
     np.testing.assert_allclose(clip_frame_times(1.0, 9.0, 30.0, 8) * 30, [30, 64, 98, 132, 166, 200, 234, 269])
+    with pytest.raises(VideoError) as e:  # a stream without a rate: the row's reject reason
+        clip_frame_times(0.0, 8.0, 0.0, 8)
+    assert e.value.reason == "no_frame_rate"
 
 
 def test_broken_files(tmp_path, synth_videos):
