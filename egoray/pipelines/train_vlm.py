@@ -76,6 +76,11 @@ class VLMTrainModel(StrictModel):
     def layout(self) -> str:
         return "eilev" if self.mode == "eilev" else "videoblip"
 
+    @property
+    def example_strategy(self) -> str:
+        """:meth:`ExamplePool.choose`'s strategy."""
+        return "random" if self.random_examples else "verb_noun"
+
     def examples(self, held_out: bool) -> int:
         if self.mode == "videoblip":
             return 0
@@ -190,8 +195,8 @@ class VLMRecipe(Recipe):
         if not (train and self.pool is not None):
             return list(row["example_urls"] or []), list(row["example_texts"] or [])
         rng = np.random.default_rng(row_seed(self.options.seed, "vlm_examples", row["id"], self.epoch))
-        picks = self.pool.choose(row, self.spec.examples(False), "random" if self.spec.random_examples
-                                 else "verb_noun", self.spec.verb_noun_ratio, rng)
+        picks = self.pool.choose(row, self.spec.examples(False), self.spec.example_strategy, self.spec.verb_noun_ratio,
+                                 rng)
         return [self.pool.pool[j]["frames_url"] for j in picks], [example_text(self.pool.pool[j]) for j in picks]
 
     def _inputs(self, rows: list[dict[str, Any]], train: bool) -> dict[str, Any]:
@@ -347,8 +352,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             PointWindows(spec.point_window_sec), batch_format="pyarrow").map_batches(
             decode, batch_format="pyarrow", batch_size=8).map_batches(StoreFrames(frames_dir), batch_format="pyarrow"))
         k = max(k_train, k_eval)
-        choose = ChooseTrainingExamples(clips, config.train_splits, k, "random" if spec.random_examples else "verb_noun",
-                                        spec.verb_noun_ratio, config.seed, config.eval_splits)
+        choose = ChooseTrainingExamples(clips, config.train_splits, k, spec.example_strategy, spec.verb_noun_ratio,
+                                        config.seed, config.eval_splits)
         samples = prepare_work(config.output, "samples", lambda: read(Source(clips)).map_batches(
             choose, batch_format="pyarrow", batch_size=256))
         # the trainers hold the CPUs: the feeding tasks ask for none (as pairs_dataset's reads)

@@ -70,6 +70,7 @@ class DecodeClips:
         frames: list[bytes | None] = [None] * n
         reasons: list[str] = [""] * n
         details: list[str] = [""] * n
+        decode_size = None if self.bicubic else self.size  # bicubic: whole frames, resized after
         order = sorted(range(n), key=lambda i: (uids[i], t0[i]))  # one local copy per video and batch
         i = 0
         while i < n:
@@ -94,8 +95,7 @@ class DecodeClips:
                             times = clip_frame_times(a, b, info.fps, count)
                         else:
                             times = sample_times(start, max(start, float(t1[r])), num_frames=count)
-                        size = None if self.bicubic else self.size
-                        clip = np.stack([f for _, f in iter_frames(local, times, size, self.squash,
+                        clip = np.stack([f for _, f in iter_frames(local, times, decode_size, self.squash,
                                                                    crop=not augmented[r])])
                         frames[r] = to_npy(resize_bicubic(clip, self.size) if self.bicubic else clip)
             except (VideoError, storage.StorageError) as err:

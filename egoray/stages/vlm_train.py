@@ -112,7 +112,8 @@ class ChooseTrainingExamples:
                 urls.append([])
                 texts.append([])
                 continue
-            self.pool = self.pool or load_example_pool(self.clips_url, self.train_splits)
+            if self.pool is None:
+                self.pool = load_example_pool(self.clips_url, self.train_splits)
             rng = np.random.default_rng(row_seed(self.seed, "vlm_examples", r["id"]))
             picks = self.pool.choose(r, self.k, self.strategy, self.ratio, rng)
             urls.append([self.pool.pool[j]["frames_url"] for j in picks])
