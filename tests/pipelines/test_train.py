@@ -115,7 +115,7 @@ def _train_workers() -> list:
     return found
 
 
-NARRATOR_EPOCHS, CHECKPOINT_STEPS, EVAL_STEPS = 4, 7, 20
+NARRATOR_EPOCHS, CHECKPOINT_STEPS, EVAL_STEPS = 3, 7, 20
 
 
 def _narrator_overrides(features: Path, out: Path) -> list[str]:
@@ -127,8 +127,8 @@ def _narrator_overrides(features: Path, out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def narrator(features, tmp_path_factory) -> tuple[Path, dict, int]:
-    """A narrator trained with step checkpoints (every 7 of 10 steps per epoch: each is mid-epoch
-    until step 70), one of its two workers SIGKILLed once the first checkpoint is registered."""
+    """A narrator trained with step checkpoints (every 7 steps of 30, 10 per epoch: each is
+    mid-epoch), one of its two workers SIGKILLed once the first checkpoint is registered."""
     out = tmp_path_factory.mktemp("narrator")
     overrides = _narrator_overrides(features, out)
     result: dict = {}
