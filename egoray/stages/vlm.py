@@ -25,7 +25,7 @@ from egoray.models.sampling import row_seed
 from egoray.models.vlm import ExamplePool, InContext, VLMOptions, fit_window, point_window
 from egoray.stages.base import Resources, Stage, mark, with_reject_columns
 from egoray.stages.narrate import tile
-from egoray.video.decode import VideoError
+from egoray.video.decode import VideoError, VideoInfo
 
 CLIPS = pa.schema([("window_id", pa.string()), ("video_uid", pa.string()), ("path", pa.string()),
                    ("t_start", pa.float64()), ("t_end", pa.float64()), ("verb", pa.string()), ("noun", pa.string())])
@@ -147,9 +147,10 @@ class ChooseExamples:
 
 
 def check_video(path: str, reencode: bool, tolerance: float, cfr_dir: str | None,
-                files: storage.LocalFiles | None = None) -> tuple[str, float]:
+                files: storage.LocalFiles | None = None) -> tuple[str, VideoInfo]:
     """The file to narrate ``path`` from — itself, or (``reencode``) its constant-rate copy under
-    ``cfr_dir`` — and its duration. Every frame interval of the whole video is checked. Raises
+    ``cfr_dir`` — and that file's probe (duration, frame rate). Every frame interval of the whole
+    video is checked. Raises
     :class:`VideoError` for unreadable or (without ``reencode``) VFR videos. ``files``: where
     remote videos are downloaded to (once)."""
     from egoray.video.decode import probe
@@ -158,10 +159,10 @@ def check_video(path: str, reencode: bool, tolerance: float, cfr_dir: str | None
     files = files or storage.LocalFiles(keep=1)
     try:
         local = files.path(path)
-        duration = probe(local).duration
+        info = probe(local)
         timing = frame_timing(local, tolerance=tolerance, max_packets=None)
         if not timing.variable:
-            return path, duration
+            return path, info
         if not reencode or not cfr_dir:
             raise VideoError("variable_frame_rate", timing.detail + "; set reencode_vfr to re-encode")
         target = storage.join(cfr_dir, PurePosixPath(path).stem + ".mp4")
@@ -171,14 +172,14 @@ def check_video(path: str, reencode: bool, tolerance: float, cfr_dir: str | None
                 reencode_cfr(local, out)
                 with open(out, "rb") as f:
                     storage.write_bytes(target, f.read())
-        return target, probe(files.path(target)).duration
+        return target, probe(files.path(target))
     except storage.StorageError as e:
         raise VideoError("unreadable", str(e)[:300]) from None
 
 
 class VLMStage(Stage):
     """A BLIP-2-family model; narrates clips with their in-context examples (EILEV) → ``texts``,
-    ``nlls``. Each clip's video (and each example's) is downloaded and checked once per actor; a
+    ``nlls``. Each clip's video (and each example's) is downloaded, checked and probed once per actor; a
     clip whose video is unusable is rejected with the reason, an example whose video is unusable
     is left out. Point narrations are narrated over ``point_window_sec`` around them."""
 
@@ -193,7 +194,7 @@ class VLMStage(Stage):
         self.size = 0
         self.checked: dict[str, tuple[str | None, str, str, float | None]] = {}
         self.cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self.rates: dict[str, float] = {}  # frame rate of each video, probed once
+        self.infos: dict[str, VideoInfo] = {}  # the probe of each file read, from check_video
         self.files = storage.LocalFiles(keep=8)
 
     def setup(self) -> None:
@@ -211,8 +212,9 @@ class VLMStage(Stage):
             return None, "no_video", "no video file for this clip", None
         if path not in self.checked:
             try:
-                url, duration = check_video(path, self.reencode, self.tolerance, self.cfr_dir, self.files)
-                self.checked[path] = (url, "", "", duration)
+                url, info = check_video(path, self.reencode, self.tolerance, self.cfr_dir, self.files)
+                self.infos[url] = info
+                self.checked[path] = (url, "", "", info.duration)
             except VideoError as e:
                 self.checked[path] = (None, e.reason, e.detail, None)
         return self.checked[path]
@@ -227,16 +229,14 @@ class VLMStage(Stage):
         EILEV narrates (``get_clip`` + ``UniformTemporalSubsample``) and ``train_vlm`` trains
         (the videos are constant-rate: :func:`check_video`) — squashed to the processor's size, as
         BLIP-2's processor does; from a small LRU cache: the same examples serve many queries."""
-        from egoray.video.decode import clip_frame_times, iter_frames, probe
+        from egoray.video.decode import clip_frame_times, iter_frames
 
         key = (path, t0, t1)
         if key in self.cache:
             self.cache.move_to_end(key)
             return self.cache[key]
         local = self.files.path(path)
-        if path not in self.rates:
-            self.rates[path] = probe(local).fps
-        times = clip_frame_times(t0, max(t1, t0 + 1e-3), self.rates[path], self.options.num_frames)
+        times = clip_frame_times(t0, max(t1, t0 + 1e-3), self.infos[path].fps, self.options.num_frames)
         frames = np.stack([f for _, f in iter_frames(local, times, self.size, squash=True)])
         if self.options.frame_cache:
             self.cache[key] = frames

@@ -98,9 +98,10 @@ def test_vfr_videos_are_rejected_unless_reencoded_and_pool_text_is_cleaned(demo_
     with pytest.raises(VideoError) as e:
         check_video(str(tmp_path / "vfr.mp4"), reencode=False, tolerance=config.vfr_tolerance, cfr_dir=None)
     assert e.value.reason == "variable_frame_rate"
-    copy, duration = check_video(str(tmp_path / "vfr.mp4"), reencode=True, tolerance=config.vfr_tolerance,
-                                 cfr_dir=str(tmp_path / "cfr"))
-    assert copy == str(tmp_path / "cfr" / "vfr.mp4") and not frame_timing(copy).variable and duration > 0
+    copy, info = check_video(str(tmp_path / "vfr.mp4"), reencode=True, tolerance=config.vfr_tolerance,
+                             cfr_dir=str(tmp_path / "cfr"))
+    assert copy == str(tmp_path / "cfr" / "vfr.mp4") and not frame_timing(copy).variable and info.duration > 0
+    assert info.fps > 0  # the copy's own probe: the rate its frames are taken at
     # in-context examples: training narrations only, tags cleaned, each with its video
     videos = {p.stem: str(p) for p in (out / "data" / "videos").glob("*.mp4")}
     pool = load_pool(str(out / "narrations"), config.vlm.in_context, videos)

@@ -30,10 +30,15 @@ def _video_bytes(tmp_path, seconds: int = 10, fps: int = 10) -> bytes:
     return path.read_bytes()
 
 
-def test_a_remote_video_is_downloaded_once_per_actor(tmp_path, s3_server, caplog):
+def test_a_remote_video_is_downloaded_and_probed_once_per_actor(tmp_path, s3_server, caplog, monkeypatch):
+    from egoray.video import decode
+
     url = "s3://egoray-test/vlm/videos/v.mp4"
     storage.write_bytes(url, _video_bytes(tmp_path))
     caplog.set_level(logging.INFO, logger="werkzeug")
+    probed: list[str] = []
+    real_probe = decode.probe
+    monkeypatch.setattr(decode, "probe", lambda path: probed.append(path) or real_probe(path))
 
     def downloads() -> int:  # what the S3 server served: GETs of the video's contents
         return sum("GET /egoray-test/vlm/videos/v.mp4 " in r.getMessage() for r in caplog.records)
@@ -44,7 +49,7 @@ def test_a_remote_video_is_downloaded_once_per_actor(tmp_path, s3_server, caplog
     rows = pa.table({"window_id": ["a", "b", "c"], "video_uid": ["v"] * 3, "path": [url] * 3,
                      "t_start": [0.5, 3.0, 9.5], "t_end": [2.0, 3.0, 9.5], "examples": [examples] * 3})
     out = stage.process(rows)
-    assert downloads() == 1  # three clips and their example: one download
+    assert downloads() == 1 and len(probed) == 1  # three clips and their example: one download, one probe
     assert [len(t) for t in out["texts"].to_pylist()] == [1, 1, 1]
     _, _, _, duration = stage.usable(url)
     assert duration == 10.0
