@@ -11,6 +11,7 @@ from pathlib import Path
 
 from egoray import __version__
 from egoray.console import say
+from egoray.errors import EgorayError
 
 DESCRIPTION = """\
 Egocentric video-language research jobs on Ray: ingest Ego4D narrations, generate QA with an LLM,
@@ -20,7 +21,7 @@ narrator and EILEV-style VLMs, and evaluate. Each job is one YAML config; it run
 Try `egoray demo` for every job on synthetic data."""
 
 
-class UsageError(Exception):
+class UsageError(EgorayError):
     """A problem the user can fix from the command line; printed as one line, exit code 2."""
 
 
@@ -287,12 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from egoray.config import ConfigError
-    from egoray.data.raw import InputError
-    from egoray.runtime import OutputConflict
     from egoray.settings import apply_driver_defaults
-    from egoray.stages.guard import StageFailing
-    from egoray.storage import StorageError
-    from egoray.submit import SubmitError
 
     apply_driver_defaults()  # before anything imports ray
     parser = build_parser()
@@ -307,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError) as e:
         say(f"egoray: config error: {e}", error=True)
         return 2
-    except (InputError, StorageError, OutputConflict, SubmitError, StageFailing) as e:
+    except EgorayError as e:  # bad input, storage, a refused resume, a failing stage, a cluster
         say(f"egoray: error: {e}", error=True)
         return 1
     except KeyboardInterrupt:

@@ -15,9 +15,10 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from egoray import storage
+from egoray.errors import EgorayError
 
 
-class ConfigError(ValueError):
+class ConfigError(EgorayError, ValueError):
     """A config that cannot be run; the message names the file and key."""
 
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 from egoray import storage
 from egoray.config import JobConfig, RayOptions
 from egoray.console import LOG_DIR
+from egoray.errors import EgorayError, ray_errors
 from egoray.settings import Settings, apply_driver_defaults
 from egoray.stages.base import StageCounts
 
@@ -38,7 +39,7 @@ PACKAGES = ("egoray", "ray", "pyarrow", "numpy", "pydantic", "h5py", "av", "fssp
             "transformers", "xgrammar", "sentence-transformers", "open_clip_torch", "vllm")
 
 
-class OutputConflict(RuntimeError):
+class OutputConflict(EgorayError, RuntimeError):
     """The output directory holds a run of a different config, or is not an egoray output."""
 
 
@@ -280,15 +281,8 @@ def wait_all(refs: list, desc: str, unit: str = "shard") -> list:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
-                try:
+                with ray_errors():  # our own errors reach the user as themselves, one line
                     results[index[ref]] = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:
-                    # Our own errors (bad input, storage) reach the user as themselves, one line,
-                    # not wrapped in a remote traceback.
-                    cause = getattr(e, "cause", None)
-                    if cause is not None and type(cause).__module__.startswith("egoray."):
-                        raise cause from None
-                    raise
                 bar.update(1)
     return [results[i] for i in range(len(refs))]
 

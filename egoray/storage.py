@@ -22,10 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from egoray.errors import EgorayError
+
 TMP_MARK = ".tmp-"
 
 
-class StorageError(RuntimeError):
+class StorageError(EgorayError, RuntimeError):
     """An I/O problem with a URL, with the URL in the message."""
 
 

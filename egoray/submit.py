@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from egoray.errors import EgorayError
 from egoray.pipelines import load_config
 from egoray.settings import Settings
 
@@ -23,7 +24,7 @@ EXCLUDES = ["/.venv", "/.git", "/out", "/data", "/egoray-demo", "/benchmarks/_wo
 TOKEN_SOURCES = "RAY_AUTH_TOKEN, the file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token"
 
 
-class SubmitError(RuntimeError):
+class SubmitError(EgorayError, RuntimeError):
     """A submission problem the user can fix (address, token, config location)."""
 
 

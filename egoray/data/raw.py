@@ -8,9 +8,10 @@ from typing import Any
 import pyarrow as pa
 
 from egoray.data.schema import RAW
+from egoray.errors import EgorayError
 
 
-class InputError(ValueError):
+class InputError(EgorayError, ValueError):
     """An input file that cannot be read at all (as opposed to bad records inside it)."""
 
 

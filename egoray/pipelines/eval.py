@@ -27,6 +27,7 @@ from egoray import storage
 from egoray.config import JobConfig
 from egoray.data.raw import InputError
 from egoray.data.schema import REJECTS
+from egoray.errors import ray_errors
 from egoray.eval import sections
 from egoray.runtime import RunManifest, ShardLedger, ensure_ray, finish
 
@@ -229,7 +230,7 @@ def compute_section(config: Config, section: str, pooled: str | None) -> tuple[s
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     import ray
 
-    from egoray.executor import io_cpus, unwrap
+    from egoray.executor import io_cpus
 
     wall0 = time.perf_counter()
     manifest = RunManifest.start(config)
@@ -247,10 +248,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             t0 = time.perf_counter()
             pooled = pooled_inputs(config, section)
             task = ray.remote(compute_section).options(num_cpus=min(1.0, max(io_cpus(), 0.5)))
-            try:
+            with ray_errors():
                 headline, _ = ray.get(task.remote(config, section, pooled))
-            except Exception as e:
-                raise unwrap(e) from None
             print(f"[eval] {section}: {headline} ({time.perf_counter() - t0:.1f}s)", flush=True)
         markers = ledger.completed()
         metrics = {s: markers[s]["metrics"] for s in ids if s in markers}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from egoray.errors import ray_errors
 from egoray.llm.engine import EngineConfig, check_chat_template
 from egoray.stages.base import Stage
 from egoray.stages.generate import LLMStage, Step
@@ -21,9 +22,7 @@ def run_export(fn: Callable[..., Any], *args: Any) -> Any:
     """Run an export (one file from a job's committed tables) in a worker, not in the driver."""
     import ray
 
-    from egoray.executor import io_cpus, unwrap
+    from egoray.executor import io_cpus
 
-    try:
+    with ray_errors():
         return ray.get(ray.remote(fn).options(num_cpus=io_cpus()).remote(*args))
-    except Exception as e:
-        raise unwrap(e) from None

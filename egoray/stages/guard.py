@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from egoray.config import ConfigError
 from egoray.data.raw import InputError
+from egoray.errors import EgorayError
 from egoray.stages.base import Stage, mark
 from egoray.storage import StorageError
 
@@ -36,7 +37,7 @@ def error_detail(exc: BaseException, frames: int = 3) -> str:
     return f"{type(exc).__name__}: {exc}\n{tail}"[:2000]
 
 
-class StageFailing(RuntimeError):
+class StageFailing(EgorayError, RuntimeError):
     """A stage raised on more rows than the error budget allows: the job stops (and can resume)."""
 
     def __str__(self) -> str:

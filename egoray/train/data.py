@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 from egoray import storage
 from egoray.data.raw import InputError
 from egoray.data.seeds import row_seed
-from egoray.executor import Source, prepare, read, unwrap
+from egoray.errors import ray_errors
+from egoray.executor import Source, prepare, read
 from egoray.stages.base import REASON, STAGE, pending
 from egoray.stages.pairs import AttachEmbeddings, PoolPairs
 
@@ -355,13 +356,10 @@ def count_pairs(url: str) -> dict[str, Any]:
     if not storage.listdir(url, ".parquet"):
         return {"total": 0, "dims": {}, "splits": {}, "rejected": {}, "with": {}}
     names = storage.parquet_schema(url).names
-    with data_context(None):
-        try:
-            wanted = ("split", REASON, "video", "embedding", PARAPHRASES)
-            records = read(Source(url, columns=[c for c in wanted if c in names])) \
-                .map_batches(count, batch_format="pyarrow", batch_size=None).take_all()
-        except Exception as e:
-            raise unwrap(e) from None
+    with ray_errors(), data_context(None):
+        wanted = ("split", REASON, "video", "embedding", PARAPHRASES)
+        records = read(Source(url, columns=[c for c in wanted if c in names])) \
+            .map_batches(count, batch_format="pyarrow", batch_size=None).take_all()
     counts: dict[str, int] = {}
     for record in records:
         for key, n in json.loads(record["counts"]).items():
@@ -391,12 +389,9 @@ def write_rejects(url: str, output: str) -> None:
     if not storage.listdir(url, ".parquet"):
         return
     fs, path = storage.arrow_filesystem(target)
-    with data_context(None):
-        try:
-            read(Source(url, columns=["id", STAGE, REASON, "_reject_detail"])).map_batches(
-                rejects, batch_format="pyarrow").write_parquet(path, filesystem=fs, min_rows_per_file=100_000)
-        except Exception as e:
-            raise unwrap(e) from None
+    with ray_errors(), data_context(None):
+        read(Source(url, columns=["id", STAGE, REASON, "_reject_detail"])).map_batches(
+            rejects, batch_format="pyarrow").write_parquet(path, filesystem=fs, min_rows_per_file=100_000)
 
 
 class KeepSplits:

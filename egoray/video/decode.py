@@ -21,8 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from egoray.errors import EgorayError
 
-class VideoError(ValueError):
+
+class VideoError(EgorayError, ValueError):
     """A video that cannot be used, with a short reason code."""
 
     def __init__(self, reason: str, detail: str) -> None:
