@@ -355,6 +355,14 @@ def cpu_share(stages: Sequence[Stage]) -> float:
     return budget / wanted * 0.999
 
 
+def actor_class(stage: Stage) -> type:
+    """:class:`StageActor` under the stage's name: Ray Data names an operator after its class, so
+    the dashboard, the progress lines and the actor list say ``MapBatches(encode)``, not one
+    ``MapBatches(StageActor)`` per stage."""
+    return type(stage.name, (StageActor,), {"__module__": __name__, "__qualname__": f"StageActor.{stage.name}",
+                                            "__doc__": f"The actors of stage {stage.name!r}."})
+
+
 def apply_stages(ds: Any, stages: Sequence[Stage], id_column: str, stats_actor: str | None = None,
                  budget: ErrorBudget | None = None) -> Any:
     """One actor pool per stage, for the whole pass."""
@@ -363,7 +371,7 @@ def apply_stages(ds: Any, stages: Sequence[Stage], id_column: str, stats_actor: 
     share = cpu_share(stages)
     for stage in stages:
         r = stage.resources
-        ds = ds.map_batches(StageActor, fn_constructor_kwargs={"stage": stage, "id_column": id_column,
+        ds = ds.map_batches(actor_class(stage), fn_constructor_kwargs={"stage": stage, "id_column": id_column,
                                                                "stats_actor": stats_actor, "budget": budget},
                             batch_size=r.batch_size, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=r.actors),

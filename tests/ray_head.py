@@ -144,3 +144,40 @@ def scrape_until(metrics_url: str, ready, timeout: float = 60) -> list[tuple[str
 def value(found: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
     """The sum of the samples named ``name`` whose labels include ``labels``."""
     return sum(v for n, lab, v in found if n == name and all(lab.get(k) == x for k, x in labels.items()))
+
+
+@contextlib.contextmanager
+def token_proxy(dashboard: str, token: str) -> Iterator[str]:
+    """A reverse proxy on 127.0.0.1 that adds the head's token to every GET, as a proxy in front
+    of a dashboard (KubeRay's, an ingress) does: a browser without the token's cookie then sees
+    the dashboard's pages. Yields its URL."""
+    import http.server
+    import threading
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            request = urllib.request.Request(dashboard + self.path, headers={"Authorization": f"Bearer {token}"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    code, body, kind = answer.status, answer.read(), answer.headers.get("Content-Type")
+            except urllib.error.HTTPError as e:
+                code, body, kind = e.code, e.read(), e.headers.get("Content-Type")
+            self.send_response(code)
+            if kind:
+                self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

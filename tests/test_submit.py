@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -90,6 +91,72 @@ def test_submit_status_logs_and_metrics(head, synth_small, tmp_path, ray_session
     labels = {"job": "ingest", "stage": "validate", "kind": "in"}
     scrape_until(head["metrics"], lambda f: value(f, "ray_egoray_records_total", **labels)
                  == run["stages"]["validate"]["in"])
+
+
+def _api(head: dict, path: str) -> dict:
+    request = urllib.request.Request(f"{head['address']}{path}", headers={"Authorization": f"Bearer {head['token']}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+@pytest.fixture(scope="module")
+def streamed(head, ingested_small, tmp_path_factory) -> dict:
+    """A text_features job submitted to the head and finished: its ids and its run.json."""
+    out = tmp_path_factory.mktemp("streamed") / "text_features"
+    path = ROOT / "configs" / f".test-submit-text-features-{os.getpid()}.yaml"
+    path.write_text(yaml.safe_dump({"job": "text_features", "input": str(ingested_small), "output": str(out),
+                                    "encoder": {"model": "tiny:sentence"}, "batch_size": 16}))
+    env = _client_env(head, head["token"])
+    try:
+        submitted = _egoray(["submit", str(path), "--address", head["address"]], env)
+        assert submitted.returncode == 0, submitted.stderr
+    finally:
+        path.unlink()
+    submission = submitted.stdout.strip().splitlines()[-1]
+    status = _wait_status(submission, head, env, {"SUCCEEDED", "FAILED", "STOPPED"})
+    assert status == "SUCCEEDED", _egoray(["logs", submission, "--address", head["address"]], env).stdout[-3000:]
+    return {"submission": submission, "run": json.loads((out / "run.json").read_text())}
+
+
+def test_the_dashboard_lists_the_jobs_dataset_and_its_stage_by_name(head, streamed):
+    """What Ray's dashboard shows of a job (its Jobs API and the Ray Data view's API): the job
+    SUCCEEDED, its dataset is named after the job and its actor pool after our stage."""
+    job = _api(head, f"/api/jobs/{streamed['submission']}")
+    assert job["status"] == "SUCCEEDED" and job["metadata"]["egoray_job"] == "text_features"
+    datasets = _api(head, f"/api/data/datasets/{job['job_id']}")["datasets"]
+    assert len(datasets) == 1 and datasets[0]["dataset"].startswith("text_features_")
+    assert datasets[0]["state"] == "FINISHED"
+    operators = {o["name"]: o for o in datasets[0]["operators"]}
+    assert "MapBatches(encode)" in operators, list(operators)
+    assert operators["MapBatches(encode)"]["total_rows"] == streamed["run"]["stages"]["encode"]["out"]
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (apt install chromium)")
+def test_a_browser_renders_the_jobs_dashboard_page(head, streamed, tmp_path):
+    """Headless Chromium opens the job's page in Ray's dashboard (through a proxy that adds the
+    token, as one in front of a dashboard does): the screenshot decodes and the page says what
+    the job did."""
+    import re
+
+    from PIL import Image
+
+    from tests.ray_head import token_proxy
+
+    shot = tmp_path / "job.png"
+    with token_proxy(head["address"], head["token"]) as proxy:
+        url = f"{proxy}/#/jobs/{streamed['submission']}"
+        browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
+                   "--virtual-time-budget=20000", f"--user-data-dir={tmp_path / 'profile'}"]
+        subprocess.run([*browser, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
+        dom = subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True)
+    with Image.open(shot) as image:
+        assert image.size == (1400, 1000)
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50  # a page, not a blank
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom.stdout))
+    encode = streamed["run"]["stages"]["encode"]
+    assert "SUCCEEDED" in text and streamed["submission"] in text and "Ray Data Overview" in text
+    # the driver's log as the page shows it: our stage summary
+    assert re.search(rf"encode in {encode['in']} out {encode['out']} rejected {encode['rejected']}", text), text[-2000:]
 
 
 def test_stop_a_running_job(head, synth_videos, tmp_path):
