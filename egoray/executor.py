@@ -38,6 +38,7 @@ from typing import Any
 import pyarrow as pa
 
 from egoray import storage
+from egoray.errors import ray_errors
 from egoray.stages.base import Sink, Stage, pending, read_counts, write_part
 from egoray.stages.guard import ErrorBudget, GuardedResult, StageFailing, call_guarded
 
@@ -282,7 +283,7 @@ def data_context(checkpoint: Any = None) -> Iterator[Any]:
     saved = (ctx.use_datasource_v2, ctx.checkpoint_config, ctx.print_on_execution_start, ctx.shuffle_strategy,
              ctx.raise_original_map_exception)
     ctx.use_datasource_v2 = False
-    ctx.raise_original_map_exception = True  # our errors reach the driver as themselves (see unwrap)
+    ctx.raise_original_map_exception = True  # our errors reach the driver as themselves (see errors.ray_errors)
     ctx.checkpoint_config = checkpoint
     ctx.print_on_execution_start = False
     # egoray shuffles only metadata (narrations, clip lists) in its preparation passes; the
@@ -402,7 +403,7 @@ def run_pass(p: Pass, output: str, budget: ErrorBudget | None = None) -> PassRes
                                                       ).remote(budget)
     line = ProgressLine(stats, [s.name for s in p.stages])
     try:
-        with data_context(checkpoint_config(output, p.id_column)):
+        with ray_errors(), data_context(checkpoint_config(output, p.id_column)):
             blocks = 4 * max((s.resources.actors for s in p.stages), default=1)
             ds = apply_stages(read(p.source, blocks), p.stages, p.id_column, stats_name, budget)
             ds.set_name(p.name)  # how the dashboard's Jobs and Data views list it
@@ -412,29 +413,15 @@ def run_pass(p: Pass, output: str, budget: ErrorBudget | None = None) -> PassRes
                                   ray_remote_args={"num_cpus": io_cpus()})
             finally:
                 line.stop()
-        loads, seconds, actors = ray.get(stats.get.remote(), timeout=60)
-    except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorDiedError) as e:
-        # statistics only: the output is complete
-        log.warning("egoray: model loads and stage times of this run are unknown (%s)", type(e).__name__)
-        loads, seconds, actors = {}, {}, {}
-    except Exception as e:
-        raise unwrap(e) from None
+        try:
+            loads, seconds, actors = ray.get(stats.get.remote(), timeout=60)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorDiedError) as e:
+            # statistics only: the output is complete
+            log.warning("egoray: model loads and stage times of this run are unknown (%s)", type(e).__name__)
+            loads, seconds, actors = {}, {}, {}
     finally:
         ray.kill(stats)
     return PassResult(read_counts(output), loads, seconds, time.perf_counter() - t0, actors)
-
-
-def unwrap(e: BaseException) -> BaseException:
-    """Our own errors (bad input, storage) raised inside a worker, as themselves."""
-    seen = set()
-    cause: BaseException | None = e
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if type(cause).__module__.startswith("egoray."):
-            return cause
-        inner = getattr(cause, "cause", None)
-        cause = inner if isinstance(inner, BaseException) else (cause.__cause__ or cause.__context__)
-    return e
 
 
 def prepare(output: str, name: str, build: Callable[[], Any]) -> str:
@@ -448,12 +435,9 @@ def prepare(output: str, name: str, build: Callable[[], Any]) -> str:
     if storage.exists(done):
         return url
     storage.remove(url, recursive=True)
-    with data_context(None):
+    with ray_errors(), data_context(None):
         fs, path = storage.arrow_filesystem(url)
-        try:
-            build().write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": io_cpus()})
-        except Exception as e:
-            raise unwrap(e) from None
+        build().write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": io_cpus()})
     storage.write_json(done, {"written_at": time.time()})
     return url
 
