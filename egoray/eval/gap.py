@@ -12,10 +12,11 @@ import io
 
 import numpy as np
 
+from egoray.features.vectors import unit_rows
+
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return unit_rows(np.asarray(x, dtype=np.float64))
 
 
 def _mean_offdiagonal(sim: np.ndarray) -> float:

@@ -20,6 +20,7 @@ from egoray.config import StrictModel, Url
 from egoray.data.raw import InputError
 from egoray.eval.zeroshot import DEFAULT_TEMPLATES
 from egoray.features.text import TextEncoderConfig
+from egoray.features.vectors import unit_rows
 
 
 class EK100Relevancy(StrictModel):
@@ -370,7 +371,7 @@ def classify(label_of: list[str], prompts: np.ndarray, model_url: str | None, cl
     elif video.shape[1] != classes.shape[1]:
         raise InputError(f"video features are {video.shape[1]}-d and prompts {classes.shape[1]}-d: without a "
                          "model both must come from one CLIP-style model")
-    video = video / np.maximum(np.linalg.norm(video, axis=1, keepdims=True), 1e-12)
+    video = unit_rows(video)
     scores = video @ classes.T
     metrics: dict[str, Any] = {"clips": len(keep), "classes": n_cls, "templates": n_tpl,
                                "space": "dual_encoder" if model is not None else "raw"}
@@ -560,8 +561,7 @@ def egomcq(cfg: EgoMCQSection, choices: str) -> SectionResult:
     elif video.shape[1] != text.shape[1]:
         raise InputError(f"video features are {video.shape[1]}-d and query embeddings {text.shape[1]}-d: without a "
                          "model both must come from one joint space")
-    video = video / np.maximum(np.linalg.norm(video, axis=1, keepdims=True), 1e-12)
-    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    video, text = unit_rows(video), unit_rows(text)
     scores = np.einsum("qd,qod->qo", text, video.reshape(len(order), n, -1))
     answers = np.array([questions[q]["answer"] for q in order], dtype=np.int64)
     intra = np.array([questions[q]["intra"] for q in order], dtype=bool)

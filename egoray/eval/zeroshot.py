@@ -13,6 +13,7 @@ import numpy as np
 
 from egoray import storage
 from egoray.data.raw import InputError
+from egoray.features.vectors import unit_rows
 
 DEFAULT_TEMPLATES = ("The person in this video is doing {label}", "Camera wearer is {label}", "{label}")
 
@@ -54,16 +55,12 @@ def expand_templates(names: list[str], templates: tuple[str, ...] | list[str] = 
     return [t.format(label=name) for name in names for t in templates]
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def class_embeddings(prompt_embeddings: np.ndarray, num_classes: int) -> np.ndarray:
     """``[classes * templates, d]`` class-major prompt embeddings → ``[classes, d]`` ensembles."""
     if len(prompt_embeddings) % num_classes:
         raise ValueError(f"{len(prompt_embeddings)} prompt embeddings do not split into {num_classes} classes")
-    per_class = _normalise(prompt_embeddings).reshape(num_classes, -1, prompt_embeddings.shape[-1])
-    return _normalise(per_class.mean(axis=1))
+    per_class = unit_rows(prompt_embeddings).reshape(num_classes, -1, prompt_embeddings.shape[-1])
+    return unit_rows(per_class.mean(axis=1))
 
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:

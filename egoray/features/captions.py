@@ -6,6 +6,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from egoray.config import StrictModel
+from egoray.features.vectors import unit_rows
 from egoray.features.vision import ImageEncoder, to_tensor
 from egoray.models.clip import ClipModel
 
@@ -81,8 +82,7 @@ def dedupe_captions(captions: list[str], embeddings: np.ndarray, threshold: floa
         return list(range(n))
     from sklearn.cluster import AgglomerativeClustering
 
-    emb = np.asarray(embeddings, dtype=np.float64)
-    emb = emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+    emb = unit_rows(np.asarray(embeddings, dtype=np.float64))
     # identical texts → identical vectors, whatever the encoder
     first_of_text: dict[str, int] = {}
     for i, c in enumerate(captions):
