@@ -14,15 +14,22 @@ class EgorayError(Exception):
 
 def ours(e: BaseException) -> EgorayError | None:
     """The first of our errors in ``e``'s chain: Ray's ``RayTaskError`` (``.cause``), Ray Data's
-    wrappers (``__cause__``) and anything raised while handling it (``__context__``)."""
+    wrappers (``__cause__``) and anything raised while handling it (``__context__``).
+
+    A wrapper is looked into before it is taken as ours: Ray re-raises a worker's error as a class
+    deriving from both ``RayTaskError`` and the error's own class, an instance of ours whose message
+    is Ray's remote traceback."""
     seen: set[int] = set()
     cause: BaseException | None = e
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
+        inner = getattr(cause, "cause", None)
+        if isinstance(inner, BaseException):
+            cause = inner
+            continue
         if isinstance(cause, EgorayError):
             return cause
-        inner = getattr(cause, "cause", None)
-        cause = inner if isinstance(inner, BaseException) else (cause.__cause__ or cause.__context__)
+        cause = cause.__cause__ or cause.__context__
     return None
 
 
@@ -32,10 +39,10 @@ def ray_errors() -> Iterator[None]:
     as itself, without Ray's remote traceback; anything else leaves as Ray raised it."""
     try:
         yield
-    except EgorayError:
-        raise
     except Exception as e:
         found = ours(e)
         if found is None:
+            raise
+        if found is e:
             raise
         raise found from None

@@ -52,3 +52,21 @@ def test_ray_errors_raises_ours_as_itself_and_anything_else_as_it_came():
         raise RemoteWrapper(KeyError("a bug stays a bug, with its wrapper"))
     with pytest.raises(VideoError), ray_errors():
         raise VideoError("unreadable", "x.mp4")
+
+
+def test_a_worker_error_comes_back_from_ray_as_itself(ray_session):
+    """Ray re-raises it as a class deriving from RayTaskError and ours, whose text is Ray's
+    remote traceback: ray_errors gives the worker's own error, with its own message."""
+    import ray
+
+    @ray.remote
+    def fails() -> None:
+        raise StageFailing("stage 'upper' raised on 8 of 8 rows")
+
+    with pytest.raises(ray.exceptions.RayTaskError) as wrapped:
+        ray.get(fails.remote())
+    assert isinstance(wrapped.value, StageFailing)  # why isinstance alone is not enough
+    with pytest.raises(StageFailing) as e, ray_errors():
+        ray.get(fails.remote())
+    assert not isinstance(e.value, ray.exceptions.RayTaskError)
+    assert str(e.value) == "stage 'upper' raised on 8 of 8 rows"
