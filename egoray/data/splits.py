@@ -22,6 +22,13 @@ from egoray.data.schema import SPLITS
 ALIASES = {"validation": "val", "valid": "val", "training": "train", "testing": "test"}
 
 
+def videos_in_splits(url: str | None, splits: list[str]) -> list[str] | None:
+    """The videos of ``splits`` in the per-video splits file ``url`` (sorted); None without one."""
+    if not url:
+        return None
+    return sorted(v for v, split in read_splits(url).items() if split in splits)
+
+
 def read_splits(url: str) -> dict[str, str]:
     """video_uid → split (``train`` | ``val`` | ``test``)."""
     try:

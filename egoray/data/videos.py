@@ -21,7 +21,22 @@ ITEMS = pa.schema([("key", pa.string()), ("video_uid", pa.string()), ("path", pa
 
 
 def is_table(url: str, fmt: str = "auto") -> bool:
+    """Whether a video job's ``input`` is a clip table (``fmt: table``, or a ``.parquet`` under ``auto``)."""
     return fmt == "table" or (fmt == "auto" and url.endswith(".parquet"))
+
+
+def is_window_table(url: str) -> bool:
+    """Whether a narration job's ``input`` is a table of windows: a ``.parquet``, or an ingest
+    output (it holds ``narrations/``), rather than a folder of videos."""
+    return url.endswith(".parquet") or storage.exists(storage.join(url, "narrations"))
+
+
+def video_paths(folder: str | None) -> dict[str, str] | None:
+    """``{video_uid: path}`` of the videos directly in ``folder`` (the plan: file names, not records)."""
+    if not folder:
+        return None
+    return {PurePosixPath(u).stem: u for u in storage.listdir(folder, skip=(".",))  # "_" can start a YouTube id
+            if u.lower().endswith(VIDEO_EXTENSIONS)}
 
 
 def list_video_files(url: str) -> list[str]:

@@ -79,6 +79,31 @@ def chance_recall_at_1(relevant: np.ndarray) -> float:
     return float(relevant.mean(axis=1).mean())
 
 
+def paired_retrieval_metrics(v: np.ndarray, t: np.ndarray, verb: np.ndarray, noun: np.ndarray,
+                             captions: np.ndarray) -> dict[str, float]:
+    """Text→video and video→text recall per instance, per caption and per verb+noun (when every
+    item has labels), each with its chance level, from paired embeddings ``v`` and ``t``."""
+    n = len(v)
+    out: dict[str, float] = {"eval_items": float(n)}
+    variants: list[tuple[str, np.ndarray | None]] = [("", None), ("_caption", captions)]
+    if ((verb >= 0) & (noun >= 0)).all():
+        variants.append(("_label", np.unique(np.stack([verb, noun], 1), axis=0, return_inverse=True)[1].ravel()))
+    for name, codes in variants:
+        for direction, q, c in (("t2v", t, v), ("v2t", v, t)):
+            for k, value in recall_at(blockwise_ranks(q, c, codes, codes)).items():
+                out[f"{direction}_{k}{name}"] = value
+        out[f"chance_R@1{name}"] = _chance_of_codes(codes, n)
+    return out
+
+
+def _chance_of_codes(codes: np.ndarray | None, n: int) -> float:
+    """Expected R@1 of a random ranking: the mean share of candidates relevant to a query."""
+    if codes is None:
+        return chance_recall_at_1(np.arange(n))
+    _, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+    return float((counts[inverse] / n).mean())
+
+
 def _chunks(n_rows: int, n_cols: int, budget: int = 1 << 22):
     step = max(1, budget // max(1, n_cols))
     for start in range(0, n_rows, step):

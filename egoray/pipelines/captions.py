@@ -27,11 +27,11 @@ from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import SummaryPrompts
 from egoray.llm.steps import SummaryStep
 from egoray.models.clip import ClipModel
-from egoray.pipelines.llm import llm_stage
-from egoray.pipelines.video_items import check_inputs, video_items
 from egoray.stages.base import Resources, Sink, with_constants, write_part
 from egoray.stages.captions import CaptionStage, CocaTextStage
+from egoray.stages.generate import llm_stage
 from egoray.stages.video import Sampling
+from egoray.video_inputs import check_inputs, video_items
 
 CAPTIONS = pa.schema(
     [

@@ -120,7 +120,7 @@ def pooled_inputs(config: Config, section: str) -> str | None:
 
 def _benchmark_table(config: Config, section: str) -> str:
     """``_work/<section>_items``: the benchmark's annotation file as a table, written by a worker."""
-    from egoray.pipelines.llm import run_export
+    from egoray.exports import run_export
 
     url = storage.join(config.output, "_work", f"{section}_items", "part-0000.parquet")
     run_export(_write_benchmark, getattr(config, section), section, url)

@@ -28,10 +28,11 @@ from pydantic import Field, model_validator
 from egoray import storage
 from egoray.config import StreamingJobConfig, StrictModel, Url
 from egoray.data.raw import InputError
+from egoray.data.splits import videos_in_splits
 from egoray.data.tables import table_columns
 from egoray.executor import Pass, Source, prepare, read, run_job
+from egoray.exports import run_export
 from egoray.models.vlm import VLMOptions
-from egoray.pipelines.llm import run_export
 from egoray.stages.base import Resources
 from egoray.stages.narrate import (
     CaptionSink,
@@ -98,16 +99,6 @@ class Config(StreamingJobConfig):
         return self
 
 
-def allowed_videos(config: Config) -> list[str] | None:
-    """The videos of ``splits`` in ``video_splits`` (a per-video file: the plan, not records)."""
-    if not config.video_splits:
-        return None
-    from egoray.data.splits import read_splits
-
-    by_video = read_splits(config.video_splits)
-    return sorted(v for v, split in by_video.items() if split in config.splits)
-
-
 def window_table(url: str) -> tuple[str, str | None]:
     """The window table of ``url`` (an ingest output's narrations, or a table) and its id column."""
     source, names = table_columns(url, ("video_uid", "t_start", "t_end"), "window table")
@@ -133,7 +124,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     if (w.mode == "dense" or not tower) and not storage.exists(storage.join(features, "index")):
         raise InputError(f"{features}: not a video_features output (no index/ table)"
                          + (": dense windows tile the videos it indexes" if tower else ""))
-    videos = allowed_videos(config)
+    videos = videos_in_splits(config.video_splits, config.splits)
     if w.mode == "table":
         source, id_col = window_table(config.input)
         inputs = [source]
@@ -152,8 +143,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             ds = read(Source(source, columns=columns)).map_batches(
                 TableWindows(id_col, w.offset_sec, videos), batch_format="pyarrow", batch_size=None)
         if tower:  # each window's frames, decoded by Ray Data CPU workers as in training
+            from egoray.data.videos import video_paths
             from egoray.models.clip import image_size
-            from egoray.pipelines.narrate_vlm import video_paths
             from egoray.stages.clips import DecodeClips
 
             decode = DecodeClips(video_paths(config.videos) or {}, narrator.tower.num_frames,

@@ -13,40 +13,30 @@ uniform frames per clip and per example, and generates. Output: as the narrator 
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from egoray import storage
 from egoray.data.raw import InputError
-from egoray.data.videos import VIDEO_EXTENSIONS, folder_items, list_video_files
+from egoray.data.splits import videos_in_splits
+from egoray.data.videos import folder_items, is_window_table, list_video_files, video_paths
 from egoray.executor import WORK_DIR, Pass, Source, prepare, read, run_job
-from egoray.pipelines.llm import run_export
-from egoray.pipelines.narrate import Config, allowed_videos
+from egoray.exports import run_export
 from egoray.stages.base import Resources
 from egoray.stages.narrate import CaptionSink, write_total_pkl
 from egoray.stages.vlm import ChooseExamples, FolderClips, TableClips
 
-
-def is_table(url: str) -> bool:
-    return url.endswith(".parquet") or storage.exists(storage.join(url, "narrations"))
-
-
-def video_paths(folder: str | None) -> dict[str, str] | None:
-    """``{video_uid: path}`` of a folder of videos (the plan: file names, not records)."""
-    if not folder:
-        return None
-    return {PurePosixPath(u).stem: u for u in storage.listdir(folder, skip=(".",))  # "_" can start a YouTube id
-            if u.lower().endswith(VIDEO_EXTENSIONS)}
+if TYPE_CHECKING:  # the narrate job's config; this module is that job's VLM backend
+    from egoray.pipelines.narrate import Config
 
 
 def run_vlm(config: Config, overwrite: bool = False) -> dict[str, Any]:
     ic = config.vlm.in_context
     if ic.k and not ic.pool:
         raise InputError("vlm.in_context.k > 0 needs vlm.in_context.pool (a table of narrated clips)")
-    keep = allowed_videos(config)
+    keep = videos_in_splits(config.video_splits, config.splits)
     videos = video_paths(config.videos)
     w = config.windows
-    if is_table(config.input):
+    if is_window_table(config.input):
         source = storage.join(config.input, "narrations") if not config.input.endswith(".parquet") else config.input
         if not storage.exists(source):
             raise InputError(f"input not found: {config.input}")
@@ -62,7 +52,7 @@ def run_vlm(config: Config, overwrite: bool = False) -> dict[str, Any]:
         source, names, inputs = storage.join(config.output, WORK_DIR, "folder.parquet"), [], files
 
     def build_clips() -> Any:
-        if is_table(config.input):
+        if is_window_table(config.input):
             columns = [c for c in ("window_id", "clip_id", "narration_id", "video_uid", "t_start", "t_end", "verb",
                                    "noun", "path") if c in names]
             ds = read(Source(source, columns=columns)).map_batches(

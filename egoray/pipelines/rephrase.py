@@ -25,11 +25,12 @@ from egoray import storage
 from egoray.config import StreamingJobConfig
 from egoray.data.narrations import Split, check_narrations, split_filter
 from egoray.executor import Pass, Source, prepare, read, run_job
+from egoray.exports import run_export
 from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import RephrasePrompts
 from egoray.llm.steps import ParaphraseStep, clean_paraphrases
-from egoray.pipelines.llm import llm_stage, run_export
 from egoray.stages.base import Sink, with_constants, write_part
+from egoray.stages.generate import llm_stage
 
 __all__ = ["PARAPHRASES", "Config", "clean_paraphrases", "run"]
 

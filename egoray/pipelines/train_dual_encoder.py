@@ -31,7 +31,7 @@ from pydantic import Field, field_validator
 
 from egoray import storage
 from egoray.config import JobConfig, StrictModel, Url
-from egoray.eval.retrieval import blockwise_ranks, chance_recall_at_1, recall_at
+from egoray.eval.retrieval import paired_retrieval_metrics
 from egoray.models.dual_encoder import DualEncoder, DualEncoderConfig, load_dual_encoder
 from egoray.stages.pairs import caption_codes
 from egoray.train.distributed import TrainerOptions, contrastive
@@ -97,32 +97,7 @@ def evaluate(model: DualEncoder, data: dict[str, np.ndarray]) -> dict[str, float
     with torch.no_grad():
         v = model.encode_video(torch.from_numpy(data["eval_video"]).to(param)).float().cpu().numpy()
         t = model.encode_text(torch.from_numpy(data["eval_text"]).to(param)).float().cpu().numpy()
-    return retrieval_metrics(v, t, data["eval_verb"], data["eval_noun"], data["eval_caption"])
-
-
-def retrieval_metrics(v: np.ndarray, t: np.ndarray, verb: np.ndarray, noun: np.ndarray,
-                      captions: np.ndarray) -> dict[str, float]:
-    """Text→video and video→text recall per instance, per caption and per verb+noun (when every
-    item has labels), each with its chance level, from paired embeddings ``v`` and ``t``."""
-    n = len(v)
-    out: dict[str, float] = {"eval_items": float(n)}
-    variants: list[tuple[str, np.ndarray | None]] = [("", None), ("_caption", captions)]
-    if ((verb >= 0) & (noun >= 0)).all():
-        variants.append(("_label", np.unique(np.stack([verb, noun], 1), axis=0, return_inverse=True)[1].ravel()))
-    for name, codes in variants:
-        for direction, q, c in (("t2v", t, v), ("v2t", v, t)):
-            for k, value in recall_at(blockwise_ranks(q, c, codes, codes)).items():
-                out[f"{direction}_{k}{name}"] = value
-        out[f"chance_R@1{name}"] = _chance(codes, n)
-    return out
-
-
-def _chance(codes: np.ndarray | None, n: int) -> float:
-    """Expected R@1 of a random ranking: the mean share of candidates relevant to a query."""
-    if codes is None:
-        return chance_recall_at_1(np.arange(n))
-    _, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
-    return float((counts[inverse] / n).mean())
+    return paired_retrieval_metrics(v, t, data["eval_verb"], data["eval_noun"], data["eval_caption"])
 
 
 def _stack(column: Any) -> np.ndarray:

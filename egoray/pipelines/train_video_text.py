@@ -185,7 +185,7 @@ class VideoTextRecipe(Recipe):
     def evaluate(self, engine: Any) -> dict[str, float]:
         import torch
 
-        from egoray.pipelines.train_dual_encoder import retrieval_metrics
+        from egoray.eval.retrieval import paired_retrieval_metrics
 
         n = len(self.eval_texts)
         if n == 0:
@@ -199,7 +199,7 @@ class VideoTextRecipe(Recipe):
                 frames = engine.to_input(module.preprocess(stack_npy(self.eval_frames[i:i + step])))
                 v.append(module.encode_video(frames).float().cpu().numpy())
                 t.append(module.encode_text(self._tokens(engine, self.eval_texts[i:i + step])).float().cpu().numpy())
-        return retrieval_metrics(np.concatenate(v), np.concatenate(t), self.eval_verb, self.eval_noun,
+        return paired_retrieval_metrics(np.concatenate(v), np.concatenate(t), self.eval_verb, self.eval_noun,
                                  self.eval_captions)
 
     def scalars(self, engine: Any) -> dict[str, float]:
@@ -223,9 +223,9 @@ def _train_loop(loop: dict[str, Any]) -> None:
 
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    from egoray.data.videos import video_paths
     from egoray.executor import prepare as prepare_work
     from egoray.models.clip import image_size
-    from egoray.pipelines.narrate_vlm import video_paths
     from egoray.stages.clips import DecodeClips
     from egoray.train.data import (
         PARAPHRASES,

@@ -323,9 +323,9 @@ def _train_loop(loop: dict[str, Any]) -> None:
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from egoray import storage
+    from egoray.data.videos import video_paths
     from egoray.executor import WORK_DIR, io_cpus, read
     from egoray.executor import prepare as prepare_work
-    from egoray.pipelines.narrate_vlm import video_paths
     from egoray.stages.clips import DecodeClips
     from egoray.stages.vlm_train import SAMPLE_COLUMNS, ChooseTrainingExamples, PointWindows, StoreFrames
     from egoray.train.data import narrations_dataset, pairs_dataset

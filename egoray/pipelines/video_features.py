@@ -27,9 +27,9 @@ from egoray.config import StreamingJobConfig, Url
 from egoray.data.raw import InputError
 from egoray.executor import Pass, Source, run_job
 from egoray.models.clip import ClipModel
-from egoray.pipelines.video_items import check_inputs, video_items
 from egoray.stages.base import Resources
 from egoray.stages.video import FeatureSink, Sampling, VideoFeatureStage
+from egoray.video_inputs import check_inputs, video_items
 
 __all__ = ["Config", "Sampling", "read_features", "run"]
 

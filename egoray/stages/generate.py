@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from egoray.llm.engine import EngineConfig, GenerationFailure, GenerationParams, Prompt
+from egoray.llm.engine import EngineConfig, GenerationFailure, GenerationParams, Prompt, check_chat_template
 from egoray.llm.schemas import Parsed
 from egoray.models.sampling import row_seed
 from egoray.stages.base import Resources, Stage, mark, pending
@@ -136,3 +136,12 @@ class LLMStage(Stage):
                       for i in range(rows.num_rows)]
             rows = mark(rows, mask, step.name, reasons, details, inputs)
         return rows
+
+
+def llm_stage(engine: EngineConfig, steps: list[Step], id_column: str) -> Stage:
+    """The LLM stage of a job: one engine (``hf`` or ``vllm``) per actor of one pool, for every
+    step and retry. A chat prompt needs the model's chat template: checked here, before any actor
+    loads the model."""
+    if any(getattr(getattr(step, "prompts", None), "chat", False) for step in steps):
+        check_chat_template(engine.model)
+    return LLMStage(engine, steps, id_column)

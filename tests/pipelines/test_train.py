@@ -290,8 +290,8 @@ def video_text(features, tmp_path_factory) -> tuple[Path, dict, int]:
 def test_video_text_towers_learn_from_raw_frames(features, video_text, tmp_path):
     """LaViLa's dual encoder end to end: frames decoded by Ray Data workers from the demo videos,
     a tiny ViT in LaViLa's space–time transformer and its text tower, ZeRO-2 on 2 CPU workers."""
+    from egoray.eval.retrieval import paired_retrieval_metrics
     from egoray.models.video_text import load_video_text
-    from egoray.pipelines.train_dual_encoder import retrieval_metrics
     from egoray.pipelines.video_features import read_features
     from egoray.stages.pairs import Labels, caption_codes
     from egoray.stages.video import from_npy
@@ -326,7 +326,7 @@ def test_video_text_towers_learn_from_raw_frames(features, video_text, tmp_path)
     with torch.no_grad():
         v = model.encode_video(model.preprocess(np.stack([from_npy(b) for b in rows["frames"]]))).numpy()
         t = model.encode_text(model.tokenize(list(rows["text"]))).numpy()
-    again = retrieval_metrics(v, t, rows["verb_code"].to_numpy(), rows["noun_code"].to_numpy(),
+    again = paired_retrieval_metrics(v, t, rows["verb_code"].to_numpy(), rows["noun_code"].to_numpy(),
                               caption_codes(list(rows["text"])))
     assert again["t2v_R@1"] == pytest.approx(best["value"])
 
@@ -356,7 +356,7 @@ def test_video_text_towers_learn_from_raw_frames(features, video_text, tmp_path)
     ids = [r["narration_id"] for r in held]
     v2 = np.concatenate([read_features(str(tmp_path / "vf"), i) for i in ids])
     t2 = np.stack([np.asarray(texts[i], np.float32) for i in ids])
-    served = retrieval_metrics(v2, t2, np.full(len(ids), -1), np.full(len(ids), -1),
+    served = paired_retrieval_metrics(v2, t2, np.full(len(ids), -1), np.full(len(ids), -1),
                                caption_codes([r["text"] for r in held]))
     assert served["t2v_R@1"] == pytest.approx(best["value"])
 
