@@ -18,13 +18,12 @@
 
 from __future__ import annotations
 
-import json
 import numbers
 from typing import Any
 
 import pyarrow as pa
 
-from egoray.data.raw import InputError
+from egoray.data.raw import InputError, parse_json
 
 EGOMCQ = pa.schema([("id", pa.string()), ("question_id", pa.string()), ("choice", pa.int32()),
                     ("video_uid", pa.string()), ("t_start", pa.float64()), ("t_end", pa.float64()),
@@ -40,10 +39,7 @@ EGTEA_CLIPS = pa.schema([("clip_id", pa.string()), ("video_uid", pa.string()), (
 def read_egomcq(data: bytes, name: str = "egomcq.json") -> pa.Table:
     """One row per (question, choice): ``id = <question_id>:<choice>``, the choice's clip, the
     query text, the right choice and whether the question is intra-video."""
-    try:
-        questions = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{name}: not JSON ({e})") from None
+    questions = parse_json(data, name)
     if not isinstance(questions, dict):
         raise InputError(f"{name}: expected an object question_id -> question (EgoMCQ's egomcq.json)")
     rows: dict[str, list[Any]] = {f.name: [] for f in EGOMCQ}

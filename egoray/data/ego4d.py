@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from egoray.data.raw import InputError, RawRows, as_seconds
+from egoray.data.raw import InputError, RawRows, as_seconds, parse_json
 from egoray.data.schema import RAW, SUMMARIES
 
 PASSES = {"narration_pass_1": 1, "narration_pass_2": 2}
@@ -55,10 +55,7 @@ def decode(data: bytes, name: str = "narration.json") -> dict[str, _Video]:
     except msgspec.DecodeError as e:
         if b"NaN" not in data and b"Infinity" not in data:
             raise InputError(f"{name}: not valid JSON ({e})") from None
-    try:  # Python-written JSON with NaN / Infinity literals
-        obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{name}: not valid JSON ({e})") from None
+    obj = parse_json(data, name)  # Python-written JSON with NaN / Infinity literals
     try:
         return msgspec.convert(obj, type=_FILE)
     except msgspec.ValidationError as e:
@@ -80,10 +77,7 @@ def split_by_video(data: bytes, bucket_of_video, name: str = "narration.json") -
     except msgspec.DecodeError as e:
         if b"NaN" not in data and b"Infinity" not in data:
             raise InputError(f"{name}: not valid JSON ({e})") from None
-        try:
-            obj = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e2:
-            raise InputError(f"{name}: not valid JSON ({e2})") from None
+        obj = parse_json(data, name)
         if not isinstance(obj, dict):
             raise InputError(f"{name}: not in the Ego4D narration.json layout: expected an object") from None
         encoded = {uid: json.dumps(value).encode() for uid, value in obj.items()}

@@ -11,13 +11,12 @@ the action has no such frame). Narrations are points (``t_start = t_end`` =
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 import pyarrow as pa
 
-from egoray.data.raw import InputError, RawRows
+from egoray.data.raw import InputError, RawRows, parse_json
 
 SOURCE = "ego4d_fho"
 CAMERA_WEARER = re.compile(r"^\s*#c\s+c\b", re.IGNORECASE)
@@ -46,10 +45,7 @@ def _rejection(action: dict[str, Any]) -> tuple[str, str] | None:
 
 def read_fho_main(data: bytes, name: str = "fho_main.json") -> pa.Table:
     """RAW rows of every narrated action of every video (kept ones numbered per video)."""
-    try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{name}: not JSON ({e})") from None
+    doc = parse_json(data, name)
     videos = doc.get("videos") if isinstance(doc, dict) else None
     if not isinstance(videos, list):
         raise InputError(f"{name}: expected {{\"videos\": [...]}} (Ego4D's fho_main.json)")

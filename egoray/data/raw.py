@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -13,6 +14,14 @@ from egoray.errors import EgorayError
 
 class InputError(EgorayError, ValueError):
     """An input file that cannot be read at all (as opposed to bad records inside it)."""
+
+
+def parse_json(data: bytes | str, name: str) -> Any:
+    """A JSON document (Python's NaN and Infinity literals allowed), or one InputError naming the file."""
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{name}: not valid JSON ({e})") from None
 
 
 class RawRows:

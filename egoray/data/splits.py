@@ -11,12 +11,11 @@ pre-training (EgoVLP's, which the CLEP notebook lacks) without a hand-made list.
 from __future__ import annotations
 
 import io
-import json
 
 import pyarrow.csv as pacsv
 
 from egoray import storage
-from egoray.data.raw import InputError
+from egoray.data.raw import InputError, parse_json
 from egoray.data.schema import SPLITS
 
 ALIASES = {"validation": "val", "valid": "val", "training": "train", "testing": "test"}
@@ -37,10 +36,7 @@ def read_splits(url: str) -> dict[str, str]:
         raise InputError(f"cannot read splits file: {e}") from None
     if url.endswith(".csv"):
         return _from_csv(data, url)
-    try:
-        obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{url}: not valid JSON ({e})") from None
+    obj = parse_json(data, url)
     if not isinstance(obj, dict):
         raise InputError(f"{url}: expected an object of split name → list of video uids")
     if isinstance(obj.get("videos"), list):

@@ -8,14 +8,13 @@ references). Matrices are ``.npy`` (or ``.npz``, first array); relevancy may als
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from egoray import storage
-from egoray.data.raw import InputError
+from egoray.data.raw import InputError, parse_json
 
 ID_COLS = ("id", "caption_id", "window_id", "video_uid", "video_id", "narration_id", "image_id")
 TEXT_COLS = ("text", "caption", "captions", "summary", "narration", "references")
@@ -24,10 +23,7 @@ TEXT_COLS = ("text", "caption", "captions", "summary", "narration", "references"
 def read_texts(url: str) -> dict[str, list[str]]:
     """id → texts from a JSON or Parquet file."""
     if url.endswith(".json"):
-        try:
-            data = json.loads(storage.read_bytes(url))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{url}: not JSON ({e})") from None
+        data = parse_json(storage.read_bytes(url), url)
         if isinstance(data, dict):
             pairs = list(data.items())
         elif isinstance(data, list) and all(isinstance(r, dict) for r in data):

@@ -7,12 +7,10 @@ sets (Charades-Ego) report mAP over classes, each class an average-precision ran
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from egoray import storage
-from egoray.data.raw import InputError
+from egoray.data.raw import InputError, parse_json
 from egoray.features.vectors import unit_rows
 
 DEFAULT_TEMPLATES = ("The person in this video is doing {label}", "Camera wearer is {label}", "{label}")
@@ -23,10 +21,7 @@ def read_class_names(url: str) -> list[str]:
     (``cNNN Label`` as in Charades, or one label per line), in class-id order."""
     text = storage.read_bytes(url).decode("utf-8")
     if url.endswith(".json"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{url}: not JSON ({e})") from None
+        data = parse_json(text, url)
         if isinstance(data, dict):
             names = [name.strip('"') for name, _ in sorted(data.items(), key=lambda kv: int(kv[1]))]
         elif isinstance(data, list):

@@ -94,6 +94,12 @@ def extract_json_object(text: str) -> Parsed:
     return Parsed(reason="no_json", detail="no JSON object in the output")
 
 
+def _json_object(raw: str | bytes | None) -> Parsed:
+    """The first JSON object in a generation (its bytes decoded first), or why there is none."""
+    text = as_text(raw)
+    return extract_json_object(text.value) if text.ok else text
+
+
 def _words(s: str) -> int:
     return len(s.split())
 
@@ -104,10 +110,7 @@ def _clean(s: str) -> str:
 
 def validate_qa(raw: str | bytes | None, max_question_words: int = 10, max_answer_words: int = 5) -> Parsed:
     """``{"question": str, "answer": str}`` within the word limits → (question, answer)."""
-    text = as_text(raw)
-    if not text.ok:
-        return text
-    found = extract_json_object(text.value)
+    found = _json_object(raw)
     if not found.ok:
         return found
     obj = found.value
@@ -130,10 +133,7 @@ def validate_wrong_answers(
     raw: str | bytes | None, answer: str, n: int = 3, max_answer_words: int = 5
 ) -> Parsed:
     """``{"wrong_answers": [n strings]}``: distinct from each other and from the answer."""
-    text = as_text(raw)
-    if not text.ok:
-        return text
-    found = extract_json_object(text.value)
+    found = _json_object(raw)
     if not found.ok:
         return found
     items = found.value.get("wrong_answers")
