@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from egoray import storage
 from egoray.errors import ray_errors
+from egoray.settings import cluster_address
 from egoray.stages.base import Sink, Stage, pending, read_counts, write_part
 from egoray.stages.guard import ErrorBudget, GuardedResult, StageFailing, call_guarded
 
@@ -265,7 +266,7 @@ def io_cpus() -> float:
     the machine would otherwise leave them no CPU at all (the pass would wait forever). On a
     cluster, a quarter: that keeps them off a head node declared with ``CPU: 0``.
     """
-    if os.environ.get("RAY_ADDRESS"):
+    if cluster_address():
         return float(os.environ.get("EGORAY_IO_CPUS", "0.25"))
     return float(os.environ.get("EGORAY_IO_CPUS", "0"))
 
@@ -291,20 +292,31 @@ def data_context(checkpoint: Any = None) -> Iterator[Any]:
     # default hash shuffle first starts an aggregator actor per partition (200): 25 s on a laptop,
     # and on an autoscaling cluster 200 resource requests for a few megabytes.
     ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    quiet_ray_data_logs()
     try:
-        yield ctx
+        with quiet_ray_data_logs():
+            yield ctx
     finally:
         (ctx.use_datasource_v2, ctx.checkpoint_config, ctx.print_on_execution_start,
          ctx.shuffle_strategy, ctx.raise_original_map_exception) = saved
 
 
-def quiet_ray_data_logs() -> None:
-    """Ray Data's INFO lines (plans, checkpoint loading) become debug; progress stays visible."""
-    for name in ("ray.data", "ray.data._internal.execution.streaming_executor", "ray.data.dataset",
-                 "ray.data.checkpoint.checkpoint_filter", "ray.data._internal.planner"):
+RAY_DATA_CHATTER = ("ray.data", "ray.data._internal.execution.streaming_executor", "ray.data.dataset",
+                    "ray.data.checkpoint.checkpoint_filter", "ray.data._internal.planner")
+
+
+@contextlib.contextmanager
+def quiet_ray_data_logs() -> Iterator[None]:
+    """During a pass, Ray Data's INFO lines (plans, checkpoint loading) are not shown; its progress
+    stays visible. The loggers' levels are restored afterwards: they are the process's, not ours."""
+    levels = {name: logging.getLogger(name).level for name in (*RAY_DATA_CHATTER, "ray.data._internal.progress")}
+    for name in RAY_DATA_CHATTER:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def read(source: Source, blocks: int | None = None) -> Any:
@@ -337,7 +349,7 @@ def cpu_share(stages: Sequence[Stage]) -> float:
     """
     import ray
 
-    if os.environ.get("RAY_ADDRESS"):
+    if cluster_address():
         return 1.0
     resources = ray.cluster_resources()
     wanted_gpus = sum(s.resources.gpus * s.resources.actors for s in stages)

@@ -15,6 +15,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from egoray.settings import cluster_address
+
 ACTOR_NAME = "egoray-metrics"
 NAMESPACE = "egoray"
 log = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ def record(job: str, stages: Mapping[str, Mapping[str, Any]], units: Mapping[str
         import ray
 
         # Only on a cluster we joined: a local Ray (and its counters) ends with the job anyway.
-        if not ray.is_initialized() or not os.environ.get("RAY_ADDRESS"):
+        if not ray.is_initialized() or not cluster_address():
             return
         ray.get(_metrics_actor().add.remote(job, {k: dict(v) for k, v in stages.items()}, dict(units or {})), timeout=60)
     except Exception as e:

@@ -28,7 +28,7 @@ from egoray import storage
 from egoray.config import JobConfig, RayOptions
 from egoray.console import LOG_DIR
 from egoray.errors import EgorayError, ray_errors
-from egoray.settings import Settings, apply_driver_defaults
+from egoray.settings import Settings, apply_driver_defaults, cluster_address
 from egoray.stages.base import StageCounts
 
 SHARDS_DIR = "_shards"
@@ -57,7 +57,7 @@ def ensure_ray(options: RayOptions | None = None, dashboard: bool = False, job: 
     if ray.is_initialized():
         return False
     options = options or RayOptions()
-    address = os.environ.get("RAY_ADDRESS")
+    address = cluster_address()
     # the job name goes to workers only on a cluster, where they add to its metrics
     runtime_env = Settings.from_environ(job=job if address else None).runtime_env()
     if address:

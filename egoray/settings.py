@@ -59,3 +59,12 @@ def apply_driver_defaults() -> None:
     """Defaults the driver needs before it imports Ray (a user's own setting wins)."""
     for key, value in DRIVER_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def cluster_address() -> str | None:
+    """The cluster this driver joins (``RAY_ADDRESS``), or None when egoray runs its own local Ray.
+
+    The one reader of ``RAY_ADDRESS``: what a job asks of its cluster (CPUs for I/O tasks, scaled
+    actor pools, metrics) depends on which of the two it runs on.
+    """
+    return os.environ.get("RAY_ADDRESS") or None

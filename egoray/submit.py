@@ -17,7 +17,7 @@ from typing import Any
 
 from egoray.errors import EgorayError
 from egoray.pipelines import load_config
-from egoray.settings import Settings
+from egoray.settings import Settings, cluster_address
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"  # `ray dashboard cluster.yaml` forwards the head's dashboard here
 EXCLUDES = ["/.venv", "/.git", "/out", "/data", "/egoray-demo", "/benchmarks/_work", "__pycache__", "*.h5", "*.mp4"]  # gitignore syntax: "/x" = top level only
@@ -40,7 +40,7 @@ def token_available() -> bool:
 def client(address: str | None = None) -> Any:
     """A JobSubmissionClient for ``address`` (else ``RAY_ADDRESS`` if it is http(s), else the
     port-forwarded dashboard), in token mode when a token is configured."""
-    address = address or _http_address(os.environ.get("RAY_ADDRESS")) or DEFAULT_ADDRESS
+    address = address or _http_address(cluster_address()) or DEFAULT_ADDRESS
     if token_available() and "RAY_AUTH_MODE" not in os.environ:
         # Ray reads the mode when it is imported; refresh it if something imported Ray already
         os.environ["RAY_AUTH_MODE"] = "token"
