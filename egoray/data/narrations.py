@@ -18,7 +18,7 @@ from pydantic import Field
 
 from egoray.config import StrictModel
 from egoray.data import text as text_ops
-from egoray.data.schema import NARRATIONS, REJECTS, SUMMARIES
+from egoray.data.schema import NARRATIONS, REJECTS, SUMMARIES, reject_table
 from egoray.stages.base import StageTimer
 
 Split = Literal["train", "val", "test"]
@@ -159,18 +159,8 @@ def _split_off(table: pa.Table, reasons: Reasons, stage: str, rejects: list[pa.T
     bad = pc.invert(ok)
     if pc.any(bad).as_py():
         rejected = table.filter(bad)
-        rejects.append(
-            pa.table(
-                {
-                    "record_id": rejected["narration_id"],
-                    "stage": pa.array([stage] * rejected.num_rows, pa.string()),
-                    "reason": reasons.reason.filter(bad),
-                    "detail": reasons.detail.filter(bad),
-                    "input": pa.array([_input_json(row) for row in rejected.to_pylist()], pa.string()),
-                },
-                schema=REJECTS,
-            )
-        )
+        rejects.append(reject_table(rejected["narration_id"], stage, reasons.reason.filter(bad),
+                                    reasons.detail.filter(bad), [_input_json(row) for row in rejected.to_pylist()]))
     return table.filter(ok)
 
 

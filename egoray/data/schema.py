@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SOURCES = ("ego4d", "em_pkl", "ek100", "synthetic")
 SPLITS = ("train", "val", "test")
@@ -65,6 +68,27 @@ REJECTS = pa.schema(
         ("input", pa.string()),
     ]
 )
+
+
+Column = pa.Array | pa.ChunkedArray | Sequence[str | None] | str | None
+
+
+def reject_table(record_id: pa.Array | pa.ChunkedArray | Sequence[str], stage: Column, reason: Column,
+                 detail: Column = None, input: Column = None) -> pa.Table:
+    """The ``rejects`` table of ``len(record_id)`` records: every column as strings, a ``str`` the
+    same for each record; missing details and inputs are empty strings."""
+    n = len(record_id)
+
+    def column(values: Column, fill: bool) -> pa.Array | pa.ChunkedArray:
+        if values is None or isinstance(values, str):
+            return pa.array([values or ""] * n, pa.string())
+        array = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values, pa.string())
+        array = pc.cast(array, pa.string())
+        return pc.fill_null(array, "") if fill else array
+
+    return pa.table({"record_id": column(record_id, False), "stage": column(stage, False),
+                     "reason": column(reason, False), "detail": column(detail, True),
+                     "input": column(input, True)}, schema=REJECTS)
 
 
 def empty(schema: pa.Schema) -> pa.Table:

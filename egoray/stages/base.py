@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from egoray import storage
-from egoray.data.schema import REJECTS
+from egoray.data.schema import REJECTS, reject_table
 
 REASON, STAGE, DETAIL, INPUT = "_reject_reason", "_reject_stage", "_reject_detail", "_reject_input"
 REJECT_COLUMNS = (REASON, STAGE, DETAIL, INPUT)
@@ -262,10 +262,7 @@ class Sink:
             inputs = [g if g is not None else _json(k) for g, k in zip(given, keep, strict=True)]
         else:
             inputs = [g or "" for g in given]
-        return pa.table({"record_id": pc.cast(rows[self.id_column], pa.string()),
-                         "stage": rows[STAGE], "reason": rows[REASON],
-                         "detail": pc.fill_null(rows[DETAIL], ""),
-                         "input": pa.array(inputs, pa.string())}, schema=REJECTS)
+        return reject_table(rows[self.id_column], rows[STAGE], rows[REASON], rows[DETAIL], inputs)
 
 
 def with_constants(rows: pa.Table, **values: str) -> pa.Table:

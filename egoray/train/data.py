@@ -374,15 +374,12 @@ def count_pairs(url: str) -> dict[str, Any]:
 
 def write_rejects(url: str, output: str) -> None:
     """The pairs' rejects into ``OUTPUT/rejects/`` (written by the workers)."""
-    from egoray.data.schema import REJECTS
+    from egoray.data.schema import reject_table
     from egoray.executor import data_context
 
     def rejects(batch: pa.Table) -> pa.Table:
-        bad = pc.invert(pa.array(pending(batch)))
-        rows = batch.filter(bad)
-        return pa.table({"record_id": pc.cast(rows["id"], pa.string()), "stage": rows[STAGE],
-                         "reason": rows[REASON], "detail": pc.fill_null(rows["_reject_detail"], ""),
-                         "input": pa.array([""] * rows.num_rows, pa.string())}, schema=REJECTS)
+        rows = batch.filter(pc.invert(pa.array(pending(batch))))
+        return reject_table(rows["id"], rows[STAGE], rows[REASON], rows["_reject_detail"])
 
     target = storage.join(output, "rejects")
     storage.remove(target, recursive=True)
