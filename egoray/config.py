@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from egoray import storage
 from egoray.errors import EgorayError
+from egoray.stages.base import Resources
 
 
 class ConfigError(EgorayError, ValueError):
@@ -46,6 +47,20 @@ class RayOptions(StrictModel):
     object_store_mb: int | None = Field(None, ge=64, description="object store size of a local Ray")
     dashboard: bool | None = Field(None, description="start the dashboard with a local Ray; default: for "
                                    "training jobs (Ray Train queries its state API)")
+
+
+class ActorPool(StrictModel):
+    """The actor pool of a job's model stage (or of an LLM engine): how many actors, what each
+    asks of the cluster. Each job declares its own ``batch_size``: its default says what one call holds."""
+
+    num_actors: int = Field(1, ge=1, description="actor pool size")
+    cpus_per_actor: float = Field(1, gt=0)
+    gpus_per_actor: float = Field(0, ge=0)
+
+    def resources(self, batch_size: int | None) -> Resources:
+        """The pool as a stage's :class:`~egoray.stages.base.Resources`, fed ``batch_size`` rows per call."""
+        return Resources(cpus=self.cpus_per_actor, gpus=self.gpus_per_actor, actors=self.num_actors,
+                         batch_size=batch_size)
 
 
 class JobConfig(StrictModel):

@@ -56,7 +56,19 @@ class RetrievalSection(StrictModel):
     ek100: EK100Relevancy | None = Field(None, description="MIR relevancy from EK-100 CSVs instead of labels")
 
 
-class ZeroShotSection(StrictModel):
+class QueryEncoder(StrictModel):
+    """Where a section's texts (queries, class prompts) are embedded: by the encoder a
+    text_features output was made with (the one a dual encoder trained on), or by ``encoder``."""
+
+    text_features: Url | None = Field(None, description="embed with the encoder this text_features output was made with")
+    encoder: TextEncoderConfig | None = None
+
+    def check_one_encoder(self, what: str) -> None:
+        if bool(self.text_features) == bool(self.encoder):
+            raise ValueError(f"{what} needs exactly one of text_features (its encoder) or encoder")
+
+
+class ZeroShotSection(QueryEncoder):
     """Zero-shot classification of labelled clips by class-prompt embeddings.
 
     Prompts are embedded here (a class list is small): by the encoder ``text_features`` was made
@@ -66,8 +78,6 @@ class ZeroShotSection(StrictModel):
 
     classes: Url | None = Field(None, description="class list: .txt lines, Charades 'cNNN Label', Kinetics JSON")
     templates: list[str] = list(DEFAULT_TEMPLATES)
-    text_features: Url | None = Field(None, description="reuse the encoder of this text_features output")
-    encoder: TextEncoderConfig | None = None
     class_prompts: Url | None = Field(None, description="precomputed prompt embeddings instead of classes")
     clips: Url = Field(description="table video_uid, t_start, t_end, label (a class name or a list of them), or "
                                    "a benchmark's own file (clips_format)")
@@ -84,8 +94,8 @@ class ZeroShotSection(StrictModel):
     def _one_prompt_source(self) -> ZeroShotSection:
         if bool(self.class_prompts) == bool(self.classes):
             raise ValueError("zeroshot needs exactly one of classes (embedded here) or class_prompts")
-        if self.classes and bool(self.text_features) == bool(self.encoder):
-            raise ValueError("zeroshot.classes needs exactly one of text_features (its encoder) or encoder")
+        if self.classes:
+            self.check_one_encoder("zeroshot.classes")
         if self.clips_format == "charades_ego_csv" and not self.classes:
             raise ValueError("clips_format charades_ego_csv needs classes (Charades' cNNN class list)")
         return self
@@ -121,37 +131,31 @@ class MCQSection(StrictModel):
     text_features: Url = Field(description="the text_features output the model trained on (its encoder is reused)")
 
 
-class EgoMCQSection(StrictModel):
+class EgoMCQSection(QueryEncoder):
     """EgoMCQ (EgoVLP / LaViLa): pick the clip a narration describes among 5, inter- and intra-video."""
 
     egomcq: Url = Field(description="egomcq.json")
     video_features: Url = Field(description="features of the choices' videos (keyed by video uid)")
-    text_features: Url | None = Field(None, description="embed the queries with this text_features output's encoder")
-    encoder: TextEncoderConfig | None = None
     model: Url | None = Field(None, description="a train_dual_encoder output; none: one joint space")
 
     @model_validator(mode="after")
     def _one_encoder(self) -> EgoMCQSection:
-        if bool(self.text_features) == bool(self.encoder):
-            raise ValueError("egomcq needs exactly one of text_features (its encoder) or encoder")
+        self.check_one_encoder("egomcq")
         return self
 
 
-class EGTEASection(StrictModel):
+class EGTEASection(QueryEncoder):
     """EGTEA Gaze+ zero-shot action recognition: top-1 and mean-class accuracy (LaViLa's figures)."""
 
     classes: Url = Field(description="action_idx.txt")
     split: Url = Field(description="a split file, e.g. test_split1.txt")
     video_features: Url = Field(description="features of the EGTEA clip files (one key per clip id)")
     templates: list[str] = ["{label}"]
-    text_features: Url | None = Field(None, description="embed the class names with this output's encoder")
-    encoder: TextEncoderConfig | None = None
     model: Url | None = Field(None, description="a train_dual_encoder output; none: one joint space")
 
     @model_validator(mode="after")
     def _one_encoder(self) -> EGTEASection:
-        if bool(self.text_features) == bool(self.encoder):
-            raise ValueError("egtea needs exactly one of text_features (its encoder) or encoder")
+        self.check_one_encoder("egtea")
         return self
 
 

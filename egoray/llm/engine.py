@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from egoray.config import StrictModel
+from egoray.config import ActorPool, StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +86,13 @@ class GenerationParams(StrictModel):
     seed: int = Field(0, description="base seed; each attempt and batch derives its own")
 
 
-class EngineConfig(StrictModel):
+class EngineConfig(ActorPool):
     """Which engine and model, and how many actors with which resources run it."""
 
     kind: Literal["hf", "vllm"] = "hf"
     model: str = Field("tiny:llama", description="HF id, local dir, or a tiny:* preset built offline")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(16, ge=1)
-    num_actors: int = Field(1, ge=1, description="actor pool size")
-    gpus_per_actor: float = Field(0, ge=0)
-    cpus_per_actor: float = Field(1, gt=0)
     max_prompt_tokens: int = Field(1024, ge=16)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vllm.LLM engine arguments")
     kv_cache_gb: float | None = Field(None, gt=0, description="vLLM KV cache per engine (GiB); "

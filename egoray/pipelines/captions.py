@@ -20,14 +20,14 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from egoray.config import StreamingJobConfig
+from egoray.config import ActorPool, StreamingJobConfig
 from egoray.executor import Pass, Source, run_job
 from egoray.features.captions import CaptionOptions
 from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import SummaryPrompts
 from egoray.llm.steps import SummaryStep
 from egoray.models.clip import ClipModel
-from egoray.stages.base import Resources, Sink, with_constants, write_part
+from egoray.stages.base import Sink, with_constants, write_part
 from egoray.stages.captions import CaptionStage, CocaTextStage
 from egoray.stages.generate import llm_stage
 from egoray.stages.video import Sampling
@@ -49,7 +49,7 @@ CAPTIONS = pa.schema(
 )
 
 
-class Config(StreamingJobConfig):
+class Config(StreamingJobConfig, ActorPool):
     """Config of the ``captions`` job."""
 
     job: Literal["captions"] = "captions"
@@ -63,9 +63,6 @@ class Config(StreamingJobConfig):
     summary_params: GenerationParams = GenerationParams(max_new_tokens=48, temperature=0.7)
     summary_prompts: SummaryPrompts = SummaryPrompts()
     max_attempts: int = Field(3, ge=1)
-    num_actors: int = Field(1, ge=1)
-    cpus_per_actor: float = Field(1, gt=0)
-    gpus_per_actor: float = Field(0, ge=0)
     rows_per_file: int = Field(16, ge=1, description="videos committed together (a file per table)")
 
 
@@ -89,7 +86,7 @@ class CaptionsSink(Sink):
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     inputs = check_inputs(config.input, config.format)
     caption_model = f"{config.coca.name}:{config.coca.pretrained or 'random'}"
-    coca = Resources(cpus=config.cpus_per_actor, gpus=config.gpus_per_actor, actors=config.num_actors, batch_size=1)
+    coca = config.resources(batch_size=1)
 
     def plan() -> Pass:
         items = video_items(config.input, config.format, config.output)
@@ -97,9 +94,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         stages = [CaptionStage(config.coca, config.caption, config.sampling, config.dedupe_threshold, config.seed,
                                coca),
                   llm_stage(config.summary_engine, [summary], "key"),
-                  CocaTextStage(config.coca, resources=Resources(cpus=config.cpus_per_actor,
-                                                                 gpus=config.gpus_per_actor,
-                                                                 actors=config.num_actors, batch_size=32))]
+                  CocaTextStage(config.coca, resources=config.resources(batch_size=32))]
         sink = CaptionsSink(id_column="key", stages=["caption", "summary", "embed_summary"],
                             input_columns=["key", "path"], caption_model=caption_model,
                             summary_model=config.summary_engine.model, prompt_version=config.summary_prompts.version)

@@ -26,14 +26,13 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from egoray import storage
-from egoray.config import StreamingJobConfig, StrictModel, Url
+from egoray.config import ActorPool, StreamingJobConfig, StrictModel, Url
 from egoray.data.raw import InputError
 from egoray.data.splits import videos_in_splits
 from egoray.data.tables import table_columns
 from egoray.executor import Pass, Source, prepare, read, run_job
 from egoray.exports import run_export
 from egoray.models.vlm import VLMOptions
-from egoray.stages.base import Resources
 from egoray.stages.narrate import (
     CaptionSink,
     DenseWindows,
@@ -64,7 +63,7 @@ class TotalPkl(StrictModel):
         "nll", description="nll: mean negative log-likelihood per token; lavila: exp of the mean next-token entropy")
 
 
-class Config(StreamingJobConfig):
+class Config(StreamingJobConfig, ActorPool):
     """Config of the ``narrate`` job (``input``: a window table, or the video_features output when dense)."""
 
     job: Literal["narrate"] = "narrate"
@@ -83,9 +82,6 @@ class Config(StreamingJobConfig):
     sampling: Sampling = Sampling()
     total_pkl: TotalPkl = TotalPkl()
     batch_size: int = Field(32, ge=1, description="windows per generate call")
-    num_actors: int = Field(1, ge=1)
-    cpus_per_actor: float = Field(1, gt=0)
-    gpus_per_actor: float = Field(0, ge=0)
     rows_per_file: int = Field(256, ge=1, description="windows committed together (a file per table)")
 
     @model_validator(mode="after")
@@ -158,8 +154,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         if not storage.listdir(windows, ".parquet"):
             raise InputError(f"{config.input}: no windows to narrate")
         stage = NarratorStage(config.model, config.sampling, config.gpus_per_actor > 0,
-                              Resources(cpus=config.cpus_per_actor, gpus=config.gpus_per_actor,
-                                        actors=config.num_actors, batch_size=config.batch_size))
+                              config.resources(config.batch_size))
         sink = CaptionSink(id_column="window_id", stages=["features", "narrate"],
                            input_columns=["window_id", "video_uid", "t_start", "t_end"])
         return Pass("narrate", Source(windows), [stage], sink, "window_id", rows_per_file=config.rows_per_file)

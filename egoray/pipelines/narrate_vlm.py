@@ -21,7 +21,6 @@ from egoray.data.splits import videos_in_splits
 from egoray.data.videos import folder_items, is_window_table, list_video_files, video_paths
 from egoray.executor import WORK_DIR, Pass, Source, prepare, read, run_job
 from egoray.exports import run_export
-from egoray.stages.base import Resources
 from egoray.stages.narrate import CaptionSink, write_total_pkl
 from egoray.stages.vlm import ChooseExamples, FolderClips, TableClips
 
@@ -71,8 +70,7 @@ def run_vlm(config: Config, overwrite: bool = False) -> dict[str, Any]:
         if not storage.listdir(clips, ".parquet"):
             raise InputError(f"{config.input}: no clips to narrate")
         stage = VLMStage(config.vlm, config.reencode_vfr, config.vfr_tolerance, storage.join(config.output, "cfr"),
-                         config.gpus_per_actor > 0, Resources(cpus=config.cpus_per_actor, gpus=config.gpus_per_actor,
-                                                              actors=config.num_actors, batch_size=config.batch_size))
+                         config.gpus_per_actor > 0, config.resources(config.batch_size))
         sink = CaptionSink(id_column="window_id", stages=["clips", "narrate"],
                            input_columns=["window_id", "video_uid", "path", "t_start", "t_end"])
         return Pass("narrate", Source(clips), [stage], sink, "window_id", rows_per_file=config.rows_per_file)

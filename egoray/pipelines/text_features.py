@@ -24,20 +24,19 @@ import pyarrow as pa
 from pydantic import Field
 
 from egoray import storage
-from egoray.config import StreamingJobConfig
+from egoray.config import ActorPool, StreamingJobConfig
 from egoray.data.labels import read_labels
 from egoray.data.raw import InputError
 from egoray.data.tables import table_columns
 from egoray.executor import Pass, Source, run_job
 from egoray.features.text import TextEncoderConfig, encoder_label
-from egoray.stages.base import Resources
 from egoray.stages.text import TextEncodeStage, TextSink
 
 NARRATION_COLUMNS = ["video_uid", "t_start", "t_end", "split", "verb", "noun"]
 LABELS_FILE = "_work/labels.parquet"
 
 
-class Config(StreamingJobConfig):
+class Config(StreamingJobConfig, ActorPool):
     """Config of the ``text_features`` job."""
 
     job: Literal["text_features"] = "text_features"
@@ -50,9 +49,6 @@ class Config(StreamingJobConfig):
     encoder: TextEncoderConfig = TextEncoderConfig()
     storage: Literal["parquet", "hdf5"] = "parquet"
     batch_size: int = Field(256, ge=1, description="texts per actor call")
-    num_actors: int = Field(1, ge=1)
-    cpus_per_actor: float = Field(1, gt=0)
-    gpus_per_actor: float = Field(0, ge=0)
     rows_per_file: int = Field(20_000, ge=1, description="items committed together (a file per table)")
 
 
@@ -74,8 +70,7 @@ def is_labels(config: Config) -> bool:
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     model = encoder_label(config.encoder)
-    resources = Resources(cpus=config.cpus_per_actor, gpus=config.gpus_per_actor, actors=config.num_actors,
-                          batch_size=config.batch_size)
+    resources = config.resources(config.batch_size)
     if is_labels(config):
         texts = label_texts(config)  # checked before anything starts
         source_url, id_col, text_col, keep = storage.join(config.output, LABELS_FILE), "id", "text", []

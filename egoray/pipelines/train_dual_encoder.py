@@ -30,12 +30,12 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from egoray import storage
-from egoray.config import JobConfig, StrictModel, Url
+from egoray.config import StrictModel, Url
 from egoray.eval.retrieval import paired_retrieval_metrics
 from egoray.models.dual_encoder import DualEncoder, DualEncoderConfig, load_dual_encoder
 from egoray.stages.pairs import caption_codes
 from egoray.train.distributed import TrainerOptions, contrastive
-from egoray.train.job import launch, prepare, with_temperature_freezes
+from egoray.train.job import TrainingJobConfig, launch, prepare, with_temperature_freezes
 from egoray.train.recipe import Recipe
 
 __all__ = ["AuxSource", "Config", "evaluate", "load_dual_encoder", "run"]
@@ -54,7 +54,7 @@ class AuxSource(StrictModel):
                                                              "texts (narrate's windows are final), else the job's")
 
 
-class Config(JobConfig):
+class Config(TrainingJobConfig):
     """Config of the ``train_dual_encoder`` job (``input``: an ingest output)."""
 
     job: Literal["train_dual_encoder"] = "train_dual_encoder"
@@ -62,15 +62,12 @@ class Config(JobConfig):
     text_features: Url = Field(description="text_features output over the narrations of `input`")
     labels: Url | None = Field(None, description="video_uid,t_start,t_end,verb,noun for narrations without them")
     offset_sec: float = Field(1.0, ge=0, description="window = [t_start - offset, t_end + offset]")
-    train_splits: list[str] = ["train"]
-    eval_splits: list[str] = ["val", "test"]
     model: DualEncoderConfig = DualEncoderConfig()
     egonce: bool = Field(False, description="pairs sharing verb and noun count as positives")
     aux: list[AuxSource] = []
     gather_negatives: bool = Field(True, description="contrast against every worker's batch")
     freeze_temperature: bool = Field(False, description="keep the temperature at model.init_temperature")
     freeze_pseudo_temperature: bool = Field(False, description="keep the pseudo pairs' temperature fixed")
-    resumable_changes = {"train": {"epochs", "max_failures", "keep_checkpoints"}}
     train: TrainerOptions = TrainerOptions()
 
     @field_validator("train")

@@ -28,16 +28,16 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from egoray.config import JobConfig, Url
+from egoray.config import Url
 from egoray.data.raw import InputError
 from egoray.models.narrator import NarratorConfig, saved_prefixes
 from egoray.stages.video import stack_npy
 from egoray.train.distributed import TrainerOptions
-from egoray.train.job import launch, prepare
+from egoray.train.job import TrainingJobConfig, launch, prepare
 from egoray.train.recipe import Recipe
 
 
-class Config(JobConfig):
+class Config(TrainingJobConfig):
     """Config of the ``train_narrator`` job (``input``: an ingest output)."""
 
     job: Literal["train_narrator"] = "train_narrator"
@@ -46,10 +46,7 @@ class Config(JobConfig):
                                                 "tokens over frames decoded from `videos`")
     videos: Url | None = Field(None, description="with tower: the folder holding <video_uid>.<ext>")
     offset_sec: float = Field(1.0, ge=0)
-    train_splits: list[str] = ["train"]
-    eval_splits: list[str] = ["val", "test"]
     model: NarratorConfig = NarratorConfig()
-    resumable_changes = {"train": {"epochs", "max_failures", "keep_checkpoints"}}
     train: TrainerOptions = TrainerOptions(strategy="ddp", epochs=5, batch_size=16, lr=3e-4)
 
     @model_validator(mode="after")

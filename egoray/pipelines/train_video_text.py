@@ -31,12 +31,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from egoray.config import JobConfig, StrictModel, Url
+from egoray.config import StrictModel, Url
 from egoray.data.raw import InputError
 from egoray.models.video_text import VideoTextConfig, export_config, load_video_text
 from egoray.stages.video import stack_npy
 from egoray.train.distributed import TrainerOptions, contrastive
-from egoray.train.job import launch, prepare, with_temperature_freezes
+from egoray.train.job import TrainingJobConfig, launch, prepare, with_temperature_freezes
 from egoray.train.recipe import Recipe
 
 __all__ = ["Config", "load_video_text", "run"]
@@ -64,15 +64,13 @@ class Augment(StrictModel):
     crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop's aspect range")
 
 
-class Config(JobConfig):
+class Config(TrainingJobConfig):
     """Config of the ``train_video_text`` job (``input``: an ingest output)."""
 
     job: Literal["train_video_text"] = "train_video_text"
     videos: Url = Field(description="folder of the videos, <video_uid>.<ext>")
     labels: Url | None = Field(None, description="video_uid,t_start,t_end,verb,noun for narrations without them")
     offset_sec: float = Field(1.0, ge=0, description="clip = [t_start - offset, t_end + offset]")
-    train_splits: list[str] = ["train"]
-    eval_splits: list[str] = ["val", "test"]
     model: VideoTextConfig = VideoTextConfig()
     egonce: bool = Field(False, description="pairs sharing verb and noun count as positives")
     aux: list[AuxTexts] = []
@@ -85,7 +83,6 @@ class Config(JobConfig):
     freeze_temperature: bool = Field(False, description="keep the temperature at its initial value")
     freeze_pseudo_temperature: bool = Field(False, description="keep the pseudo pairs' temperature fixed")
     eval_batch_size: int = Field(32, ge=1, description="clips per forward pass in evaluation")
-    resumable_changes = {"train": {"epochs", "max_failures", "keep_checkpoints"}}
     train: TrainerOptions = TrainerOptions(batch_size=32, lr=3e-5)
 
     @field_validator("train")

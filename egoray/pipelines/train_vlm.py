@@ -34,10 +34,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from egoray.config import JobConfig, StrictModel, Url
+from egoray.config import StrictModel, Url
 from egoray.data.raw import InputError
 from egoray.train.distributed import TrainerOptions
-from egoray.train.job import launch, prepare
+from egoray.train.job import TrainingJobConfig, launch, prepare
 from egoray.train.recipe import Recipe
 
 # EILEV's training prompts (InstructBLIP's templates), one drawn for every clip of a sample
@@ -87,21 +87,19 @@ class VLMTrainModel(StrictModel):
         return self.eval_in_context if held_out and self.eval_in_context is not None else self.in_context
 
 
-class Config(JobConfig):
+class Config(TrainingJobConfig):
     """Config of the ``train_vlm`` job (``input``: an ingest output)."""
 
     job: Literal["train_vlm"] = "train_vlm"
     videos: Url = Field(description="the folder holding <video_uid>.<ext>")
     labels: Url | None = Field(None, description="verb/noun of narrations without them: a table of labelled "
                                                  "segments (video_uid, t_start, t_end, verb, noun)")
-    train_splits: list[str] = ["train"]
     eval_splits: list[str] = ["val"]
     model: VLMTrainModel = VLMTrainModel()
     eval_max: int = Field(256, ge=1, description="held-out samples scored at each evaluation (those with the smallest ids)")
     eval_generate: int = Field(64, ge=0, description="of those, how many are narrated (CIDEr, verbs and nouns)")
     max_new_tokens: int = Field(30, ge=1)
     seed: int = 0
-    resumable_changes = {"train": {"epochs", "max_failures", "keep_checkpoints"}}
     train: TrainerOptions = TrainerOptions(strategy="deepspeed", zero_stage=2, epochs=5, batch_size=1, grad_accum=16,
                                            lr=1e-5, weight_decay=0.05, schedule="linear",
                                            best_metric="eval_loss", best_mode="min")

@@ -23,18 +23,17 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from egoray import storage
-from egoray.config import StreamingJobConfig, Url
+from egoray.config import ActorPool, StreamingJobConfig, Url
 from egoray.data.raw import InputError
 from egoray.executor import Pass, Source, run_job
 from egoray.models.clip import ClipModel
-from egoray.stages.base import Resources
 from egoray.stages.video import FeatureSink, Sampling, VideoFeatureStage
 from egoray.video_inputs import check_inputs, video_items
 
 __all__ = ["Config", "Sampling", "read_features", "run"]
 
 
-class Config(StreamingJobConfig):
+class Config(StreamingJobConfig, ActorPool):
     """Config of the ``video_features`` job."""
 
     job: Literal["video_features"] = "video_features"
@@ -47,9 +46,6 @@ class Config(StreamingJobConfig):
     dtype: Literal["float32", "float16"] = "float32"
     encode_batch: int = Field(32, ge=1, description="frames per encoder call")
     batch_size: int = Field(1, ge=1, description="videos per actor call")
-    num_actors: int = Field(1, ge=1)
-    cpus_per_actor: float = Field(1, gt=0)
-    gpus_per_actor: float = Field(0, ge=0)
     rows_per_file: int = Field(16, ge=1, description="videos committed together, one HDF5 shard (at least)")
 
 
@@ -64,8 +60,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     def plan() -> Pass:
         items = video_items(config.input, config.format, config.output)
         stage = VideoFeatureStage(config.encoder, config.sampling, config.encode_batch, config.normalize,
-                                  Resources(cpus=config.cpus_per_actor, gpus=config.gpus_per_actor,
-                                            actors=config.num_actors, batch_size=config.batch_size),
+                                  config.resources(config.batch_size),
                                   tower=config.tower)
         sink = FeatureSink(id_column="key", stages=[stage.name], input_columns=["key", "video_uid", "path"],
                            model=model, fps=config.sampling.fps, dtype=config.dtype,

@@ -69,8 +69,7 @@ class LLMStage(Stage):
 
     def __init__(self, engine: EngineConfig, steps: list[Step], id_column: str,
                  resources: Resources | None = None) -> None:
-        super().__init__(resources or Resources(cpus=engine.cpus_per_actor, gpus=engine.gpus_per_actor,
-                                                actors=engine.num_actors, batch_size=engine.batch_size))
+        super().__init__(resources or engine.resources(engine.batch_size))
         self.engine_config, self.steps, self.id_column = engine, steps, id_column
         self.engine: Any = None
 

@@ -21,6 +21,16 @@ from egoray.stages.base import StageCounts
 from egoray.train.distributed import TrainerOptions, fetch_model, fit
 
 
+class TrainingJobConfig(JobConfig):
+    """Fields of every training job. A resumed run may be given more epochs, another failure
+    budget or checkpoint count (``train.*``); any other change refuses the resume."""
+
+    train_splits: list[str] = ["train"]
+    eval_splits: list[str] = ["val", "test"]
+
+    resumable_changes = {"train": {"epochs", "max_failures", "keep_checkpoints"}}
+
+
 def _best(output: str) -> dict[str, Any] | None:
     """What ``OUTPUT/best`` holds (metric, value, epoch, step), if an evaluation produced one."""
     url = storage.join(output, "best", "best.json")
