@@ -35,7 +35,8 @@ def run_vlm(config: Config, overwrite: bool = False) -> dict[str, Any]:
     keep = videos_in_splits(config.video_splits, config.splits)
     videos = video_paths(config.videos)
     w = config.windows
-    if is_window_table(config.input):
+    table_input = is_window_table(config.input)
+    if table_input:
         source = storage.join(config.input, "narrations") if not config.input.endswith(".parquet") else config.input
         if not storage.exists(source):
             raise InputError(f"input not found: {config.input}")
@@ -51,7 +52,7 @@ def run_vlm(config: Config, overwrite: bool = False) -> dict[str, Any]:
         source, names, inputs = storage.join(config.output, WORK_DIR, "folder.parquet"), [], files
 
     def build_clips() -> Any:
-        if is_window_table(config.input):
+        if table_input:
             columns = [c for c in ("window_id", "clip_id", "narration_id", "video_uid", "t_start", "t_end", "verb",
                                    "noun", "path") if c in names]
             ds = read(Source(source, columns=columns)).map_batches(

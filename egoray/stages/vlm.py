@@ -192,7 +192,7 @@ class VLMStage(Stage):
             options, reencode_vfr, vfr_tolerance, cfr_dir, gpu)
         self.vlm: Any = None
         self.size = 0
-        self.checked: dict[str, tuple[str | None, str, str, float | None]] = {}
+        self.checked: dict[str, tuple[str | None, str, str]] = {}  # file to read (or None), reason, detail
         self.cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self.infos: dict[str, VideoInfo] = {}  # the probe of each file read, from check_video
         self.files = storage.LocalFiles(keep=8)
@@ -214,10 +214,11 @@ class VLMStage(Stage):
             try:
                 url, info = check_video(path, self.reencode, self.tolerance, self.cfr_dir, self.files)
                 self.infos[url] = info
-                self.checked[path] = (url, "", "", info.duration)
+                self.checked[path] = (url, "", "")
             except VideoError as e:
-                self.checked[path] = (None, e.reason, e.detail, None)
-        return self.checked[path]
+                self.checked[path] = (None, e.reason, e.detail)
+        url, reason, detail = self.checked[path]
+        return url, reason, detail, self.infos[url].duration if url else None
 
     def window(self, t0: float, t1: float | None, duration: float | None) -> tuple[float, float]:
         """The clip's interval: points widened to ``point_window_sec``, kept inside the video."""
