@@ -41,8 +41,6 @@ def ray_errors() -> Iterator[None]:
         yield
     except Exception as e:
         found = ours(e)
-        if found is None:
-            raise
-        if found is e:
+        if found is None or found is e:
             raise
         raise found from None
