@@ -93,6 +93,19 @@ def test_submit_status_logs_and_metrics(head, synth_small, tmp_path, ray_session
                  == run["stages"]["validate"]["in"])
 
 
+def _submit(config: dict, name: str, head: dict, env: dict) -> str:
+    """``egoray submit`` of ``config``, written inside the repository (the working directory the
+    cluster receives) for the submission only; the submission id."""
+    path = ROOT / "configs" / f".test-submit-{name}-{os.getpid()}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:
+        submitted = _egoray(["submit", str(path), "--address", head["address"]], env)
+        assert submitted.returncode == 0, submitted.stderr
+    finally:
+        path.unlink()
+    return submitted.stdout.strip().splitlines()[-1]
+
+
 def _api(head: dict, path: str) -> dict:
     request = urllib.request.Request(f"{head['address']}{path}", headers={"Authorization": f"Bearer {head['token']}"})
     with urllib.request.urlopen(request, timeout=30) as answer:
@@ -103,16 +116,9 @@ def _api(head: dict, path: str) -> dict:
 def streamed(head, ingested_small, tmp_path_factory) -> dict:
     """A text_features job submitted to the head and finished: its ids and its run.json."""
     out = tmp_path_factory.mktemp("streamed") / "text_features"
-    path = ROOT / "configs" / f".test-submit-text-features-{os.getpid()}.yaml"
-    path.write_text(yaml.safe_dump({"job": "text_features", "input": str(ingested_small), "output": str(out),
-                                    "encoder": {"model": "tiny:sentence"}, "batch_size": 16}))
     env = _client_env(head, head["token"])
-    try:
-        submitted = _egoray(["submit", str(path), "--address", head["address"]], env)
-        assert submitted.returncode == 0, submitted.stderr
-    finally:
-        path.unlink()
-    submission = submitted.stdout.strip().splitlines()[-1]
+    submission = _submit({"job": "text_features", "input": str(ingested_small), "output": str(out),
+                          "encoder": {"model": "tiny:sentence"}, "batch_size": 16}, "text-features", head, env)
     status = _wait_status(submission, head, env, {"SUCCEEDED", "FAILED", "STOPPED"})
     assert status == "SUCCEEDED", _egoray(["logs", submission, "--address", head["address"]], env).stdout[-3000:]
     return {"submission": submission, "run": json.loads((out / "run.json").read_text())}
@@ -163,14 +169,7 @@ def test_stop_a_running_job(head, synth_videos, tmp_path):
     env = _client_env(head, head["token"])
     config = yaml.safe_load((ROOT / "configs" / "demo" / "captions.yaml").read_text())
     config.update({"input": str(synth_videos / "videos"), "output": str(tmp_path / "captions")})
-    path = ROOT / "configs" / f".test-submit-captions-{os.getpid()}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    try:
-        out = _egoray(["submit", str(path), "--address", head["address"]], env)
-        assert out.returncode == 0, out.stderr
-    finally:
-        path.unlink()
-    job_id = out.stdout.strip().splitlines()[-1]
+    job_id = _submit(config, "captions", head, env)
     assert _wait_status(job_id, head, env, {"RUNNING", "SUCCEEDED", "FAILED"}, timeout=120) == "RUNNING"
     stop = _egoray(["stop", job_id, "--address", head["address"]], env)
     assert stop.returncode == 0 and "stopping" in stop.stdout
