@@ -29,7 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run (or resume) the job a config describes."""
     from egoray.pipelines import job_module, load_config
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides + (["ray.in_process=true"] if args.in_process else []))
     if args.dry_run:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--overwrite", action="store_true", help="delete the output first instead of resuming")
     p.add_argument("--dry-run", action="store_true", help="print the validated config and stop")
+    p.add_argument("--in-process", action="store_true", help="run a streaming job's stages in this process, "
+                   "without Ray (for pdb; jobs that prepare inputs with Ray Data refuse)")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the libraries' output here instead "
                    "of in the run's log file")
     p.set_defaults(func=cmd_run)

@@ -12,7 +12,7 @@ import json
 from typing import Annotated, Any, ClassVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from egoray import storage
 from egoray.errors import EgorayError
@@ -47,6 +47,8 @@ class RayOptions(StrictModel):
     object_store_mb: int | None = Field(None, ge=64, description="object store size of a local Ray")
     dashboard: bool | None = Field(None, description="start the dashboard with a local Ray; default: for "
                                    "training jobs (Ray Train queries its state API)")
+    in_process: bool = Field(False, description="run a streaming job's pass in this process, without Ray "
+                             "(egoray run --in-process): for pdb and fast tests of a plan")
 
 
 class ActorPool(StrictModel):
@@ -73,6 +75,13 @@ class JobConfig(StrictModel):
 
     # Settings a resumed run may change: e.g. training jobs may be given more epochs.
     resumable_changes: ClassVar[dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _in_process_streams_only(self) -> JobConfig:
+        if self.ray.in_process and not isinstance(self, StreamingJobConfig):
+            raise ValueError(f"job {self.job!r} runs on Ray only: ray.in_process (--in-process) is for the "
+                             "jobs that stream rows through stages")
+        return self
 
     def fingerprint(self) -> str:
         """A hash of everything that determines the output (Ray sizing and the error budget excluded)."""

@@ -32,57 +32,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
 
 from egoray import storage
 from egoray.errors import ray_errors
+from egoray.inprocess import refuse_in_process
+from egoray.plans import CHECKPOINT_DIR, DONE_FILE, WORK_DIR, Pass, PassResult, Source
 from egoray.settings import cluster_address
-from egoray.stages.base import Sink, Stage, pending, read_counts, write_part
+from egoray.stages.base import Sink, Stage, pending, read_counts
 from egoray.stages.guard import ErrorBudget, GuardedResult, StageFailing, call_guarded
 
-CHECKPOINT_DIR = "_checkpoint"
-WORK_DIR = "_work"
-DONE_FILE = "_DONE.json"
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Source:
-    """Parquet files (or folders of them) the workers read, with the columns a job needs.
-
-    ``where`` keeps the rows a job works on (e.g. some splits): a Ray-free row filter applied in
-    the read tasks' wake, after the checkpoint filter.
-    """
-
-    paths: str | list[str]
-    columns: list[str] | None = None
-    where: Callable[[pa.Table], pa.Table] | None = None
-
-
-@dataclass
-class Pass:
-    """One streaming pass: what to read, which stages, which sink, keyed by ``id_column``."""
-
-    name: str
-    source: Source
-    stages: Sequence[Stage]
-    sink: Sink
-    id_column: str
-    rows_per_file: int = 10_000
-
-
-@dataclass
-class PassResult:
-    """What a pass did in this run and, from the committed counts, in all runs together."""
-
-    counts: list[dict[str, Any]]
-    loads: dict[str, int] = field(default_factory=dict)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-    actors: dict[str, int] = field(default_factory=dict)  # stage → actors that started in this run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,6 +409,7 @@ def prepare(output: str, name: str, build: Callable[[], Any]) -> str:
     done = storage.join(url, DONE_FILE)
     if storage.exists(done):
         return url
+    refuse_in_process(f"prepares its input {WORK_DIR}/{name} first")
     storage.remove(url, recursive=True)
     with ray_errors(), data_context(None):
         fs, path = storage.arrow_filesystem(url)
@@ -457,73 +421,3 @@ def prepare(output: str, name: str, build: Callable[[], Any]) -> str:
 def clean_work(output: str) -> None:
     """Drop the prepared inputs once a job is complete (they are rebuilt if ever needed)."""
     storage.remove(storage.join(output, WORK_DIR), recursive=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# A whole streaming job: claim the output, run its pass, export, write run.json
-# ---------------------------------------------------------------------------------------------
-
-
-def run_job(config: Any, overwrite: bool, inputs: Sequence[str], plan: Callable[[], Pass],
-            finish: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Run (or resume) a streaming job and return its ``run.json``.
-
-    ``inputs`` are the URLs whose change refuses a resume; ``plan()`` (called with Ray running)
-    builds the pass, preparing ``_work`` inputs if it needs them; ``finish(manifest)`` (optional)
-    writes the job's exports from the committed tables and returns extra manifest fields.
-    A job whose ``run.json`` already says complete does nothing again.
-    """
-    from egoray.metrics import record
-    from egoray.runtime import MANIFEST_FILE, RunManifest, claim_output, ensure_ray, input_signatures
-    from egoray.stages.base import total_counts
-
-    wall0 = time.perf_counter()
-    manifest = RunManifest.start(config)
-    resumed = claim_output(config, overwrite, input_signatures(inputs))
-    run_url = storage.join(config.output, MANIFEST_FILE)
-    if resumed and storage.exists(run_url):
-        previous = storage.read_json(run_url)
-        if previous.get("status") == "complete":
-            print(f"[{config.job}] {config.output} is complete already; nothing to do", flush=True)
-            return previous
-    started = ensure_ray(config.ray, job=config.job)
-    try:
-        p = plan()
-        before = {r["base"] for r in read_counts(config.output)}
-        print(f"[{config.job}] {' → '.join(s.name for s in p.stages)} → {config.output}"
-              f"{' (resuming)' if before else ''}", flush=True)
-        result = run_pass(p, config.output, ErrorBudget(max_fraction=config.max_error_fraction))
-        extra = finish(manifest) if finish is not None else {}
-        stage_names = list(p.sink.stages)
-        new = [r for r in result.counts if r["base"] not in before]
-        manifest.stages = total_counts(result.counts, stage_names)
-        manifest.timings = {"wall_this_run": time.perf_counter() - wall0, "pass_this_run": result.seconds,
-                            **{f"stage_{k}": v for k, v in result.stage_seconds.items()}}
-        manifest.extra.update({
-            "items": sum(r["items"] for r in result.counts), "items_this_run": sum(r["items"] for r in new),
-            "batches": len(result.counts), "units": _sum_units(result.counts), "model_loads": result.loads,
-            # the actors that started, which a cluster short of room may hold below the configured
-            "actors": {s.name: result.actors.get(s.name, s.resources.actors) if result.actors else
-                       s.resources.actors for s in p.stages},
-            "actors_configured": {s.name: s.resources.actors for s in p.stages}, **(extra or {})})
-        for name, table in p.sink.empty_tables().items():
-            if not storage.listdir(storage.join(config.output, name), ".parquet"):
-                write_part(config.output, name, "empty", table)
-        manifest.status = "complete"
-        manifest.write()
-        clean_work(config.output)
-        record(config.job, {k: v.to_dict() for k, v in total_counts(new, stage_names).items()}, _sum_units(new))
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    return manifest.to_dict()
-
-
-def _sum_units(records: Sequence[dict[str, Any]]) -> dict[str, int]:
-    units: dict[str, int] = {}
-    for r in records:
-        for k, v in r.get("units", {}).items():
-            units[k] = units.get(k, 0) + int(v)
-    return units

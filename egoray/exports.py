@@ -7,10 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 from egoray.errors import ray_errors
+from egoray.inprocess import running_in_process
 
 
 def run_export(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` in one Ray task with the CPUs of a read or write task; our errors come back as themselves."""
+    """``fn(*args)`` in one Ray task with the CPUs of a read or write task; our errors come back as
+    themselves. A job running in process (:mod:`egoray.inprocess`) calls it here."""
+    if running_in_process():
+        return fn(*args)
     import ray
 
     from egoray.executor import io_cpus

@@ -165,8 +165,8 @@ class ShardLedger:
         overwrite: bool = False,
         inputs: list[str] | None = None,
         items: Iterable[str] | None = None,
-    ) -> None:
-        """Claim the output (:func:`claim_output`) and record the plan.
+    ) -> bool:
+        """Claim the output (:func:`claim_output`) and record the plan; True when it resumes a run.
 
         ``inputs`` are input URLs whose size/modification stamp must not change between a run and
         its resumption (shards already written came from the old files); ``items`` are the ids of
@@ -175,8 +175,9 @@ class ShardLedger:
         signatures = input_signatures(inputs or [])
         if items is not None:
             signatures["<the set of input items>"] = hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
-        claim_output(config, overwrite, signatures)
+        resumed = claim_output(config, overwrite, signatures)
         storage.write_json(storage.join(self.shards_url, "_plan.json"), {"shards": shard_ids})
+        return resumed
 
     def completed(self) -> dict[str, dict[str, Any]]:
         """Markers of the complete shards, keyed by shard id."""
@@ -201,6 +202,15 @@ class ShardLedger:
         marker = {"shard": shard_id, "rows": rows, "stages": dict(stages), **(extra or {})}
         storage.write_json(self.marker_url(shard_id), marker)
         return marker
+
+
+@dataclass
+class Added:
+    """What one run added, for the metrics (:mod:`egoray.metrics`): per-stage counts
+    (``in``/``out``/``rejected``) and units of work (frames, tokens, examples trained)."""
+
+    stages: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    units: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -288,30 +298,25 @@ def wait_all(refs: list, desc: str, unit: str = "shard") -> list:
 
 
 def finish(manifest: RunManifest, ledger: ShardLedger, shard_ids: list[str], done_before: Mapping[str, Any],
-           wall0: float, tables: Iterable[str], extra: Mapping[str, Any] | None = None) -> RunManifest:
-    """Complete the manifest of a sharded job (started when the job started) from all markers."""
+           wall0: float, tables: Iterable[str], extra: Mapping[str, Any] | None = None,
+           timings: Mapping[str, float] | None = None) -> Added:
+    """Complete the manifest of a sharded job from all markers; returns what this run added
+    (the shards it committed)."""
     markers = ledger.completed()
     missing = sorted(set(shard_ids) - set(markers))
     manifest.add_stages(markers[s] for s in shard_ids if s in markers)
     manifest.shards = {"total": len(shard_ids), "completed": len(markers), "resumed": len(done_before),
                        "written_now": len(shard_ids) - len(done_before) - len(missing), "missing": missing}
-    manifest.timings = {"work": sum(m.get("seconds", 0.0) for m in markers.values()),
-                        "wall_this_run": time.perf_counter() - wall0}
+    work = {"work": sum(m["seconds"] for m in markers.values())} if all("seconds" in m for m in markers.values()) \
+        else {}
+    manifest.timings = {**work, **(timings or {}), "wall_this_run": time.perf_counter() - wall0}
     manifest.extra["tables"] = {name: sum(m["rows"].get(name, 0) for m in markers.values()) for name in tables}
     manifest.extra.update(extra or {})
     manifest.status = "complete" if not missing else "incomplete"
-    record_metrics(manifest, markers, done_before)
-    return manifest
-
-
-def record_metrics(manifest: RunManifest, markers: Mapping[str, Any], done_before: Mapping[str, Any]) -> None:
-    """Export what this run added (shards it committed) as Ray metrics (:mod:`egoray.metrics`)."""
-    from egoray.metrics import record
-
     new = [m for s, m in markers.items() if s not in done_before]
     this_run: dict[str, StageCounts] = {}
     for marker in new:
         for name, counts in marker.get("stages", {}).items():
             this_run.setdefault(name, StageCounts()).add(StageCounts.from_dict(counts))
-    record(manifest.job, {k: v.to_dict() for k, v in this_run.items()},
-           {u: sum(m.get(u, 0) or 0 for m in new) for u in ("frames", "captions", "paraphrases")})
+    return Added({k: v.to_dict() for k, v in this_run.items()},
+                 {u: sum(m.get(u, 0) or 0 for m in new) for u in ("frames", "captions", "paraphrases")})

@@ -3,18 +3,21 @@
 ``python -m tests.poison run CONFIG.yaml`` is ``egoray run`` with this job known (the tests kill it
 mid-run).
 The stage upper-cases a text column and raises ``ValueError`` on the ids in ``bad`` (on every
-row with ``always``); the sink writes ``upper/<base>.parquet``.
+row with ``always``); the sink writes ``upper/<base>.parquet``. With ``hang_after`` the stage
+blocks for good once it took that many batches (a job to kill mid-run, however fast the machine).
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any, Literal
 
 import pyarrow as pa
 
 from egoray.config import StreamingJobConfig
-from egoray.executor import Pass, Source, run_job
+from egoray.plans import Pass, Source
+from egoray.runner import run_job
 from egoray.stages.base import Resources, Sink, Stage, write_part
 
 
@@ -24,16 +27,22 @@ class Config(StreamingJobConfig):
     always: bool = False
     batch_size: int = 8
     num_actors: int = 2
+    hang_after: int | None = None
+
+    resumable_changes = {"hang_after": True}  # the run after a kill does not hang
 
 
 class RaisesOn(Stage):
     name = "upper"
 
-    def __init__(self, bad: list[str], always: bool, resources: Resources) -> None:
+    def __init__(self, bad: list[str], always: bool, resources: Resources, hang_after: int | None = None) -> None:
         super().__init__(resources)
-        self.bad, self.always = set(bad), always
+        self.bad, self.always, self.hang_after, self.calls = set(bad), always, hang_after, 0
 
     def process(self, rows: pa.Table) -> pa.Table:
+        self.calls += 1
+        if self.hang_after is not None and self.calls > self.hang_after:
+            threading.Event().wait()  # until the test kills the job
         ids = rows["id"].to_pylist()
         hit = [i for i in ids if i in self.bad]
         if self.always or hit:
@@ -52,7 +61,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     def plan() -> Pass:
         return Pass("poison", Source(config.input, columns=["id", "text"]),
-                    [RaisesOn(config.bad, config.always, resources)],
+                    [RaisesOn(config.bad, config.always, resources, config.hang_after)],
                     UpperSink(id_column="id", stages=["upper"], input_columns=["id", "text"]), "id",
                     rows_per_file=config.batch_size)
 

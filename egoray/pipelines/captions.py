@@ -21,12 +21,13 @@ import pyarrow as pa
 from pydantic import Field
 
 from egoray.config import ActorPool, StreamingJobConfig
-from egoray.executor import Pass, Source, run_job
 from egoray.features.captions import CaptionOptions
 from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import SummaryPrompts
 from egoray.llm.steps import SummaryStep
 from egoray.models.clip import ClipModel
+from egoray.plans import Pass, Source
+from egoray.runner import run_job
 from egoray.stages.base import Sink, with_constants, write_part
 from egoray.stages.captions import CaptionStage, CocaTextStage
 from egoray.stages.generate import llm_stage

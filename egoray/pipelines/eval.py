@@ -29,7 +29,8 @@ from egoray.data.raw import InputError
 from egoray.data.schema import REJECTS
 from egoray.errors import ray_errors
 from egoray.eval import sections
-from egoray.runtime import RunManifest, ShardLedger, ensure_ray, finish
+from egoray.runner import JobRun, run_lifecycle
+from egoray.runtime import Added, ShardLedger, finish
 
 WORK_PAIRS = "_work/retrieval_pairs.npz"
 
@@ -228,18 +229,15 @@ def compute_section(config: Config, section: str, pooled: str | None) -> tuple[s
 
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
-    import ray
-
-    from egoray.executor import io_cpus
-
-    wall0 = time.perf_counter()
-    manifest = RunManifest.start(config)
-    ledger = ShardLedger(config.output)
     ids = config.section_ids()
-    ledger.prepare(config, ids, overwrite=overwrite)
-    done = ledger.completed()
-    started = ensure_ray(config.ray, job=config.job)
-    try:
+
+    def body(job: JobRun) -> Added:
+        import ray
+
+        from egoray.executor import clean_work, io_cpus
+
+        ledger = ShardLedger(config.output)
+        done = ledger.completed()
         for section in ids:
             if section in done:
                 print(f"[eval] {section}: done in an earlier run", flush=True)
@@ -256,21 +254,18 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         storage.write_json(storage.join(config.output, "metrics.json"), metrics)
         storage.write_json(storage.join(config.output, "samples.json"),
                            {s: markers[s].get("samples", []) for s in ids if s in markers})
-        finish(manifest, ledger, ids, done, wall0, ["rejects"], extra={"metrics": metrics})
-        manifest.write()
-        if manifest.status == "complete":
-            from egoray.executor import clean_work
-
+        added = finish(job.manifest, ledger, ids, done, job.wall0, ["rejects"], extra={"metrics": metrics})
+        if job.manifest.status == "complete":
             clean_work(config.output)  # the sections' pooled inputs
-    finally:
-        if started:
-            ray.shutdown()
-    if config.report and manifest.status == "complete":
+        return added
+
+    manifest = run_lifecycle(config, overwrite, body, shards=ids)
+    if config.report and manifest["status"] == "complete":
         from egoray.eval.report import write_report
 
         url = write_report(config.input, storage.join(config.output, "report.html"))
         print(f"[eval] report: {url}", flush=True)
-    return manifest.to_dict()
+    return manifest
 
 
 def _headline(metrics: dict[str, Any]) -> str:

@@ -22,7 +22,8 @@ from egoray import storage
 from egoray.config import StreamingJobConfig
 from egoray.data.raw import InputError
 from egoray.data.videos import ITEMS
-from egoray.executor import WORK_DIR, Pass, Source, run_job
+from egoray.plans import WORK_DIR, Pass, Source
+from egoray.runner import run_job
 from egoray.stages.base import Resources
 from egoray.stages.imported import LoadFeatureFiles
 from egoray.stages.video import FeatureSink

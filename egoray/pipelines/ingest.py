@@ -34,7 +34,8 @@ from egoray.data.narrations import CleanOptions, build_narrations, clean_summari
 from egoray.data.raw import InputError
 from egoray.data.safe_pickle import safe_load
 from egoray.data.splits import read_splits
-from egoray.runtime import RunManifest, ShardLedger, bucket_of, ensure_ray, record_metrics, wait_all
+from egoray.runner import JobRun, run_lifecycle
+from egoray.runtime import Added, ShardLedger, bucket_of, finish, wait_all
 from egoray.stages.base import StageTimer
 
 Format = Literal["auto", "ego4d_json", "ego4d_fho", "em_pkl", "lavila_pkl", "ek100_csv", "activitynet"]
@@ -178,58 +179,40 @@ def _finish_shard(
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) the ingest job; returns the run manifest as a dict."""
-    import ray
-
-    wall0 = time.perf_counter()
     inputs = config.inputs()
     formats = [detect_format(u, config.format) for u in inputs]
     for url in inputs:
         if not storage.exists(url):
             raise InputError(f"input not found: {url}")
     splits = read_splits(config.splits) if config.splits else None
-
     all_ids = [shard_id(b) for b in range(config.num_shards)]
-    ledger = ShardLedger(config.output)
-    ledger.prepare(config, all_ids, overwrite=overwrite, inputs=inputs + ([config.splits] if config.splits else []))
-    done_before = ledger.completed()
 
-    ensure_ray(config.ray)
-    read_task = ray.remote(_read_and_split)
-    finish_task = ray.remote(_finish_shard)
-    splits_ref = ray.put(splits)
-    refs = []
-    wanted = [b for b in range(config.num_shards) if shard_id(b) not in done_before]
-    if wanted:
-        per_input = []
-        for url, fmt in zip(inputs, formats, strict=True):
-            parts = read_task.options(num_returns=len(wanted)).remote(url, fmt, config.num_shards, wanted)
-            per_input.append(parts if isinstance(parts, list) else [parts])
-        for k, b in enumerate(wanted):
-            refs.append(finish_task.remote(config.output, shard_id(b), config.clean, splits_ref,
-                                           *[parts[k] for parts in per_input]))
-    wait_all(refs, desc="ingest")
+    def body(job: JobRun) -> Added:
+        import ray
 
-    markers = ledger.completed()
-    missing = sorted(set(all_ids) - set(markers))
-    manifest = RunManifest.start(config)
-    manifest.add_stages(markers[s] for s in all_ids if s in markers)
-    manifest.shards = {
-        "total": len(all_ids),
-        "completed": len(markers),
-        "resumed": len(done_before),
-        "written_now": len(refs),
-        "missing": missing,
-    }
-    read_seconds = sum(m.get("read_seconds", 0.0) for m in markers.values())
-    manifest.timings = {"read": read_seconds, "wall_this_run": time.perf_counter() - wall0}
-    manifest.extra["tables"] = {
-        name: sum(m["rows"].get(name, 0) for m in markers.values()) for name in ("narrations", "rejects", "summaries")
-    }
-    manifest.extra["inputs"] = [{"url": u, "format": f} for u, f in zip(inputs, formats, strict=True)]
-    manifest.status = "complete" if not missing else "incomplete"
-    record_metrics(config, markers, done_before)
-    manifest.write()
-    return manifest.to_dict()
+        ledger = ShardLedger(config.output)
+        done_before = ledger.completed()
+        read_task = ray.remote(_read_and_split)
+        finish_task = ray.remote(_finish_shard)
+        splits_ref = ray.put(splits)
+        refs = []
+        wanted = [b for b in range(config.num_shards) if shard_id(b) not in done_before]
+        if wanted:
+            per_input = []
+            for url, fmt in zip(inputs, formats, strict=True):
+                parts = read_task.options(num_returns=len(wanted)).remote(url, fmt, config.num_shards, wanted)
+                per_input.append(parts if isinstance(parts, list) else [parts])
+            for k, b in enumerate(wanted):
+                refs.append(finish_task.remote(config.output, shard_id(b), config.clean, splits_ref,
+                                               *[parts[k] for parts in per_input]))
+        wait_all(refs, desc="ingest")
+        read_seconds = sum(m.get("read_seconds", 0.0) for m in ledger.completed().values())
+        return finish(job.manifest, ledger, all_ids, done_before, job.wall0, ("narrations", "rejects", "summaries"),
+                      extra={"inputs": [{"url": u, "format": f} for u, f in zip(inputs, formats, strict=True)]},
+                      timings={"read": read_seconds})
+
+    return run_lifecycle(config, overwrite, body, inputs=inputs + ([config.splits] if config.splits else []),
+                         shards=all_ids)
 
 
 __all__ = ["Config", "run"]

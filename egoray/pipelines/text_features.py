@@ -28,8 +28,9 @@ from egoray.config import ActorPool, StreamingJobConfig
 from egoray.data.labels import read_labels
 from egoray.data.raw import InputError
 from egoray.data.tables import table_columns
-from egoray.executor import Pass, Source, run_job
 from egoray.features.text import TextEncoderConfig, encoder_label
+from egoray.plans import Pass, Source
+from egoray.runner import run_job
 from egoray.stages.text import TextEncodeStage, TextSink
 
 NARRATION_COLUMNS = ["video_uid", "t_start", "t_end", "split", "verb", "noun"]

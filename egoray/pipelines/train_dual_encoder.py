@@ -23,7 +23,6 @@ or DDP) and resumes from its latest checkpoint. Output::
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 import numpy as np
@@ -35,7 +34,7 @@ from egoray.eval.retrieval import paired_retrieval_metrics
 from egoray.models.dual_encoder import DualEncoder, DualEncoderConfig, load_dual_encoder
 from egoray.stages.pairs import caption_codes
 from egoray.train.distributed import TrainerOptions, contrastive
-from egoray.train.job import TrainingJobConfig, launch, prepare, with_temperature_freezes
+from egoray.train.job import TrainingJobConfig, launch, with_temperature_freezes
 from egoray.train.recipe import Recipe
 
 __all__ = ["AuxSource", "Config", "evaluate", "load_dual_encoder", "run"]
@@ -195,13 +194,12 @@ def _train_loop(loop: dict[str, Any]) -> None:
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from egoray.train.data import aux_offset, build_pairs, pairs_dataset, text_features_source
 
-    wall0 = time.perf_counter()
     splits = config.train_splits + config.eval_splits
     items, inputs = text_features_source(config.text_features, splits)
     aux_items = [text_features_source(a.text_features) for a in config.aux]
     # changed narrations, features or labels make another run: refused like a changed config
     watched = inputs + [u for _, us in aux_items for u in us] + [storage.join(config.video_features, "index")]
-    prepare(config, overwrite, watched + ([config.labels] if config.labels else []))
+    claimed = watched + ([config.labels] if config.labels else [])
 
     def pairs() -> dict[str, Any]:
         url = build_pairs(config.output, "pairs", items, config.video_features, config.offset_sec, config.labels)
@@ -224,4 +222,4 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     options, pseudo = with_temperature_freezes(config.train, any(a.kind == "pseudo" for a in config.aux),
                                                config.freeze_temperature, config.freeze_pseudo_temperature)
-    return launch(config, options, _train_loop, pairs, loop, wall0)
+    return launch(config, overwrite, claimed, options, _train_loop, pairs, loop)

@@ -22,7 +22,6 @@ and resumes from its latest checkpoint. Output::
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 import numpy as np
@@ -33,7 +32,7 @@ from egoray.data.raw import InputError
 from egoray.models.narrator import NarratorConfig, saved_prefixes
 from egoray.stages.video import stack_npy
 from egoray.train.distributed import TrainerOptions
-from egoray.train.job import TrainingJobConfig, launch, prepare
+from egoray.train.job import TrainingJobConfig, launch
 from egoray.train.recipe import Recipe
 
 
@@ -147,7 +146,6 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from egoray import storage
     from egoray.train.data import build_pairs, narrations_dataset, pairs_dataset
 
-    wall0 = time.perf_counter()
     items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
     model, options, watched = config.model, config.train, inputs
     if config.tower:
@@ -161,7 +159,6 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     else:
         watched = inputs + [storage.join(config.video_features, "index")]
     # changed narrations or features make another run: refused like a changed config
-    prepare(config, overwrite, watched)
     columns = ["id", "text", "frames"]
 
     def pairs() -> dict[str, Any]:
@@ -178,7 +175,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         width = 0 if config.tower else _feature_dim(config.video_features)
         return {"model": model.model_copy(update={"video_dim": width}).model_dump(), "n_train": counts["train"]}
 
-    return launch(config, options, _train_loop, pairs, loop, wall0)
+    return launch(config, overwrite, watched, options, _train_loop, pairs, loop)
 
 
 def _tower_config(url: str) -> Any:

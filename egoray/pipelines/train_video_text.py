@@ -25,7 +25,6 @@ checkpointing, step checkpoints, best model, TensorBoard). Output::
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 import numpy as np
@@ -36,7 +35,7 @@ from egoray.data.raw import InputError
 from egoray.models.video_text import VideoTextConfig, export_config, load_video_text
 from egoray.stages.video import stack_npy
 from egoray.train.distributed import TrainerOptions, contrastive
-from egoray.train.job import TrainingJobConfig, launch, prepare, with_temperature_freezes
+from egoray.train.job import TrainingJobConfig, launch, with_temperature_freezes
 from egoray.train.recipe import Recipe
 
 __all__ = ["Config", "load_video_text", "run"]
@@ -233,7 +232,6 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         with_paraphrases,
     )
 
-    wall0 = time.perf_counter()
     items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
     if config.rephrased:
         items, rephrased = with_paraphrases(items, config.input, config.rephrased)
@@ -246,7 +244,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     size = image_size(config.model.vision)
     # changed narrations, aux texts or labels make another run: refused like a changed config
     watched = inputs + [u for _, us, _ in aux_sources for u in us]
-    prepare(config, overwrite, watched + ([config.labels] if config.labels else []))
+    claimed = watched + ([config.labels] if config.labels else [])
 
     augment = config.augment
 
@@ -278,4 +276,4 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     options, pseudo = with_temperature_freezes(config.train, "pseudo" in kinds, config.freeze_temperature,
                                                config.freeze_pseudo_temperature)
-    return launch(config, options, _train_loop, pairs, loop, wall0)
+    return launch(config, overwrite, claimed, options, _train_loop, pairs, loop)

@@ -28,7 +28,6 @@ Output::
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 import numpy as np
@@ -37,7 +36,7 @@ from pydantic import Field, model_validator
 from egoray.config import StrictModel, Url
 from egoray.data.raw import InputError
 from egoray.train.distributed import TrainerOptions
-from egoray.train.job import TrainingJobConfig, launch, prepare
+from egoray.train.job import TrainingJobConfig, launch
 from egoray.train.recipe import Recipe
 
 # EILEV's training prompts (InstructBLIP's templates), one drawn for every clip of a sample
@@ -328,13 +327,11 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from egoray.stages.vlm_train import SAMPLE_COLUMNS, ChooseTrainingExamples, PointWindows, StoreFrames
     from egoray.train.data import narrations_dataset, pairs_dataset
 
-    wall0 = time.perf_counter()
     videos = video_paths(config.videos) or {}
     if not videos:
         raise InputError(f"{config.videos}: no video files (<video_uid>.mp4, ...)")
     items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits, extra=("raw_text",))
     spec = config.model
-    prepare(config, overwrite, inputs)
     size = _image_size(spec.base)
     frames_dir = storage.join(config.output, WORK_DIR, "frames")
     k_train, k_eval = spec.examples(False), spec.examples(True)
@@ -369,7 +366,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                 "clips": storage.join(config.output, WORK_DIR, "clips"), "train_splits": config.train_splits,
                 "eval_generate": config.eval_generate, "max_new_tokens": config.max_new_tokens}
 
-    return launch(config, config.train, _train_loop, pairs, loop, wall0)
+    return launch(config, overwrite, inputs, config.train, _train_loop, pairs, loop)
 
 
 class _Keep:

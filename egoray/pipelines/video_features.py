@@ -25,8 +25,9 @@ from pydantic import Field
 from egoray import storage
 from egoray.config import ActorPool, StreamingJobConfig, Url
 from egoray.data.raw import InputError
-from egoray.executor import Pass, Source, run_job
 from egoray.models.clip import ClipModel
+from egoray.plans import Pass, Source
+from egoray.runner import run_job
 from egoray.stages.video import FeatureSink, Sampling, VideoFeatureStage
 from egoray.video_inputs import check_inputs, video_items
 

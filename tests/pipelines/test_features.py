@@ -38,6 +38,17 @@ def test_text_features_of_narrations(ingested_small, tmp_path):
     assert manifest["batches"] >= 2 and manifest["model_loads"] == {"encode": 1}
     assert manifest["items"] == narrations.num_rows
 
+    # the same plan in process, without Ray (egoray run --in-process): the same rows, vectors, counts
+    local = text_features.run(config.model_copy(update={"output": str(tmp_path / "local"),
+                                                        "ray": config.ray.model_copy(update={"in_process": True})}))
+    assert local["stages"] == manifest["stages"] and local["items"] == manifest["items"]
+    assert local["model_loads"] == {"encode": 1} and local["batches"] >= 2
+    in_process = {r["id"]: r["embedding"] for r in storage.read_parquet(str(tmp_path / "local" / "embeddings")
+                                                                          ).to_pylist()}
+    assert len(in_process) == emb.num_rows
+    for row in emb.to_pylist():
+        np.testing.assert_allclose(in_process[row["id"]], row["embedding"], atol=1e-5)
+
     # SIGKILL of the driver mid-run, then the same job again: the rows of the uninterrupted run
     again = config.model_copy(update={"output": str(tmp_path / "killed")})
     assert kill_mid_run(again, tmp_path) >= 1

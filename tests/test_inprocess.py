@@ -1,0 +1,134 @@
+"""The in-process executor: a streaming job's plan run without Ray, with the Ray executor's
+semantics — the same rows, rejects and counts, the error budget, an exact resume after a kill —
+and the jobs or steps that need Ray refuse with one message."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from egoray import storage
+from egoray.config import ConfigError
+from egoray.inprocess import ExecutorConflict, NeedsRay
+from egoray.stages.guard import StageFailing
+from tests.conftest import ROOT
+from tests.killing import kill_group
+from tests.poison import Config, run
+
+N = 200
+POISON = [sys.executable, "-m", "tests.poison"]
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("inprocess_input")
+    for f in range(5):  # five files of 40 rows
+        ids = [f"t{f * 40 + i:03d}" for i in range(40)]
+        storage.write_parquet(str(folder / f"part-{f}.parquet"),
+                              pa.table({"id": ids, "text": [f"text of {i}" for i in ids]}))
+    return folder
+
+
+def _config(texts: Path, out: Path, **kw) -> Config:
+    return Config(input=str(texts), output=str(out), ray={"in_process": True}, max_error_fraction=0.05, **kw)
+
+
+def _check_complete(out: Path, bad: list[str]) -> dict:
+    upper = storage.read_parquet(str(out / "upper")).to_pylist()
+    rejects = storage.read_parquet(str(out / "rejects")).to_pylist()
+    ids = [r["id"] for r in upper]
+    assert len(ids) == len(set(ids)), "a row was written twice"
+    assert sorted(r["record_id"] for r in rejects) == sorted(bad)
+    assert {(r["stage"], r["reason"]) for r in rejects} == {("upper", "stage_error")}
+    assert len(ids) + len(rejects) == N and not set(ids) & set(bad)
+    assert all(r["upper"] == f"TEXT OF {r['id'].upper()}" for r in upper)
+    manifest = storage.read_json(str(out / "run.json"))
+    assert manifest["status"] == "complete"
+    assert manifest["stages"]["upper"] == {**manifest["stages"]["upper"], "in": N, "out": N - len(bad),
+                                           "rejected": len(bad)}
+    return manifest
+
+
+def test_a_plan_runs_in_process_without_ray(texts, tmp_path):
+    # in a fresh interpreter: the whole job, and Ray is never even imported
+    bad = ["t007", "t093", "t150"]
+    config = _config(texts, tmp_path / "out", bad=bad)
+    script = ("import json, sys\nfrom tests.poison import Config, run\n"
+              f"run(Config.model_validate_json({config.model_dump_json()!r}))\n"
+              "print(json.dumps({'ray_imported': 'ray' in sys.modules}))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"ray_imported": False}
+    manifest = _check_complete(tmp_path / "out", bad)
+    detail = storage.read_parquet(str(tmp_path / "out" / "rejects")).to_pylist()[0]["detail"]
+    assert detail.startswith("ValueError: cannot take ['t") and "in process" in detail
+    # one model load, 25 batches of 8 (as many as the Ray executor writes for this input)
+    assert manifest["model_loads"] == {"upper": 1} and manifest["batches"] == N // 8
+    assert manifest["items"] == N
+
+
+def test_the_error_budget_stops_an_in_process_job(texts, tmp_path):
+    with pytest.raises(StageFailing, match=r"stage 'upper' raised on 8 of 8 rows .*row 't000'"):
+        run(_config(texts, tmp_path / "out", always=True))
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_an_in_process_job_killed_mid_run_resumes_exactly(texts, tmp_path):
+    bad = ["t050", "t123", "t188"]
+    out = tmp_path / "out"
+    # the stage blocks for good at its 11th call (inside the 7th batch): 6 batches are committed
+    cfg = tmp_path / "hangs.yaml"
+    on_ray = _config(texts, out, bad=bad, hang_after=10).model_dump(mode="json") | {"ray": {}}
+    cfg.write_text(yaml.safe_dump(on_ray))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # `egoray run --in-process` (this job registered)
+    proc = subprocess.Popen([*POISON, "run", str(cfg), "--in-process"], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    counts = out / "_counts"
+    deadline = time.time() + 300
+    while len(list(counts.glob("*.json"))) < 6 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    running = proc.poll() is None
+    kill_group(proc)
+    assert running, f"the job ended (code {proc.returncode}) before it could be killed"
+    assert len(list(counts.glob("*.json"))) == 6 and not (out / "run.json").exists()
+    # a write the kill cut short: some of its files are there, its counts record is not
+    storage.write_parquet(str(out / "upper" / "local-00004-00004.parquet"), pa.table({"id": ["t000"],
+                                                                                     "upper": ["WRONG"]}))
+    stray = out / "upper" / "local-00004-00004.h5"  # a file of that batch the next run does not write again
+    stray.write_bytes(b"half an HDF5")
+
+    manifest = run(_config(texts, out, bad=bad))
+    _check_complete(out, bad)
+    assert not stray.exists()
+    assert manifest["items"] == N and manifest["items_this_run"] == N - 6 * 8
+    # what Ray Data began (its checkpoint) is not continued here
+    (out / "run.json").unlink()
+    (out / "_checkpoint").mkdir()
+    with pytest.raises(ExecutorConflict, match="begun on Ray"):
+        run(_config(texts, out, bad=bad))
+
+
+def test_jobs_and_steps_that_need_ray_refuse_in_process(tmp_path):
+    from egoray.pipelines import qa, validate_config
+
+    with pytest.raises(ConfigError, match="job 'ingest' runs on Ray only: ray.in_process"):
+        validate_config({"job": "ingest", "input": str(tmp_path / "n.json"), "output": str(tmp_path / "i"),
+                         "ray": {"in_process": True}})
+    narrations = tmp_path / "narrations"
+    storage.write_parquet(str(narrations / "part-0.parquet"), pa.table({
+        "narration_id": ["a"], "video_uid": ["v"], "t_start": [0.0], "t_end": [1.0], "text": ["C opens a door"],
+        "split": ["train"], "verb": ["open"], "noun": ["door"], "clip_uid": ["c"], "summary": [None]}))
+    config = validate_config({"job": "qa", "input": str(tmp_path), "output": str(tmp_path / "q"),
+                              "ray": {"in_process": True}})
+    with pytest.raises(NeedsRay, match="job 'qa' prepares its input _work/groups first"):
+        qa.run(config)
