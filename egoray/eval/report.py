@@ -105,23 +105,29 @@ def _read(job_dir: str, table: str, columns: list[str] | None = None, limit: int
     return rows
 
 
-def _samples(job: str, job_dir: str) -> tuple[str, str]:
-    """(heading, html) of readable examples from a job's output, or ("", "")."""
-    if job == "qa":
-        rows = _read(job_dir, "qa", ["video_uid", "question", "answer", "wrong_answers"])
-        return "Question–answer pairs", _table(rows)
-    if job == "rephrase":
-        return "Paraphrases", _table(_read(job_dir, "paraphrases"))
-    if job == "narrate":
-        rows = _read(job_dir, "captions", ["window_id", "k", "text", "nll"], limit=10)
-        return "Narrator output", _table(rows)
-    if job == "captions":
-        rows = _read(job_dir, "captions", ["video_uid", "kept_captions", "summary"], limit=6)
-        return "Frame captions and summaries", _table(rows)
-    if job == "ingest":
-        rows = _read(job_dir, "narrations", ["video_uid", "t_start", "raw_text", "text", "split"], limit=6)
-        summaries = _read(job_dir, "summaries", ["video_uid", "text"], limit=4)
-        return "Narrations (raw → cleaned) and summaries", _table(rows) + _table(summaries)
+# what an output holds → how the report shows a few of its rows: (table, columns it must have,
+# heading, columns shown, rows); the first view an output matches is its samples
+SAMPLE_VIEWS = (
+    ("qa", {"question", "answer"}, "Question–answer pairs", ["video_uid", "question", "answer", "wrong_answers"], 8),
+    ("paraphrases", {"paraphrases"}, "Paraphrases", None, 8),
+    ("captions", {"window_id", "k"}, "Narrator output", ["window_id", "k", "text", "nll"], 10),
+    ("captions", {"kept_captions", "summary"}, "Frame captions and summaries",
+     ["video_uid", "kept_captions", "summary"], 6),
+    ("narrations", {"raw_text", "text"}, "Narrations (raw → cleaned) and summaries",
+     ["video_uid", "t_start", "raw_text", "text", "split"], 6),
+)
+
+
+def _samples(job_dir: str) -> tuple[str, str]:
+    """(heading, html) of readable examples from an output, by the tables it holds, or ("", "")."""
+    from egoray.eval.report_samples import holds
+
+    for table, needs, heading, columns, limit in SAMPLE_VIEWS:
+        if holds(job_dir, table, needs):
+            body = _table(_read(job_dir, table, columns, limit=limit))
+            if table == "narrations":
+                body += _table(_read(job_dir, "summaries", ["video_uid", "text"], limit=4))
+            return heading, body
     return "", ""
 
 
@@ -178,20 +184,14 @@ def _eval_html(job_dir: str) -> str:
 
 
 def headline_items(metrics: dict[str, Any]) -> list[tuple[str, float, float, str]]:
-    """The eval's headline numbers, each with the level it has to beat."""
-    pairs = [("retrieval", "t2v_R@1", "chance_R@1", "chance", "text→video R@1"),
-             ("zeroshot", "top1", "chance_top1", "chance", "zero-shot top-1"),
-             ("zeroshot", "mAP", "chance_mAP", "chance", "zero-shot mAP"),
-             ("mcq", "accuracy", "chance", "chance", "multiple-choice QA")]
+    """The eval's headline numbers, each with the level it has to beat (each section says its own)."""
+    from egoray.eval.sections import kind_of
+
     items = []
-    for section, key, base, base_name, title in pairs:
-        m = metrics.get(section) or {}
-        if isinstance(m.get(key), (int, float)) and isinstance(m.get(base), (int, float)):
-            items.append((title, float(m[key]), float(m[base]), base_name))
     for section, m in metrics.items():
-        if section.startswith("captioning-") and isinstance(m.get("blind_CIDEr"), (int, float)):
-            items.append((f"{section.removeprefix('captioning-')} CIDEr", float(m["CIDEr"]), float(m["blind_CIDEr"]),
-                          "blind"))
+        kind = kind_of(section)
+        if kind is not None and isinstance(m, dict):
+            items += kind.headlines(section, m)
     return items
 
 
@@ -223,14 +223,13 @@ def build_report(run_dir: str) -> str:
             "seconds (last run)": round(wall, 1) if isinstance(wall, (int, float)) else "",
             "stages": stages, "reject reasons": ", ".join(f"{k} ×{v}" for k, v in reasons.items()),
         })
-        heading, body = _samples(run.get("job", ""), d)
+        heading, body = _samples(d)
         if heading:
             sample_html.append(f"<h3>{_e(heading)} <span class=muted>({_e(storage.basename(d))})</span></h3>{body}")
-        if run.get("job") == "eval":
+        metrics_url = storage.join(d, "metrics.json")
+        if storage.exists(metrics_url):  # an eval output
             eval_html.append(_eval_html(d))
-            metrics_url = storage.join(d, "metrics.json")
-            if storage.exists(metrics_url):
-                headlines += headline_items(storage.read_json(metrics_url))
+            headlines += headline_items(storage.read_json(metrics_url))
         elif run.get("final_metrics"):
             train_rows.append(_training_row(storage.basename(d), run))
             curves.append(_curves(d, storage.basename(d)))

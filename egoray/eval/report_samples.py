@@ -22,6 +22,16 @@ CANDIDATES = 512  # clips of the first narrate output the grid chooses from: the
 CAPTION_COLUMNS = ["window_id", "video_uid", "t_start", "t_end", "k", "text"]
 
 
+def holds(job_dir: str, table: str, columns: set[str]) -> bool:
+    """Whether an output has ``table`` with these columns: the report asks an output what it
+    holds (narrations, questions, a narrator's captions) rather than which job wrote it."""
+    files = storage.listdir(storage.join(job_dir, table), ".parquet")
+    try:
+        return bool(files) and columns <= set(storage.parquet_schema(files[0]).names)
+    except (storage.StorageError, pa.ArrowInvalid):
+        return False
+
+
 def _first_captions(job_dir: str, ids: set[str] | None = None, limit: int | None = None) -> dict[str, dict[str, Any]]:
     """window_id → its first caption row (k = 0) of a narrate output: only the windows ``ids``,
     or the first ``limit`` (or more) of them, file by file."""
@@ -43,8 +53,8 @@ def _first_captions(job_dir: str, ids: set[str] | None = None, limit: int | None
 
 def _narrations(runs: list[tuple[str, dict[str, Any]]], videos: list[str]) -> pa.Table | None:
     """The narrations of ``videos`` from the run's ingest output, or None."""
-    for d, run in runs:
-        if run.get("job") == "ingest" and storage.exists(storage.join(d, "narrations")):
+    for d, _ in runs:
+        if holds(d, "narrations", {"video_uid", "t_start", "t_end", "text"}):
             try:
                 return storage.read_parquet(storage.join(d, "narrations"), columns=["video_uid", "t_start", "t_end",
                                                                                     "text"],
@@ -57,8 +67,8 @@ def _narrations(runs: list[tuple[str, dict[str, Any]]], videos: list[str]) -> pa
 def _qa_by_video(runs: list[tuple[str, dict[str, Any]]], videos: list[str]) -> dict[str, dict[str, Any]]:
     """The first question–answer set of each of ``videos`` in the run's qa outputs."""
     out: dict[str, dict[str, Any]] = {}
-    for d, run in runs:
-        if run.get("job") == "qa" and storage.exists(storage.join(d, "qa")):
+    for d, _ in runs:
+        if holds(d, "qa", {"video_uid", "question", "answer", "wrong_answers"}):
             try:
                 rows = storage.read_parquet(storage.join(d, "qa"),
                                             columns=["video_uid", "question", "answer", "wrong_answers"],
@@ -121,7 +131,7 @@ def _narrate_label(job_dir: str, run: dict[str, Any]) -> str:
 
 def sample_grid(run_dir: str, runs: list[tuple[str, dict[str, Any]]], limit: int = 8) -> str:
     """The grid's HTML, or "" when the run has no narrate output."""
-    narrates = [(d, run) for d, run in runs if run.get("job") == "narrate"]
+    narrates = [(d, run) for d, run in runs if holds(d, "captions", set(CAPTION_COLUMNS))]
     first: dict[str, dict[str, Any]] = {}
     source = None
     for d, _ in narrates:  # the first narrate output with captions offers the clips

@@ -17,9 +17,11 @@ Output::
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
@@ -50,9 +52,8 @@ class Config(JobConfig):
 
     @model_validator(mode="after")
     def _something_to_do(self) -> Config:
-        if not (self.retrieval or self.zeroshot or self.captioning or self.mcq or self.egomcq or self.egtea
-                or self.gap):
-            raise ValueError("configure at least one of retrieval, zeroshot, captioning, mcq, egomcq, egtea, gap")
+        if not any(getattr(self, name) for name in sections.SECTIONS):
+            raise ValueError(f"configure at least one of {', '.join(sections.SECTIONS)}")
         names = [c.name for c in self.captioning]
         if len(set(names)) != len(names):
             raise ValueError(f"captioning names must be unique; got {names}")
@@ -60,10 +61,20 @@ class Config(JobConfig):
             raise ValueError("gap source dual_encoder needs a retrieval section (its held-out pairs)")
         return self
 
+    def section_config(self, section: str) -> Any:
+        """The config of one section id (``captioning-<name>``: that captioning entry)."""
+        if section.startswith("captioning-"):
+            return next(c for c in self.captioning if c.name == section.removeprefix("captioning-"))
+        return getattr(self, section)
+
     def section_ids(self) -> list[str]:
-        ids = [name for name in ("retrieval", "zeroshot") if getattr(self, name)]
-        ids += [f"captioning-{c.name}" for c in self.captioning]
-        ids += [name for name in ("mcq", "egomcq", "egtea", "gap") if getattr(self, name)]
+        """The configured sections, in the registry's order (``captioning-<name>`` per captioning entry)."""
+        ids: list[str] = []
+        for name in sections.SECTIONS:
+            if name == "captioning":
+                ids += [f"captioning-{c.name}" for c in self.captioning]
+            elif getattr(self, name):
+                ids.append(name)
         return ids
 
 
@@ -176,40 +187,21 @@ def _group_id(batch: pa.Table) -> pa.Table:
 
 
 def _compute(config: Config, section: str, pooled: str | None) -> sections.SectionResult:
-    if section == "retrieval":
-        result = sections.retrieval(config.retrieval, pooled)
-        if config.gap and "dual_encoder" in config.gap.sources:  # the gap section's pairs
-            import io
-
-            import numpy as np
-
-            buf = io.BytesIO()
-            np.savez(buf, video=result.pairs[0], text=result.pairs[1])
-            storage.write_bytes(storage.join(config.output, WORK_PAIRS), buf.getvalue())
-        return result
-    if section == "zeroshot":
-        return sections.zeroshot(config.zeroshot, pooled)
-    if section.startswith("captioning-"):
-        name = section[len("captioning-"):]
-        return sections.captioning(next(c for c in config.captioning if c.name == name))
-    if section == "mcq":
-        return sections.mcq(config.mcq, pooled)
-    if section == "egomcq":
-        return sections.egomcq(config.egomcq, pooled)
-    if section == "egtea":
-        return sections.egtea(config.egtea, pooled)
-    pairs = None
-    if "dual_encoder" in config.gap.sources:
-        import io
-
-        import numpy as np
-
+    kind = sections.kind_of(section)
+    assert kind is not None, section
+    inputs: Any = pooled  # what pooled_inputs built (none for captioning and gap)
+    if kind.name == "gap" and "dual_encoder" in config.gap.sources:  # the retrieval section's pairs
         url = storage.join(config.output, WORK_PAIRS)
         if not storage.exists(url):
             raise InputError("gap source dual_encoder needs the retrieval section's pairs; run retrieval first")
         with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as data:
-            pairs = (data["video"], data["text"])
-    return sections.gap(config.gap, pairs)
+            inputs = (data["video"], data["text"])
+    result = kind.compute(config.section_config(section), inputs)
+    if kind.name == "retrieval" and config.gap and "dual_encoder" in config.gap.sources:  # for the gap section
+        buf = io.BytesIO()
+        np.savez(buf, video=result.pairs[0], text=result.pairs[1])
+        storage.write_bytes(storage.join(config.output, WORK_PAIRS), buf.getvalue())
+    return result
 
 
 def compute_section(config: Config, section: str, pooled: str | None) -> tuple[str, dict[str, Any]]:

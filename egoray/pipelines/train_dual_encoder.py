@@ -35,7 +35,7 @@ from egoray.models.dual_encoder import DualEncoder, DualEncoderConfig, load_dual
 from egoray.stages.pairs import caption_codes
 from egoray.train.distributed import TrainerOptions, contrastive
 from egoray.train.job import TrainingJobConfig, launch, with_temperature_freezes
-from egoray.train.recipe import Recipe
+from egoray.train.recipe import LoopConfig, Recipe
 
 __all__ = ["AuxSource", "Config", "evaluate", "load_dual_encoder", "run"]
 
@@ -116,15 +116,26 @@ def eval_arrays(batches: Any) -> dict[str, np.ndarray]:
             "eval_caption": caption_codes(captions)}
 
 
+class DualEncoderLoop(LoopConfig):
+    """What each worker of train_dual_encoder is given."""
+
+    model: DualEncoderConfig  # with the features' widths
+    egonce: bool
+    gather: bool  # contrast against every worker's batch
+    n_aux: int
+    pseudo: bool  # the auxiliary pairs are pseudo-narrations (their own temperature)
+
+
 class DualEncoderRecipe(Recipe):
     """The dual encoder's part of the shared trainer: pairs in, symmetric InfoNCE out."""
 
     name = "train_dual_encoder"
     best_metric = "t2v_R@1"
     best_mode = "max"
+    loop: DualEncoderLoop
 
     def build(self) -> Any:
-        return DualEncoder(DualEncoderConfig(**self.loop["model"]))
+        return DualEncoder(self.loop.model)
 
     def setup(self, model: Any, options: TrainerOptions) -> None:
         from egoray.train.data import held_out_batches, ordered_shard
@@ -133,7 +144,7 @@ class DualEncoderRecipe(Recipe):
         self.options = options
         self.data = eval_arrays(held_out_batches("eval", 4096))
         self.train_rows = ordered_shard("train", options.seed)
-        self.n_aux = self.loop["n_aux"]
+        self.n_aux = self.loop.n_aux
         self.aux_rows = ordered_shard("aux", options.seed) if self.n_aux else None
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
@@ -159,15 +170,15 @@ class DualEncoderRecipe(Recipe):
             human[size:] = torch.from_numpy(np.asarray(a["human"], dtype=bool))
         # one forward and one InfoNCE over the mixed batch, each pair's temperature by kind (LaViLa)
         ve, te, scale, pseudo_scale = engine(engine.to_input(vin), engine.to_input(tin))
-        gather = self.loop["gather"]
+        gather = self.loop.gather
         if gather:
             ve, te = gather_with_grad(ve), gather_with_grad(te)
             verb, noun = gather_with_grad(verb), gather_with_grad(noun)
             human = gather_with_grad(human.long()).bool()
         # with pseudo pairs in the run every step's loss depends on τ′ (zero gradient when a batch
         # has none): DDP wants each trained parameter in every step's graph
-        scales = pair_scales(human, scale, pseudo_scale) if self.loop["pseudo"] else scale
-        positives = same_label(verb, noun) if self.loop["egonce"] else None
+        scales = pair_scales(human, scale, pseudo_scale) if self.loop.pseudo else scale
+        positives = same_label(verb, noun) if self.loop.egonce else None
         return contrastive_loss(ve, te, scales, positives), size
 
     def after_step(self, engine: Any) -> None:
@@ -182,10 +193,10 @@ class DualEncoderRecipe(Recipe):
                 "pseudo_temperature": float(1 / pseudo_scale.detach().float())}
 
     def export(self) -> dict[str, Any]:
-        return {"kind": "dual_encoder", "config": self.loop["model"]}
+        return {"kind": "dual_encoder", "config": self.loop.model.model_dump()}
 
 
-def _train_loop(loop: dict[str, Any]) -> None:
+def _train_loop(loop: DualEncoderLoop) -> None:
     from egoray.train.recipe import train
 
     train(DualEncoderRecipe(loop), loop)
@@ -213,13 +224,14 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             datasets["aux"] = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
         return {"url": url, "aux": aux, "datasets": datasets}
 
-    def loop(counts: dict[str, Any]) -> dict[str, Any]:  # launch has refused too few training pairs
+    def loop(counts: dict[str, Any]) -> DualEncoderLoop:  # launch has refused too few training pairs
         dims = counts["dims"]
         model = config.model.model_copy(update={"video_dim": dims["video"], "text_dim": dims["embedding"]})
-        return {"model": model.model_dump(), "egonce": config.egonce,
-                "gather": config.gather_negatives and config.train.num_workers > 1,
-                "n_train": counts["train"], "n_aux": counts["aux"], "pseudo": pseudo}
+        return DualEncoderLoop(train=options, output=config.output, n_train=counts["train"], model=model,
+                               egonce=config.egonce, gather=config.gather_negatives and config.train.num_workers > 1,
+                               n_aux=counts["aux"], pseudo=pseudo)
 
     options, pseudo = with_temperature_freezes(config.train, any(a.kind == "pseudo" for a in config.aux),
                                                config.freeze_temperature, config.freeze_pseudo_temperature)
     return launch(config, overwrite, claimed, options, _train_loop, pairs, loop)
+    loop: DualEncoderLoop

@@ -33,7 +33,7 @@ from egoray.models.narrator import NarratorConfig, saved_prefixes
 from egoray.stages.video import stack_npy
 from egoray.train.distributed import TrainerOptions
 from egoray.train.job import TrainingJobConfig, launch
-from egoray.train.recipe import Recipe
+from egoray.train.recipe import LoopConfig, Recipe
 
 
 class Config(TrainingJobConfig):
@@ -88,21 +88,28 @@ def eval_loss(model: Any, frames: np.ndarray, texts: list[str], batch: int = 64)
     return total / max(tokens, 1)
 
 
+class NarratorLoop(LoopConfig):
+    """What each worker of train_narrator is given."""
+
+    model: NarratorConfig  # with the features' width (0: frames through the tower)
+
+
 class NarratorRecipe(Recipe):
     """The narrator's part of the shared trainer: teacher-forced captioning of the windows."""
 
     name = "train_narrator"
     best_metric = "eval_loss"
     best_mode = "min"
+    loop: NarratorLoop
 
-    def __init__(self, loop: dict[str, Any]) -> None:
+    def __init__(self, loop: NarratorLoop) -> None:
         super().__init__(loop)
-        self.save_prefixes = saved_prefixes(NarratorConfig(**loop["model"]))
+        self.save_prefixes = saved_prefixes(loop.model)
 
     def build(self) -> Any:
         from egoray.models.narrator import Narrator
 
-        return Narrator(NarratorConfig(**self.loop["model"]))
+        return Narrator(self.loop.model)
 
     def setup(self, model: Any, options: TrainerOptions) -> None:
         from egoray.train.data import held_out_batches, ordered_shard
@@ -133,10 +140,10 @@ class NarratorRecipe(Recipe):
         return {"mean_abs_gate": float(np.mean(gates))}
 
     def export(self) -> dict[str, Any]:
-        return {"kind": "narrator", "config": self.loop["model"]}
+        return {"kind": "narrator", "config": self.loop.model.model_dump()}
 
 
-def _train_loop(loop: dict[str, Any]) -> None:
+def _train_loop(loop: NarratorLoop) -> None:
     from egoray.train.recipe import train
 
     train(NarratorRecipe(loop), loop)
@@ -171,9 +178,10 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                 "datasets": {"train": pairs_dataset(url, config.train_splits, columns),
                              "eval": pairs_dataset(url, config.eval_splits, columns)}}
 
-    def loop(counts: dict[str, Any]) -> dict[str, Any]:  # launch has refused too few training items
+    def loop(counts: dict[str, Any]) -> NarratorLoop:  # launch has refused too few training items
         width = 0 if config.tower else _feature_dim(config.video_features)
-        return {"model": model.model_copy(update={"video_dim": width}).model_dump(), "n_train": counts["train"]}
+        return NarratorLoop(train=options, output=config.output, n_train=counts["train"],
+                            model=model.model_copy(update={"video_dim": width}))
 
     return launch(config, overwrite, watched, options, _train_loop, pairs, loop)
 

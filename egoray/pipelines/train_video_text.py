@@ -36,7 +36,7 @@ from egoray.models.video_text import VideoTextConfig, export_config, load_video_
 from egoray.stages.video import stack_npy
 from egoray.train.distributed import TrainerOptions, contrastive
 from egoray.train.job import TrainingJobConfig, launch, with_temperature_freezes
-from egoray.train.recipe import Recipe
+from egoray.train.recipe import LoopConfig, Recipe
 
 __all__ = ["Config", "load_video_text", "run"]
 
@@ -90,17 +90,31 @@ class Config(TrainingJobConfig):
         return contrastive(train)
 
 
+class VideoTextLoop(LoopConfig):
+    """What each worker of train_video_text is given."""
+
+    model: VideoTextConfig
+    egonce: bool
+    augment: Augment | None
+    size: int  # the vision tower's input size (the random resized crop's output)
+    n_aux: int
+    pseudo: bool
+    gather: bool
+    eval_batch_size: int
+
+
 class VideoTextRecipe(Recipe):
     """The video–text towers' part of the shared trainer."""
 
     name = "train_video_text"
     best_metric = "t2v_R@1"
     best_mode = "max"
+    loop: VideoTextLoop
 
     def build(self) -> Any:
         from egoray.models.video_text import VideoTextModel
 
-        return VideoTextModel(VideoTextConfig(**self.loop["model"]))
+        return VideoTextModel(self.loop.model)
 
     def setup(self, model: Any, options: TrainerOptions) -> None:
         from egoray.stages.pairs import caption_codes
@@ -119,7 +133,7 @@ class VideoTextRecipe(Recipe):
         self.eval_noun = np.concatenate(noun) if noun else np.zeros(0, np.int64)
         self.eval_captions = caption_codes(texts)
         self.train_rows = ordered_shard("train", options.seed)
-        self.n_aux = self.loop["n_aux"]
+        self.n_aux = self.loop.n_aux
         self.aux_rows = ordered_shard("aux", options.seed) if self.n_aux else None
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
@@ -136,12 +150,12 @@ class VideoTextRecipe(Recipe):
         from egoray.stages.video import from_npy
         from egoray.video.augment import jittered_frames, random_resized_crop
 
-        augment = self.loop["augment"]
+        augment = self.loop.augment
         if augment is None:
             return rows
-        seed, frames = self.options.seed, self.loop["model"]["num_frames"]
-        clips = [random_resized_crop(jittered_frames(from_npy(f), frames, seed, epoch, str(i)), self.loop["size"],
-                                     tuple(augment["crop_scale"]), tuple(augment["crop_ratio"]), seed, epoch, str(i))
+        seed, frames = self.options.seed, self.loop.model.num_frames
+        clips = [random_resized_crop(jittered_frames(from_npy(f), frames, seed, epoch, str(i)), self.loop.size,
+                                     tuple(augment.crop_scale), tuple(augment.crop_ratio), seed, epoch, str(i))
                  for f, i in zip(rows["frames"], rows["id"], strict=True)]
         return {**rows, "frames": np.stack(clips)}
 
@@ -168,14 +182,14 @@ class VideoTextRecipe(Recipe):
         human = torch.ones(len(texts), dtype=torch.bool)
         if aux is not None:
             human[size:] = torch.from_numpy(np.asarray(aux["human"], dtype=bool))
-        if self.loop["gather"]:
+        if self.loop.gather:
             ve, te = gather_with_grad(ve), gather_with_grad(te)
             verb, noun = gather_with_grad(verb), gather_with_grad(noun)
             human = gather_with_grad(human.long()).bool()
-        positives = same_label(verb, noun) if self.loop["egonce"] else None
+        positives = same_label(verb, noun) if self.loop.egonce else None
         # one InfoNCE over the mixed batch, each pair's temperature by kind (LaViLa); with pseudo
         # pairs in the run τ′ is in every step's graph (DDP wants every trained parameter there)
-        scales = pair_scales(human, scale.float(), pseudo_scale.float()) if self.loop["pseudo"] else scale.float()
+        scales = pair_scales(human, scale.float(), pseudo_scale.float()) if self.loop.pseudo else scale.float()
         return contrastive_loss(ve.float(), te.float(), scales, positives), size
 
     def evaluate(self, engine: Any) -> dict[str, float]:
@@ -188,7 +202,7 @@ class VideoTextRecipe(Recipe):
             return {}
         module = engine.module
         module.eval()
-        step = self.loop["eval_batch_size"]
+        step = self.loop.eval_batch_size
         v, t = [], []
         with torch.no_grad():
             for i in range(0, n, step):
@@ -204,7 +218,7 @@ class VideoTextRecipe(Recipe):
                 "pseudo_temperature": float(1 / pseudo_scale.detach().float())}
 
     def export(self) -> dict[str, Any]:
-        return {"kind": "video_text", "config": export_config(VideoTextConfig(**self.loop["model"]))}
+        return {"kind": "video_text", "config": export_config(self.loop.model)}
 
 
 def _frames(column: Any) -> np.ndarray:
@@ -212,7 +226,7 @@ def _frames(column: Any) -> np.ndarray:
     return column if isinstance(column, np.ndarray) and column.dtype != object else stack_npy(column)
 
 
-def _train_loop(loop: dict[str, Any]) -> None:
+def _train_loop(loop: VideoTextLoop) -> None:
     from egoray.train.recipe import train
 
     train(VideoTextRecipe(loop), loop)
@@ -267,12 +281,11 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             datasets["aux"] = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
         return {"url": url, "aux": aux, "datasets": datasets}
 
-    def loop(counts: dict[str, Any]) -> dict[str, Any]:  # launch has refused too few training clips
-        return {"model": config.model.model_dump(), "egonce": config.egonce, "n_train": counts["train"],
-                "augment": augment.model_dump() if augment else None, "size": size,
-                "n_aux": counts["aux"], "pseudo": pseudo,
-                "gather": config.gather_negatives and config.train.num_workers > 1,
-                "eval_batch_size": config.eval_batch_size}
+    def loop(counts: dict[str, Any]) -> VideoTextLoop:  # launch has refused too few training clips
+        return VideoTextLoop(train=options, output=config.output, n_train=counts["train"], model=config.model,
+                             egonce=config.egonce, augment=augment, size=size, n_aux=counts["aux"], pseudo=pseudo,
+                             gather=config.gather_negatives and config.train.num_workers > 1,
+                             eval_batch_size=config.eval_batch_size)
 
     options, pseudo = with_temperature_freezes(config.train, "pseudo" in kinds, config.freeze_temperature,
                                                config.freeze_pseudo_temperature)

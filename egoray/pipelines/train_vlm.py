@@ -37,7 +37,7 @@ from egoray.config import StrictModel, Url
 from egoray.data.raw import InputError
 from egoray.train.distributed import TrainerOptions
 from egoray.train.job import TrainingJobConfig, launch
-from egoray.train.recipe import Recipe
+from egoray.train.recipe import LoopConfig, Recipe
 
 # EILEV's training prompts (InstructBLIP's templates), one drawn for every clip of a sample
 EILEV_PROMPTS = [
@@ -123,18 +123,30 @@ def _recovered(words: str | None, text: str) -> bool | None:
     return all(any(w.startswith(part) for w in said) for part in str(words).lower().split())
 
 
+class VLMLoop(LoopConfig):
+    """What each worker of train_vlm is given."""
+
+    model: VLMTrainModel
+    eval_max: int
+    clips: str  # the decoded clips (the in-context examples' pool)
+    train_splits: list[str]
+    eval_generate: int
+    max_new_tokens: int
+
+
 class VLMRecipe(Recipe):
     """BLIP-2's part of the shared trainer: interleaved clips and narrations, the prompt masked."""
 
     name = "train_vlm"
     best_metric = "eval_loss"
     best_mode = "min"
+    loop: VLMLoop
 
-    def __init__(self, loop: dict[str, Any]) -> None:
+    def __init__(self, loop: VLMLoop) -> None:
         from egoray.models.video_blip import TRAINED
 
         super().__init__(loop)
-        self.spec = VLMTrainModel(**loop["model"])
+        self.spec = loop.model
         self.save_prefixes = TRAINED
         self.epoch = 0
 
@@ -164,7 +176,7 @@ class VLMRecipe(Recipe):
         # training clips draw their in-context examples every epoch (EILEV's dataset draws them
         # at every load) from the training pool: metadata only, read once per worker
         k = self.spec.examples(False)
-        self.pool = load_example_pool(self.loop["clips"], self.loop["train_splits"]) if k else None
+        self.pool = load_example_pool(self.loop.clips, self.loop.train_splits) if k else None
         self.model, self.options = model, options
         self.decoder_only = bool(model.config.use_decoder_only_language_model)
         self.queries = int(model.config.num_query_tokens)
@@ -173,8 +185,8 @@ class VLMRecipe(Recipe):
         # at every evaluation and in every run, whatever order the blocks arrive in
         self.eval_rows: list[dict[str, Any]] = []
         for b in held.iter_batches(batch_size=256, batch_format="pyarrow"):
-            smallest = b.sort_by("id").slice(0, self.loop["eval_max"]).to_pylist()  # rows only of those
-            self.eval_rows = sorted(self.eval_rows + smallest, key=lambda r: r["id"])[:self.loop["eval_max"]]
+            smallest = b.sort_by("id").slice(0, self.loop.eval_max).to_pylist()  # rows only of those
+            self.eval_rows = sorted(self.eval_rows + smallest, key=lambda r: r["id"])[:self.loop.eval_max]
         self.train_rows = ordered_shard("train", options.seed)
 
     def batches(self, epoch: int, batch: int, rank: int) -> Any:
@@ -260,7 +272,7 @@ class VLMRecipe(Recipe):
                 total += float(out.loss) * n
                 tokens += n
         metrics = {"eval_loss": total / max(tokens, 1)}
-        if self.loop["eval_generate"]:
+        if self.loop.eval_generate:
             metrics.update(self._generated(model, device, dtype))
         return metrics
 
@@ -272,9 +284,9 @@ class VLMRecipe(Recipe):
         from egoray.models.vlm import LoadedVLM, VLMOptions, clip_prompts, generate, query_inputs
         from egoray.stages.vlm_train import narration_text
 
-        rows = self.eval_rows[:self.loop["eval_generate"]]
+        rows = self.eval_rows[:self.loop.eval_generate]
         vlm = LoadedVLM(model, self.tokenizer, None, device)
-        options = VLMOptions(model=self.spec.base, max_new_tokens=self.loop["max_new_tokens"], layout=self.spec.layout)
+        options = VLMOptions(model=self.spec.base, max_new_tokens=self.loop.max_new_tokens, layout=self.spec.layout)
         texts: list[str] = []
         with torch.no_grad():
             for i in range(0, len(rows), 8):
@@ -307,7 +319,7 @@ class VLMRecipe(Recipe):
                                           "mode": self.spec.mode, "in_context": self.spec.examples(True)}}
 
 
-def _train_loop(loop: dict[str, Any]) -> None:
+def _train_loop(loop: VLMLoop) -> None:
     from egoray.train.recipe import train
 
     train(VLMRecipe(loop), loop)
@@ -358,13 +370,14 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             _Keep(k_eval), batch_format="pyarrow", num_cpus=io_cpus())
         return {"url": samples, "aux": [], "datasets": {"train": train, "eval": held}}
 
-    def loop(counts: dict[str, Any]) -> dict[str, Any]:
+    def loop(counts: dict[str, Any]) -> VLMLoop:
         if counts["train"] <= max(k_train, k_eval):
             raise InputError(f"{counts['train']} training clips cannot give {max(k_train, k_eval)} in-context "
                              "examples each (another clip's); add data or lower model.in_context")
-        return {"model": spec.model_dump(), "n_train": counts["train"], "eval_max": config.eval_max,
-                "clips": storage.join(config.output, WORK_DIR, "clips"), "train_splits": config.train_splits,
-                "eval_generate": config.eval_generate, "max_new_tokens": config.max_new_tokens}
+        return VLMLoop(train=config.train, output=config.output, n_train=counts["train"], model=spec,
+                       eval_max=config.eval_max, clips=storage.join(config.output, WORK_DIR, "clips"),
+                       train_splits=config.train_splits, eval_generate=config.eval_generate,
+                       max_new_tokens=config.max_new_tokens)
 
     return launch(config, overwrite, inputs, config.train, _train_loop, pairs, loop)
 

@@ -1,6 +1,6 @@
 """Ray Train plumbing shared by the training jobs: options, the per-worker engine, checkpoints.
 
-The driver side (:func:`fit`) builds a ``TorchTrainer`` whose run lives under
+The driver side (:func:`egoray.train.job.fit`) builds a ``TorchTrainer`` whose run lives under
 ``<output>/train`` — Ray Train keeps its checkpoints and its own snapshot there, so running the
 same job again on the same output resumes from the latest checkpoint, and a worker that dies
 mid-run is replaced and resumed by ``FailureConfig``. The worker side (:class:`Engine`) hides
@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
-from egoray import storage
 from egoray.config import StrictModel
 from egoray.models.checkpoint import MODEL_FILE, load_weights
 
@@ -287,65 +285,3 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     import torch.distributed.nn.functional as dist_fn
 
     return torch.cat(dist_fn.all_gather(x), dim=0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Driver side
-# ---------------------------------------------------------------------------------------------
-
-
-def fit(train_fn: Callable[[dict], None], loop_config: dict[str, Any], options: TrainerOptions,
-        output: str, datasets: dict[str, Any] | None = None) -> Any:
-    """Run ``train_fn`` on ``options.num_workers`` Ray Train workers; returns the Ray Train Result.
-
-    ``datasets`` are Ray Datasets the workers read with ``ray.train.get_dataset_shard``, each
-    whole (:class:`egoray.train.data.OrderedShard` deals a training set's rows).
-    """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from egoray.settings import Settings
-
-    backend = options.backend if options.backend != "auto" else ("nccl" if options.use_gpu else "gloo")
-    storage_path, filesystem = _storage(output)
-    trainer = TorchTrainer(
-        train_fn,
-        train_loop_config=loop_config,
-        torch_config=TorchConfig(backend=backend),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=options.num_workers, use_gpu=options.use_gpu,
-            resources_per_worker={"CPU": options.cpus_per_worker, **({"GPU": 1} if options.use_gpu else {})}),
-        run_config=ray.train.RunConfig(
-            name="train", storage_path=storage_path, storage_filesystem=filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=options.keep_checkpoints),
-            worker_runtime_env=Settings.from_environ().runtime_env()),
-        datasets=datasets or {},
-        # every worker reads every dataset whole: held-out sets all of them, training sets to
-        # take its share of the seeded global order (egoray.train.order), which a split by
-        # arrival would not keep
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
-    )
-    return trainer.fit()
-
-
-def _storage(output: str) -> tuple[str, Any]:
-    """Ray Train's storage path and filesystem for an output URL (S3 through our s3fs settings)."""
-    if "://" not in output or output.startswith("file://"):
-        path = output[len("file://"):] if output.startswith("file://") else output
-        return os.path.abspath(path), None
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, path = storage.filesystem(output)
-    return path, PyFileSystem(FSSpecHandler(fs))
-
-
-def fetch_model(checkpoint: Any, output: str) -> dict[str, Any]:
-    """Copy the exported weights of a Ray Train checkpoint to ``<output>/model/``; returns its client state."""
-    with checkpoint.as_directory() as directory:
-        with open(os.path.join(directory, MODEL_FILE), "rb") as f:
-            storage.write_bytes(storage.join(output, "model", MODEL_FILE), f.read())
-        with open(os.path.join(directory, "client_state.json")) as f:
-            client_state = json.load(f)
-    storage.write_json(storage.join(output, "model", "client_state.json"), client_state)
-    return client_state

@@ -7,6 +7,9 @@ exported. It never holds a pair.
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -15,10 +18,12 @@ import pyarrow as pa
 from egoray import storage
 from egoray.config import JobConfig
 from egoray.data.raw import InputError
+from egoray.models.checkpoint import MODEL_FILE
 from egoray.runner import JobRun, run_lifecycle
 from egoray.runtime import Added
 from egoray.stages.base import StageCounts
-from egoray.train.distributed import TrainerOptions, fetch_model, fit
+from egoray.train.distributed import TrainerOptions
+from egoray.train.recipe import LoopConfig
 
 
 class TrainingJobConfig(JobConfig):
@@ -47,15 +52,15 @@ def with_temperature_freezes(options: TrainerOptions, has_pseudo: bool, freeze_t
 
 
 def launch(config: JobConfig, overwrite: bool, inputs: list[str], options: TrainerOptions,
-           train_fn: Callable[[dict], None], pairs: Callable[[], dict[str, Any]],
-           loop: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+           train_fn: Callable[[Any], None], pairs: Callable[[], dict[str, Any]],
+           loop: Callable[[dict[str, Any]], LoopConfig]) -> dict[str, Any]:
     """Claim the output, build the pairs, train on Ray, export the model and metrics (through
     :func:`egoray.runner.run_lifecycle`); returns ``run.json``.
 
     ``inputs``: URLs whose change refuses a resume (an output written by another config or from
     changed inputs is refused; ``--overwrite`` clears it, checkpoints too). ``pairs()`` (Ray
     running) returns ``url`` (the main pairs), ``aux`` (more pair folders), and ``datasets`` for
-    :func:`fit`; ``loop(counts)`` the train loop's config.
+    :func:`fit`; ``loop(counts)`` the workers' typed config (:class:`~egoray.train.recipe.LoopConfig`).
     """
     def body(job: JobRun) -> Added:
         return _train(config, options, train_fn, pairs, loop, job)
@@ -63,8 +68,8 @@ def launch(config: JobConfig, overwrite: bool, inputs: list[str], options: Train
     return run_lifecycle(config, overwrite, body, inputs=inputs, dashboard=True)
 
 
-def _train(config: JobConfig, options: TrainerOptions, train_fn: Callable[[dict], None],
-           pairs: Callable[[], dict[str, Any]], loop: Callable[[dict[str, Any]], dict[str, Any]],
+def _train(config: JobConfig, options: TrainerOptions, train_fn: Callable[[Any], None],
+           pairs: Callable[[], dict[str, Any]], loop: Callable[[dict[str, Any]], LoopConfig],
            job: JobRun) -> Added:
     from egoray.train.data import count_pairs, write_rejects
 
@@ -88,8 +93,7 @@ def _train(config: JobConfig, options: TrainerOptions, train_fn: Callable[[dict]
                          "(each needs at least 2); add data or lower train.num_workers")
     if info["rejected"]:
         write_rejects(built["url"], config.output)
-    loop_config = {**loop(info), "train": options.model_dump(), "output": config.output}
-    result = fit(train_fn, loop_config, options, config.output, built["datasets"])
+    result = fit(train_fn, loop(info), options, config.output, built["datasets"])
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     state = fetch_model(result.checkpoint, config.output)
@@ -115,3 +119,73 @@ def _train(config: JobConfig, options: TrainerOptions, train_fn: Callable[[dict]
     manifest.status = "complete"
     resumed = state.get("resumed_from", 0)
     return Added({}, {"examples_trained": sum(h.get("examples") or 0 for h in history if h.get("epoch", 0) > resumed)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side
+# ---------------------------------------------------------------------------------------------
+
+
+LOOP_KEY = "loop"  # Ray Train's train_loop_config is a dict: ours is one typed value in it
+
+
+def _run_loop(train_fn: Callable[[Any], None], config: dict[str, Any]) -> None:
+    train_fn(config[LOOP_KEY])
+
+
+def fit(train_fn: Callable[[Any], None], loop: Any, options: TrainerOptions,
+        output: str, datasets: dict[str, Any] | None = None) -> Any:
+    """Run ``train_fn(loop)`` on ``options.num_workers`` Ray Train workers (``loop``: the job's
+    :class:`~egoray.train.recipe.LoopConfig`); returns the Ray Train Result.
+
+    ``datasets`` are Ray Datasets the workers read with ``ray.train.get_dataset_shard``, each
+    whole (:class:`egoray.train.data.OrderedShard` deals a training set's rows).
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from egoray.settings import Settings
+
+    backend = options.backend if options.backend != "auto" else ("nccl" if options.use_gpu else "gloo")
+    storage_path, filesystem = _storage(output)
+    trainer = TorchTrainer(
+        functools.partial(_run_loop, train_fn),
+        train_loop_config={LOOP_KEY: loop},
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=options.num_workers, use_gpu=options.use_gpu,
+            resources_per_worker={"CPU": options.cpus_per_worker, **({"GPU": 1} if options.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name="train", storage_path=storage_path, storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=options.keep_checkpoints),
+            worker_runtime_env=Settings.from_environ().runtime_env()),
+        datasets=datasets or {},
+        # every worker reads every dataset whole: held-out sets all of them, training sets to
+        # take its share of the seeded global order (egoray.train.order), which a split by
+        # arrival would not keep
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+    )
+    return trainer.fit()
+
+
+def _storage(output: str) -> tuple[str, Any]:
+    """Ray Train's storage path and filesystem for an output URL (S3 through our s3fs settings)."""
+    if "://" not in output or output.startswith("file://"):
+        path = output[len("file://"):] if output.startswith("file://") else output
+        return os.path.abspath(path), None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = storage.filesystem(output)
+    return path, PyFileSystem(FSSpecHandler(fs))
+
+
+def fetch_model(checkpoint: Any, output: str) -> dict[str, Any]:
+    """Copy the exported weights of a Ray Train checkpoint to ``<output>/model/``; returns its client state."""
+    with checkpoint.as_directory() as directory:
+        with open(os.path.join(directory, MODEL_FILE), "rb") as f:
+            storage.write_bytes(storage.join(output, "model", MODEL_FILE), f.read())
+        with open(os.path.join(directory, "client_state.json")) as f:
+            client_state = json.load(f)
+    storage.write_json(storage.join(output, "model", "client_state.json"), client_state)
+    return client_state

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from egoray import storage
 from egoray.data.seeds import row_seed
@@ -33,6 +34,18 @@ from egoray.train.distributed import Engine, TrainerOptions, effective_batch, re
 from egoray.train.tensorboard import ScalarLog
 
 BEST_FOLDER = "best"
+
+
+class LoopConfig(BaseModel):
+    """What every training worker is given, typed: a job's recipe adds its own fields (its model's
+    config, counts the driver took) in a subclass. Built and checked on the driver; Ray Train
+    hands the same object to each worker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: TrainerOptions
+    output: str = Field(description="the job's output URL (best/, tensorboard/ are written under it)")
+    n_train: int = Field(ge=1, description="training items, as the driver counted them")
 
 
 class Recipe:
@@ -44,7 +57,7 @@ class Recipe:
     best_mode = "min"
     save_prefixes: tuple[str, ...] | None = None
 
-    def __init__(self, loop: dict[str, Any]) -> None:
+    def __init__(self, loop: LoopConfig) -> None:
         self.loop = loop
 
     def build(self) -> torch.nn.Module:
@@ -113,13 +126,13 @@ def _agree(value: Any) -> Any:
     return box[0]
 
 
-def train(recipe: Recipe, loop: dict[str, Any]) -> None:
+def train(recipe: Recipe, loop: LoopConfig) -> None:
     """One Ray Train worker's whole run."""
     import ray.train
 
     from egoray.train.schedule import freeze
 
-    options = TrainerOptions(**loop["train"])
+    options = loop.train
     torch.manual_seed(options.seed)
     torch.set_num_threads(max(1, int(options.cpus_per_worker)))
     ctx = ray.train.get_context()
@@ -128,10 +141,10 @@ def train(recipe: Recipe, loop: dict[str, Any]) -> None:
     initialised = init_weights(model, options.init_from) if options.init_from else None
     frozen = freeze(model, options.freeze)
     recipe.setup(model, options)
-    batch = effective_batch(loop["n_train"], world, options.batch_size)
-    steps_per_epoch = (loop["n_train"] // world // batch) // options.grad_accum
+    batch = effective_batch(loop.n_train, world, options.batch_size)
+    steps_per_epoch = (loop.n_train // world // batch) // options.grad_accum
     if steps_per_epoch < 1:
-        raise ValueError(f"{loop['n_train']} training items give {world} workers no full step of "
+        raise ValueError(f"{loop.n_train} training items give {world} workers no full step of "
                          f"{options.grad_accum} micro-batches of {batch}; lower train.grad_accum")
     engine = Engine(model, options, batch, recipe.save_prefixes, total_steps=steps_per_epoch * options.epochs)
     state = resume(engine)
@@ -142,9 +155,9 @@ def train(recipe: Recipe, loop: dict[str, Any]) -> None:
     resumed_from = {"epoch": epochs_done, "step": step}
     metric = options.best_metric or recipe.best_metric
     mode = options.best_mode or recipe.best_mode
-    best = _read_best(loop["output"], metric)
+    best = _read_best(loop.output, metric)
     # events of steps after the resume point were written by a run that did not checkpoint them
-    log = ScalarLog(loop["output"], enabled=options.tensorboard and rank == 0, purge_step=step + 1 if step else None)
+    log = ScalarLog(loop.output, enabled=options.tensorboard and rank == 0, purge_step=step + 1 if step else None)
     export = recipe.export()
 
     def client_state(epoch: int, in_epoch: int) -> dict[str, Any]:
@@ -162,7 +175,7 @@ def train(recipe: Recipe, loop: dict[str, Any]) -> None:
         log.add(step, scalars, "model/")
         if _agree(_better(row.get(metric), best, mode)):
             best = _agree(row.get(metric))
-            _save_best(engine, loop["output"], export, {"metric": metric, "mode": mode, "value": best,
+            _save_best(engine, loop.output, export, {"metric": metric, "mode": mode, "value": best,
                                                         "epoch": epoch, "step": step}, rank)
         history.append(row)
         log.flush()

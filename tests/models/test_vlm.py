@@ -198,14 +198,16 @@ def test_training_clips_draw_their_examples_every_epoch_and_targets_are_the_anno
     """EILEV's dataset draws a sample's in-context examples at every load: a training clip's differ
     between epochs (the same in every run for an epoch), a held-out clip keeps the ones chosen
     once; texts are the annotated ones through EILEV's cleaning."""
-    from egoray.pipelines.train_vlm import VLMRecipe, VLMTrainModel
+    from egoray.pipelines.train_vlm import VLMLoop, VLMRecipe, VLMTrainModel
     from egoray.stages.vlm_train import narration_text
     from egoray.train.distributed import TrainerOptions
 
     pool = [{**_row(i, "cut" if i % 2 else "wash", f"thing{i % 5}"), "frames_url": f"f{i}.npy",
              "text": f"The camera wearer does {i}", "raw_text": f"#C C does {i} #unsure"} for i in range(40)]
-    recipe = VLMRecipe({"model": VLMTrainModel(in_context=4).model_dump()})
-    recipe.pool, recipe.options = ExamplePool(pool), TrainerOptions(seed=3)
+    options = TrainerOptions(seed=3)
+    recipe = VLMRecipe(VLMLoop(train=options, output="unused", n_train=len(pool), model=VLMTrainModel(in_context=4),
+                               eval_max=8, clips="unused", train_splits=["train"], eval_generate=0, max_new_tokens=8))
+    recipe.pool, recipe.options = ExamplePool(pool), options
     query = {**pool[7], "example_urls": ["held.npy"], "example_texts": ["#C C holds"]}
     drawn = {}
     for epoch in (0, 1, 2, 0):

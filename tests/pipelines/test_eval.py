@@ -51,7 +51,7 @@ def test_mcq_ranks_answers_with_the_dual_encoder(demo_run, tmp_path):
     config, moments = _pooled(tmp_path, "mcq", mcq=sections.MCQSection(
         qa=str(tmp_path / "qa"), model=str(out / "dual_encoder"), video_features=str(out / "video_features"),
         text_features=str(out / "text_features")))
-    result = sections.mcq(config.mcq, moments)
+    result = sections.mcq.compute(config.mcq, moments)
     assert result.counts == {"in": 7, "out": 6, "rejected": 1}
     assert result.rejects[0]["reason"] == "no_video_features"
     assert result.metrics["questions"] == 6 and result.metrics["chance"] == 0.25
@@ -66,7 +66,7 @@ def test_retrieval_with_ek100_style_relevancy_csv(demo_run, tmp_path):
         "video_features": str(out / "video_features"), "text_features": str(out / "text_features"),
         "labels": str(out / "data" / "clips.parquet")})
     _, pairs = _pooled(tmp_path, "retrieval", retrieval=base)
-    plain = sections.retrieval(base, pairs)
+    plain = sections.retrieval.compute(base, pairs)
     # the held-out narrations written as an EK-100 annotation CSV (verb class, noun class set)
     narrations = storage.read_parquet(str(out / "narrations" / "narrations")).to_pylist()
     clips = storage.read_parquet(str(out / "data" / "clips.parquet")).to_pylist()
@@ -79,7 +79,7 @@ def test_retrieval_with_ek100_style_relevancy_csv(demo_run, tmp_path):
         clip = next(c for c in clips if c["video_uid"] == n["video_uid"] and c["t_start"] <= n["t_start"] <= c["t_end"])
         lines.append(f'{n["narration_id"]},"{n["text"]}",{verbs[clip["verb"]]},"[{nouns[clip["noun"]]}]"')
     (tmp_path / "ek.csv").write_text("\n".join(lines) + "\n")
-    ek = sections.retrieval(base.model_copy(update={"ek100": sections.EK100Relevancy(videos_csv=str(tmp_path / "ek.csv"))}),
+    ek = sections.retrieval.compute(base.model_copy(update={"ek100": sections.EK100Relevancy(videos_csv=str(tmp_path / "ek.csv"))}),
                             pairs)
     m = ek.metrics
     assert 0 < m["ek100_avg_mAP"] <= 1 and 0 < m["ek100_avg_nDCG"] <= 1
@@ -106,12 +106,12 @@ def test_retrieval_with_ek100_style_relevancy_csv(demo_run, tmp_path):
         section = base.model_copy(update={"ek100": sections.EK100Relevancy(
             videos_csv=str(tmp_path / "ek.csv"), sentences_csv=str(tmp_path / "sentences.csv"),
             relevancy=str(tmp_path / name) if name else None)})
-        results[name] = {k: v for k, v in sections.retrieval(section, pairs).metrics.items() if k.startswith("ek100")}
+        results[name] = {k: v for k, v in sections.retrieval.compute(section, pairs).metrics.items() if k.startswith("ek100")}
     assert results["relevancy.pkl"] == results["relevancy.npy"] == results[None]
     assert results[None]["ek100_avg_mAP"] > 0
     np.save(tmp_path / "wrong.npy", computed.matrix[:, :-1])
     with pytest.raises(InputError, match="matrix, but"):
-        sections.retrieval(base.model_copy(update={"ek100": sections.EK100Relevancy(
+        sections.retrieval.compute(base.model_copy(update={"ek100": sections.EK100Relevancy(
             videos_csv=str(tmp_path / "ek.csv"), sentences_csv=str(tmp_path / "sentences.csv"),
             relevancy=str(tmp_path / "wrong.npy"))}), pairs)
     # EK-100's segments are exact: no widening unless asked; Ego4D's points get 1 s
@@ -140,7 +140,7 @@ def test_summaries_against_each_videos_human_summaries(tmp_path):
                              "text": ["The camera wearer cooked pasta in the kitchen", "someone made food",
                                       "The camera wearer washed dishes"]}),
                    tmp_path / "ingest" / "summaries" / "part-0000.parquet")
-    result = sections.captioning(sections.CaptioningSection(
+    result = sections.captioning.compute(sections.CaptioningSection(
         name="summaries", kind="summaries", predictions=str(tmp_path / "cap"), references=str(tmp_path / "ingest")))
     assert result.counts == {"in": 3, "out": 2, "rejected": 1}
     assert [(r["record_id"], r["reason"]) for r in result.rejects] == [("v3", "no_reference")]
@@ -170,7 +170,7 @@ def test_zeroshot_multilabel_clips_report_map(demo_run, tmp_path):
         classes=str(out / "data" / "labels.txt"), text_features=str(out / "text_features"),
         model=str(out / "dual_encoder"), clips=str(tmp_path / "clips.parquet"),
         video_features=str(out / "video_features")))
-    result = sections.zeroshot(config.zeroshot, clips_pooled)
+    result = sections.zeroshot.compute(config.zeroshot, clips_pooled)
     assert result.counts == {"in": 13, "out": 12, "rejected": 1}
     assert result.rejects[0]["reason"] == "unknown_label"
     m = result.metrics
@@ -231,3 +231,23 @@ def test_egomcq_and_egtea_sections_on_the_demo(demo_run, tmp_path):
     # every whole video is a clip of its own (its key is the clip id); mean-class accuracy reported
     assert egtea["clips"] == len(videos) and egtea["classes"] == len(labels)
     assert 0 <= egtea["mean_class_accuracy"] <= 1 and egtea["chance_top1"] == 1 / len(labels)
+
+
+def test_every_section_of_the_eval_config_is_a_registered_module():
+    import typing
+
+    from egoray.config import JobConfig
+    from egoray.eval.metric_notes import metric_note
+    from egoray.pipelines.eval import Config
+
+    fields = {k: v for k, v in Config.model_fields.items() if k not in JobConfig.model_fields and k != "report"}
+    assert list(fields) == list(sections.SECTIONS)  # the job's keys are the registry's, in its order
+    for name, kind in sections.SECTIONS.items():
+        annotation = fields[name].annotation
+        assert kind.config in typing.get_args(annotation), (name, annotation)  # X | None, or list[X]
+        assert kind.module.__name__ == f"egoray.eval.sections.{name}"
+        assert callable(kind.module.compute) and callable(kind.module.note)
+        # the report's line comes from the section's own module, not the fallback for unknown ones
+        assert metric_note(name if name != "captioning" else "captioning-x", {}) == kind.note({})
+    assert sections.kind_of("captioning-narrator") is sections.SECTIONS["captioning"]
+    assert sections.kind_of("nonsense") is None

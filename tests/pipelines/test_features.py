@@ -188,7 +188,7 @@ def test_captions_job(synth_videos, tmp_path, ray_session):
     # the eval job's modality gap of this output: CoCa frame mean vs summary embedding
     from egoray.eval import sections
 
-    gap = sections.gap(sections.GapSection(sources=["captions"], captions=str(out), plots=["svd"]), None)
+    gap = sections.gap.compute(sections.GapSection(sources=["captions"], captions=str(out), plots=["svd"]), None)
     assert gap.metrics["captions"]["pairs"] == table.num_rows and gap.metrics["captions"]["dim"] == 64
     assert list(gap.plots) == ["gap_captions_svd.png"]
 

@@ -431,7 +431,7 @@ def test_narrator_on_the_video_tower_trains_and_narrates_from_frames(features, v
     # scored in LaViLa's protocol: each window against its own narration (window id = narration id)
     from egoray.eval import sections
 
-    scored = sections.captioning(sections.CaptioningSection(
+    scored = sections.captioning.compute(sections.CaptioningSection(
         name="lavila", kind="narrations", predictions=str(tmp_path / "narrate"),
         references=str(features / "narrations"), protocol="lavila"))
     assert scored.metrics["protocol"] == "lavila" and scored.metrics["items"] == len(held)
