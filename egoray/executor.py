@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from egoray import storage
 from egoray.errors import ray_errors
-from egoray.inprocess import refuse_in_process
+from egoray.inprocess import refuse_in_process, refuse_in_process_output
 from egoray.pass_stats import PassStats, ProgressLine
 from egoray.plans import CHECKPOINT_DIR, DONE_FILE, WORK_DIR, Pass, PassResult, Source
 from egoray.settings import cluster_address
@@ -301,6 +301,7 @@ def run_pass(p: Pass, output: str, budget: ErrorBudget | None = None) -> PassRes
 
     from egoray.metrics import on_head_node
 
+    refuse_in_process_output(output)
     t0 = time.perf_counter()
     stats_name = f"egoray-pass-{uuid.uuid4().hex[:12]}"
     # on the head: a worker node lost mid-job must not take the job's statistics with it, and an

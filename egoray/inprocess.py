@@ -68,6 +68,14 @@ def refuse_in_process(step: str) -> None:
                        "(ray.in_process: false)")
 
 
+def refuse_in_process_output(output: str) -> None:
+    """For the Ray executor: an output this executor began is not continued on Ray (Ray Data's
+    checkpoint does not know its rows, so every one of them would be written again)."""
+    if any(r["base"].startswith(BASE_PREFIX) for r in read_counts(output)):
+        raise ExecutorConflict(f"{output} was begun in process; resume it with --in-process, "
+                               "or start again with --overwrite")
+
+
 def source_files(p: Pass) -> list[str]:
     """The Parquet files of a pass's source, in the order every run reads them."""
     paths = [p.source.paths] if isinstance(p.source.paths, str) else list(p.source.paths)

@@ -46,20 +46,19 @@ class JobRun:
 
 
 def run_lifecycle(config: JobConfig, overwrite: bool, body: Callable[[JobRun], Added | None], *,
-                  inputs: Iterable[str] = (), shards: list[str] | None = None, items: Iterable[str] | None = None,
+                  inputs: Iterable[str] = (), shards: list[str] | None = None,
                   uses_ray: bool = True, dashboard: bool = False, skip_complete: bool = False) -> dict[str, Any]:
     """Run (or resume) one job through the steps of the module docstring; returns its ``run.json``.
 
-    ``inputs``: URLs whose change refuses a resume; ``shards`` and ``items``: the units of a
-    sharded job (recorded with :class:`~egoray.runtime.ShardLedger`; the set of ``items`` must
-    not change between runs either); ``skip_complete``: a job whose ``run.json`` says complete
+    ``inputs``: URLs whose change refuses a resume; ``shards``: the units of a sharded job
+    (recorded with :class:`~egoray.runtime.ShardLedger`); ``skip_complete``: a job whose ``run.json`` says complete
     does nothing again (streaming jobs; a sharded job skips its own finished shards).
     """
     wall0 = time.perf_counter()
     manifest = RunManifest.start(config)
     inputs = list(inputs)
     if shards is not None:
-        resumed = ShardLedger(config.output).prepare(config, shards, overwrite=overwrite, inputs=inputs, items=items)
+        resumed = ShardLedger(config.output).prepare(config, shards, overwrite=overwrite, inputs=inputs)
     else:
         resumed = claim_output(config, overwrite, input_signatures(inputs))
     run_url = storage.join(config.output, MANIFEST_FILE)

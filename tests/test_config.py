@@ -111,3 +111,19 @@ def test_every_job_has_a_ray_jobs_entrypoint():
         entry = ROOT / "jobs" / f"{job}.py"
         assert entry.exists(), f"jobs/{job}.py is missing"
         assert f'main("{job}")' in entry.read_text()
+
+
+def test_the_other_training_jobs_aux_key_says_what_this_job_takes():
+    from egoray.pipelines import validate_config
+
+    with pytest.raises(ConfigError, match=r"aux.0.*texts is train_video_text's key.*takes text_features"):
+        validate_config({"job": "train_dual_encoder", "input": "i", "output": "o", "video_features": "v",
+                         "text_features": "t", "aux": [{"texts": "narrated"}]})
+    with pytest.raises(ConfigError, match=r"aux.0.*text_features is train_dual_encoder's key.*give texts"):
+        validate_config({"job": "train_video_text", "input": "i", "output": "o", "videos": "v",
+                         "aux": [{"text_features": "embedded"}]})
+    # both share one block: the window offset rule (pseudo texts are not widened unless asked)
+    config = validate_config({"job": "train_video_text", "input": "i", "output": "o", "videos": "v",
+                              "aux": [{"texts": "narrated"}, {"texts": "rephrased", "offset_sec": 0.5}]})
+    assert [a.window_offset("pseudo", 1.0) for a in config.aux] == [0.0, 0.5]
+    assert config.aux[0].window_offset("human", 1.0) == 1.0

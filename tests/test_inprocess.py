@@ -118,6 +118,14 @@ def test_an_in_process_job_killed_mid_run_resumes_exactly(texts, tmp_path):
         run(_config(texts, out, bad=bad))
 
 
+def test_ray_does_not_continue_an_output_begun_in_process(ray_session, texts, tmp_path):
+    out = tmp_path / "out"
+    run(_config(texts, out, bad=[]))
+    (out / "run.json").unlink()  # as a killed run leaves it
+    with pytest.raises(ExecutorConflict, match="begun in process"):
+        run(Config(input=str(texts), output=str(out), max_error_fraction=0.05))
+
+
 def test_jobs_and_steps_that_need_ray_refuse_in_process(tmp_path):
     from egoray.pipelines import qa, validate_config
 

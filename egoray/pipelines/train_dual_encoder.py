@@ -26,15 +26,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from egoray import storage
-from egoray.config import StrictModel, Url
+from egoray.config import Url
 from egoray.eval.retrieval import paired_retrieval_metrics
 from egoray.models.dual_encoder import DualEncoder, DualEncoderConfig, load_dual_encoder
 from egoray.stages.pairs import caption_codes
 from egoray.train.distributed import TrainerOptions, contrastive
-from egoray.train.job import TrainingJobConfig, launch, with_temperature_freezes
+from egoray.train.job import AuxTexts, TrainingJobConfig, launch, with_temperature_freezes
 from egoray.train.recipe import LoopConfig, Recipe
 
 __all__ = ["AuxSource", "Config", "evaluate", "load_dual_encoder", "run"]
@@ -42,15 +42,21 @@ __all__ = ["AuxSource", "Config", "evaluate", "load_dual_encoder", "run"]
 PAIR_COLUMNS = ["id", "text", "video", "embedding", "verb_code", "noun_code"]
 
 
-class AuxSource(StrictModel):
-    """Extra texts for the same kind of windows (LaViLa's rephrased / pseudo narrations): a
-    ``text_features`` output over a rephrase or narrate output, which carries each text's window."""
+class AuxSource(AuxTexts):
+    """Extra texts for the same kind of windows, embedded already: a ``text_features`` output over
+    a rephrase or narrate output, which carries each text's window."""
 
     text_features: Url = Field(description="text_features output over the extra texts (video_uid, t_start, t_end kept)")
     kind: Literal["pseudo", "human"] = Field(
         "pseudo", description="pseudo: narrator texts (own temperature); human: rephrased narrations")
-    offset_sec: float | None = Field(None, ge=0, description="widen each window by this; default: 0 for pseudo "
-                                                             "texts (narrate's windows are final), else the job's")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_raw_texts(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "texts" in data:
+            raise ValueError("texts is train_video_text's key (it embeds the texts itself); train_dual_encoder "
+                             "takes text_features: a text_features output over those texts")
+        return data
 
 
 class Config(TrainingJobConfig):
@@ -203,7 +209,7 @@ def _train_loop(loop: DualEncoderLoop) -> None:
 
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
-    from egoray.train.data import aux_offset, build_pairs, pairs_dataset, text_features_source
+    from egoray.train.data import build_pairs, pairs_dataset, text_features_source
 
     splits = config.train_splits + config.eval_splits
     items, inputs = text_features_source(config.text_features, splits)
@@ -215,7 +221,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     def pairs() -> dict[str, Any]:
         url = build_pairs(config.output, "pairs", items, config.video_features, config.offset_sec, config.labels)
         aux = [build_pairs(config.output, f"aux{i}", build, config.video_features,
-                           aux_offset(a.offset_sec, a.kind, config.offset_sec))
+                           a.window_offset(a.kind, config.offset_sec))
                for i, (a, (build, _)) in enumerate(zip(config.aux, aux_items, strict=True))]
         datasets = {"train": pairs_dataset(url, config.train_splits, PAIR_COLUMNS),
                     "eval": pairs_dataset(url, config.eval_splits, PAIR_COLUMNS)}

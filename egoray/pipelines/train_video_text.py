@@ -28,14 +28,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from egoray.config import StrictModel, Url
 from egoray.data.raw import InputError
 from egoray.models.video_text import VideoTextConfig, export_config, load_video_text
 from egoray.stages.video import stack_npy
 from egoray.train.distributed import TrainerOptions, contrastive
-from egoray.train.job import TrainingJobConfig, launch, with_temperature_freezes
+from egoray.train.job import AuxTexts, TrainingJobConfig, launch, with_temperature_freezes
 from egoray.train.recipe import LoopConfig, Recipe
 
 __all__ = ["Config", "load_video_text", "run"]
@@ -43,15 +43,20 @@ __all__ = ["Config", "load_video_text", "run"]
 CLIP_COLUMNS = ["id", "text", "frames", "verb_code", "noun_code"]
 
 
-class AuxTexts(StrictModel):
-    """More texts of windows to train on (LaViLa's ``--metadata-aux``)."""
+class AuxWindowTexts(AuxTexts):
+    """More texts of windows to train on (LaViLa's ``--metadata-aux``), embedded by the text tower
+    as it trains. ``kind`` defaults to pseudo for a narrate output, human for a rephrase output."""
 
     texts: Url = Field(description="a narrate output (pseudo-narrations), a rephrase output (paraphrases), or a "
                                    "table id, text, video_uid, t_start, t_end")
-    kind: Literal["pseudo", "human"] | None = Field(
-        None, description="pseudo: own temperature; human: people's texts. Default: narrate pseudo, rephrase human")
-    offset_sec: float | None = Field(None, ge=0, description="widen each window by this; default: 0 for pseudo "
-                                                             "texts (narrate's windows are final), else the job's")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_embeddings(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "text_features" in data:
+            raise ValueError("text_features is train_dual_encoder's key; train_video_text embeds the texts "
+                             "itself: give texts (a narrate or rephrase output)")
+        return data
 
 
 class Augment(StrictModel):
@@ -72,7 +77,7 @@ class Config(TrainingJobConfig):
     offset_sec: float = Field(1.0, ge=0, description="clip = [t_start - offset, t_end + offset]")
     model: VideoTextConfig = VideoTextConfig()
     egonce: bool = Field(False, description="pairs sharing verb and noun count as positives")
-    aux: list[AuxTexts] = []
+    aux: list[AuxWindowTexts] = []
     augment: Augment | None = Field(Augment(), description="LaViLa's per-epoch temporal jitter and random resized "
                                                            "crop of training clips; none: the centre frames, cropped")
     rephrased: Url | None = Field(
@@ -239,7 +244,6 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from egoray.stages.clips import DecodeClips
     from egoray.train.data import (
         PARAPHRASES,
-        aux_offset,
         narrations_dataset,
         pairs_dataset,
         window_texts_dataset,
@@ -272,7 +276,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     def pairs() -> dict[str, Any]:
         url = decode("clips", items, config.offset_sec)
-        aux = [decode(f"aux{i}", build, aux_offset(a.offset_sec, kind, config.offset_sec))
+        aux = [decode(f"aux{i}", build, a.window_offset(kind, config.offset_sec))
                for i, (a, (build, _, _), kind) in enumerate(zip(config.aux, aux_sources, kinds, strict=True))]
         datasets = {"train": pairs_dataset(url, config.train_splits, CLIP_COLUMNS + [PARAPHRASES]),
                     "eval": pairs_dataset(url, config.eval_splits, CLIP_COLUMNS)}

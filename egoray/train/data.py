@@ -214,14 +214,6 @@ class FlattenTexts:
                          "t_end": pa.array(rows["t_end"], pa.float64())})
 
 
-def aux_offset(offset: float | None, kind: str, job_offset: float) -> float:
-    """How far an aux source's windows are widened: as set, else not at all for pseudo texts (a
-    narrate output's windows were widened when narrated) and like the narrations' for people's."""
-    if offset is not None:
-        return offset
-    return 0.0 if kind == "pseudo" else job_offset
-
-
 KEEP_BYTES = 256 * 2**20  # a worker keeps a training stream this small in memory
 
 

@@ -11,12 +11,13 @@ import functools
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
+from pydantic import Field
 
 from egoray import storage
-from egoray.config import JobConfig
+from egoray.config import JobConfig, StrictModel
 from egoray.data.raw import InputError
 from egoray.models.checkpoint import MODEL_FILE
 from egoray.runner import JobRun, run_lifecycle
@@ -24,6 +25,24 @@ from egoray.runtime import Added
 from egoray.stages.base import StageCounts
 from egoray.train.distributed import TrainerOptions
 from egoray.train.recipe import LoopConfig
+
+
+class AuxTexts(StrictModel):
+    """More texts of the same kind of windows, trained beside the narrations (LaViLa's pseudo
+    narrations or rephrased ones): which kind they are and how far their windows are widened. Each
+    training job says where the texts come from (a subclass adds that key)."""
+
+    kind: Literal["pseudo", "human"] | None = Field(
+        None, description="pseudo: narrator texts (their own temperature); human: people's texts (rephrased)")
+    offset_sec: float | None = Field(None, ge=0, description="widen each window by this; default: 0 for pseudo "
+                                                             "texts (narrate's windows are final), else the job's")
+
+    def window_offset(self, kind: str, job_offset: float) -> float:
+        """How far these windows are widened: as set, else not at all for pseudo texts (a narrate
+        output's windows were widened when narrated) and like the narrations' for people's."""
+        if self.offset_sec is not None:
+            return self.offset_sec
+        return 0.0 if kind == "pseudo" else job_offset
 
 
 class TrainingJobConfig(JobConfig):
