@@ -26,7 +26,8 @@ import torch
 from egoray import storage
 from egoray.data.synth import synthesize
 from egoray.data.text import normalise_one
-from egoray.models.vlm import VLMOptions, choose_examples, clip_prompts, generate, pixel_values, query_inputs
+from egoray.models.vlm import VLMOptions, clip_prompts, generate, pixel_values, query_inputs
+from egoray.models.vlm_examples import choose_examples
 from egoray.stages.vlm import VLMStage
 
 HERE = Path(__file__).resolve().parent

@@ -211,7 +211,8 @@ def run_streamed(root: Path, inputs: dict, epochs: int, batch: int, train: bool 
 
     from egoray.pipelines.train_dual_encoder import _stack
     from egoray.runtime import ensure_ray
-    from egoray.train.data import build_pairs, pairs_dataset, text_features_source
+    from egoray.train.data import text_features_source
+    from egoray.train.pairs import build_pairs, pairs_dataset
 
     torch.set_num_threads(2)
     tf = write_text_features(root, inputs) if not (root / "text_features").exists() else str(root / "text_features")

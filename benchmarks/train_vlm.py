@@ -25,9 +25,9 @@ import torch
 
 from egoray import storage
 from egoray.data.synth import synthesize
+from egoray.models.interleave import eilev_blocks, interleave, pad_interleaved
 from egoray.models.tiny import resolve_model
 from egoray.models.video_blip import VideoBlip2, freeze_backbones, to_pixels, train_transform
-from egoray.models.vlm import eilev_blocks, interleave, pad_interleaved
 from egoray.stages.video import from_npy, to_npy
 from egoray.video.decode import iter_frames, sample_times
 

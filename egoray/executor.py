@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -40,7 +39,8 @@ from egoray import storage
 from egoray.errors import ray_errors
 from egoray.inprocess import refuse_in_process, refuse_in_process_output
 from egoray.pass_stats import PassStats, ProgressLine
-from egoray.plans import CHECKPOINT_DIR, DONE_FILE, WORK_DIR, Pass, PassResult, Source
+from egoray.plans import CHECKPOINT_DIR, DONE_FILE, WORK_DIR, Pass, PassResult
+from egoray.ray_data_context import data_context, io_cpus, read
 from egoray.settings import cluster_address
 from egoray.stages.base import Sink, Stage, pending, read_counts
 from egoray.stages.guard import ErrorBudget, GuardedResult, StageFailing, call_guarded
@@ -151,85 +151,6 @@ def _sink_class() -> type:
 # ---------------------------------------------------------------------------------------------
 # Driver side
 # ---------------------------------------------------------------------------------------------
-
-
-def io_cpus() -> float:
-    """CPUs each read/write task asks for.
-
-    On egoray's own local Ray, none: reads and writes are short I/O, and an actor pool sized to
-    the machine would otherwise leave them no CPU at all (the pass would wait forever). On a
-    cluster, a quarter: that keeps them off a head node declared with ``CPU: 0``.
-    """
-    if cluster_address():
-        return float(os.environ.get("EGORAY_IO_CPUS", "0.25"))
-    return float(os.environ.get("EGORAY_IO_CPUS", "0"))
-
-
-@contextlib.contextmanager
-def data_context(checkpoint: Any = None) -> Iterator[Any]:
-    """The Ray Data context of one pass (restored afterwards): V1 Parquet reads (their tasks
-    take our CPU request), our checkpoint config, the sort shuffle, a stage's own
-    exception rather than Ray Data's ``UserCodeException`` (which loses its cause on the way to
-    the driver), Ray Data's INFO lines kept out of the way."""
-    import ray.data
-    from ray.data.context import ShuffleStrategy
-
-    ctx = ray.data.DataContext.get_current()
-    saved = (ctx.use_datasource_v2, ctx.checkpoint_config, ctx.print_on_execution_start, ctx.shuffle_strategy,
-             ctx.raise_original_map_exception)
-    ctx.use_datasource_v2 = False
-    ctx.raise_original_map_exception = True  # our errors reach the driver as themselves (see errors.ray_errors)
-    ctx.checkpoint_config = checkpoint
-    ctx.print_on_execution_start = False
-    # egoray shuffles only metadata (narrations, clip lists) in its preparation passes; the
-    # pull-based sort shuffle's tasks group that in seconds, locally and on a cluster, where the
-    # default hash shuffle first starts an aggregator actor per partition (200): 25 s on a laptop,
-    # and on an autoscaling cluster 200 resource requests for a few megabytes.
-    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    try:
-        with quiet_ray_data_logs():
-            yield ctx
-    finally:
-        (ctx.use_datasource_v2, ctx.checkpoint_config, ctx.print_on_execution_start,
-         ctx.shuffle_strategy, ctx.raise_original_map_exception) = saved
-
-
-RAY_DATA_CHATTER = ("ray.data", "ray.data._internal.execution.streaming_executor", "ray.data.dataset",
-                    "ray.data.checkpoint.checkpoint_filter", "ray.data._internal.planner")
-
-
-@contextlib.contextmanager
-def quiet_ray_data_logs() -> Iterator[None]:
-    """During a pass, Ray Data's INFO lines (plans, checkpoint loading) are not shown; its progress
-    stays visible. The loggers' levels are restored afterwards: they are the process's, not ours."""
-    levels = {name: logging.getLogger(name).level for name in (*RAY_DATA_CHATTER, "ray.data._internal.progress")}
-    for name in RAY_DATA_CHATTER:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-
-
-def read(source: Source, blocks: int | None = None) -> Any:
-    """A Ray Dataset over the source's Parquet files, read by worker tasks.
-
-    ``blocks``: at least this many blocks (the read tasks split theirs), so that a small input
-    still reaches every actor of a pool — one block goes to one actor.
-    """
-    import ray.data
-
-    paths = [source.paths] if isinstance(source.paths, str) else list(source.paths)
-    fs, _ = storage.arrow_filesystem(paths[0])
-    n_files = sum(len(storage.listdir(p, ".parquet")) or 1 for p in paths)
-    ds = ray.data.read_parquet([storage.arrow_filesystem(p)[1] for p in paths], filesystem=fs,
-                               columns=source.columns, num_cpus=io_cpus(),
-                               override_num_blocks=max(n_files, blocks or 1))
-    if source.where is not None:
-        ds = ds.map_batches(source.where, batch_format="pyarrow", batch_size=None, num_cpus=io_cpus())
-    return ds
 
 
 def cpu_share(stages: Sequence[Stage]) -> float:

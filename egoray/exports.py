@@ -17,7 +17,7 @@ def run_export(fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
     import ray
 
-    from egoray.executor import io_cpus
+    from egoray.ray_data_context import io_cpus
 
     with ray_errors():
         return ray.get(ray.remote(fn).options(num_cpus=io_cpus()).remote(*args))

@@ -94,32 +94,32 @@ def basename(url: str) -> str:
 
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
-    return _call(url, fs.exists, path)
+    return call(url, fs.exists, path)
 
 
 def signature(url: str) -> str:
     """Size and modification stamp (ETag on S3) of a file: changes when the file changes."""
     fs, path = filesystem(url)
     if not is_remote(url):
-        st = _call(url, os.stat, path)
+        st = call(url, os.stat, path)
         return f"{st.st_size}:{st.st_mtime_ns}"
-    info = _call(url, fs.info, path)
+    info = call(url, fs.info, path)
     return f"{info.get('size')}:{info.get('ETag') or info.get('LastModified')}"
 
 
 def makedirs(url: str) -> None:
     fs, path = filesystem(url)
     if not is_remote(url):  # S3 has no directories
-        _call(url, fs.makedirs, path, exist_ok=True)
+        call(url, fs.makedirs, path, exist_ok=True)
 
 
 def listdir(url: str, suffix: str = "", skip: tuple[str, ...] = (".", "_")) -> list[str]:
     """Sorted URLs of the files directly under ``url`` ending in ``suffix``, less the names that
     start with ``skip`` (hidden files, and ``_`` ones: our work and markers)."""
     fs, path = filesystem(url)
-    if not _call(url, fs.isdir, path):
+    if not call(url, fs.isdir, path):
         return []
-    entries = _call(url, fs.ls, path, detail=True)
+    entries = call(url, fs.ls, path, detail=True)
     names = sorted(
         basename(e["name"]) for e in entries if e.get("type") == "file" and e["name"].endswith(suffix)
     )
@@ -130,17 +130,17 @@ def listdirs(url: str, skip: tuple[str, ...] = (".", "_")) -> list[str]:
     """Sorted URLs of the directories directly under ``url``, less the names that start with
     ``skip`` (hidden and ``_`` ones, as :func:`listdir`)."""
     fs, path = filesystem(url)
-    if not _call(url, fs.isdir, path):
+    if not call(url, fs.isdir, path):
         return []
-    entries = _call(url, fs.ls, path, detail=True)
+    entries = call(url, fs.ls, path, detail=True)
     names = sorted(basename(e["name"]) for e in entries if e.get("type") == "directory")
     return [join(url, n) for n in names if not (skip and n.startswith(skip))]
 
 
 def remove(url: str, recursive: bool = False) -> None:
     fs, path = filesystem(url)
-    if _call(url, fs.exists, path):
-        _call(url, fs.rm, path, recursive=recursive)
+    if call(url, fs.exists, path):
+        call(url, fs.rm, path, recursive=recursive)
 
 
 def remove_temporaries(url: str) -> int:
@@ -159,14 +159,14 @@ def remove_temporaries(url: str) -> int:
 
 def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
-    return _call(url, fs.cat_file, path)
+    return call(url, fs.cat_file, path)
 
 
 def write_bytes(url: str, data: bytes) -> None:
     """Write ``data`` to ``url`` atomically."""
     fs, path = filesystem(url)
     if is_remote(url):
-        _call(url, fs.pipe_file, path, data)
+        call(url, fs.pipe_file, path, data)
         return
     with _local_atomic(path) as tmp:
         with open(tmp, "wb") as f:
@@ -192,24 +192,24 @@ def read_parquet(url: str, columns: list[str] | None = None, filters: Any = None
     """Read a Parquet file, or every visible ``*.parquet`` file of a directory, as one table
     (``filters``: pyarrow's row filters, e.g. ``[("video_uid", "in", uids)]``)."""
     fs, path = filesystem(url)
-    if _call(url, fs.isdir, path):
+    if call(url, fs.isdir, path):
         files = listdir(url, ".parquet")
         if not files:
             raise StorageError(f"{url}: no .parquet files")
         tables = [read_parquet(f, columns, filters) for f in files]
         return pa.concat_tables(tables, promote_options="default")
-    with _call(url, fs.open, path, "rb") as f:
+    with call(url, fs.open, path, "rb") as f:
         return pq.read_table(f, columns=columns, filters=filters)
 
 
 def parquet_schema(url: str) -> pa.Schema:
     """The schema of a Parquet file or of a folder's first file: metadata only, no rows."""
     fs, path = filesystem(url)
-    files = listdir(url, ".parquet") if _call(url, fs.isdir, path) else [url]
+    files = listdir(url, ".parquet") if call(url, fs.isdir, path) else [url]
     if not files:
         raise StorageError(f"{url}: no .parquet files")
     fs, path = filesystem(files[0])
-    with _call(files[0], fs.open, path, "rb") as f:
+    with call(files[0], fs.open, path, "rb") as f:
         return pq.read_schema(f)
 
 
@@ -238,7 +238,7 @@ def write_hdf5_shard(
         with tempfile.TemporaryDirectory() as tmpdir:
             local = os.path.join(tmpdir, basename(url))
             fill(local)
-            _call(url, fs.put_file, local, path)
+            call(url, fs.put_file, local, path)
         return
     with _local_atomic(path) as tmp:
         fill(tmp)
@@ -253,7 +253,7 @@ def local_target(url: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory() as tmpdir:
             local = os.path.join(tmpdir, basename(url))
             yield local
-            _call(url, fs.put_file, local, path)
+            call(url, fs.put_file, local, path)
         return
     with _local_atomic(path) as tmp:
         yield tmp
@@ -291,7 +291,7 @@ class LocalFiles:
             self._tmp = tempfile.TemporaryDirectory(prefix="egoray-")
         local = os.path.join(self._tmp.name, f"{uuid.uuid4().hex[:8]}-{basename(url)}")
         fs, path = filesystem(url)
-        _call(url, fs.get_file, path, local)
+        call(url, fs.get_file, path, local)
         self._paths[url] = local
         while len(self._paths) > self.keep:
             os.remove(self._paths.pop(next(iter(self._paths))))
@@ -309,7 +309,7 @@ def local_copy(url: str) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory() as tmpdir:
         local = os.path.join(tmpdir, basename(url))
-        _call(url, fs.get_file, path, local)
+        call(url, fs.get_file, path, local)
         yield local
 
 
@@ -326,7 +326,7 @@ def _local_atomic(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
-def _call(url: str, fn, *args, **kwargs):
+def call(url: str, fn, *args, **kwargs):
     """Run a filesystem call, turning backend exceptions into one StorageError naming the URL."""
     try:
         return fn(*args, **kwargs)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from egoray import storage
 from egoray.data.raw import InputError
 from egoray.data.videos import check_clip_table, folder_items, is_table, key_clips, list_video_files
-from egoray.executor import prepare, read
+from egoray.executor import prepare
 from egoray.plans import WORK_DIR, Source
+from egoray.ray_data_context import read
 
 
 def check_inputs(url: str, fmt: str) -> list[str]:

@@ -16,7 +16,7 @@ PRIVATE = [
      "egoray.executor._sink_class: the base of a write task's file name"),
     ("ray.data.datasource", "BlockBasedFileDatasink", "egoray.executor._sink_class: the sink's base class"),
     ("ray.data.checkpoint", "CheckpointConfig", "egoray.executor: resume by Ray Data's checkpointing"),
-    ("ray.data.context", "ShuffleStrategy", "egoray.executor.data_context"),
+    ("ray.data.context", "ShuffleStrategy", "egoray.ray_data_context.data_context"),
     ("ray.data.block", "BlockAccessor", "egoray.train.order.as_format: batches as iter_batches gives them"),
     ("ray._raylet", "Config", "egoray.submit.client: re-reading RAY_AUTH_MODE after Ray was imported"),
 ]

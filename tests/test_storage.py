@@ -112,3 +112,29 @@ def test_listdir_of_a_file_or_nothing(tmp_path):
     storage.write_parquet(str(f), _table(1))
     assert storage.listdir(str(f), ".parquet") == []
     assert storage.listdir(str(tmp_path / "missing")) == []
+
+
+def test_parquet_extent_counts_files_and_estimates_rows_from_one_footer(tmp_path):
+    import pyarrow.parquet as pq
+
+    from egoray.ray_data_context import parquet_extent
+
+    for name, n in (("a.parquet", 4000), ("b.parquet", 4000), ("c.parquet", 2000), ("_work.parquet", 9000)):
+        pq.write_table(_table(n), tmp_path / name)
+    files, rows = parquet_extent([str(tmp_path)])
+    assert files == 3  # "_" files are ours (work, markers), not input
+    assert abs(rows - 10_000) <= 500  # bytes scale rows closely for rows of one shape
+    assert parquet_extent([str(tmp_path / "c.parquet")]) == (1, 2000)
+    with pytest.raises(storage.StorageError, match="none: not found"):
+        parquet_extent([str(tmp_path / "none")])
+    (tmp_path / "empty").mkdir()
+    assert parquet_extent([str(tmp_path / "empty")]) == (0, 0)
+
+
+def test_read_blocks_are_cut_by_rows_as_well_as_by_file():
+    from egoray.ray_data_context import MAX_BLOCK_ROWS, read_blocks
+
+    assert read_blocks(8, 250_000, at_least=4) == 8
+    assert read_blocks(8, 2_000_000, at_least=4) == -(-2_000_000 // MAX_BLOCK_ROWS) > 8
+    assert read_blocks(1, 10, at_least=8) == 8
+    assert read_blocks(0, 0) == 1

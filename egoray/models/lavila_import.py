@@ -152,7 +152,8 @@ def _tower_config(state: dict[str, torch.Tensor], head_width: int) -> Any:
 def import_narrator(state: dict[str, torch.Tensor], head_width: int = HEAD_WIDTH, lm: str | None = None) -> dict:
     """An egoray ``narrator`` export from a LaViLa ``VCLM_HF`` state dict over a space–time tower:
     the tower (``video.``), the pooler, the gated blocks and the LM's own weights (``lm.``)."""
-    from egoray.models.narrator import GatedLayer, Narrator, NarratorConfig, decoder_layers
+    from egoray.models.narrator import Narrator, NarratorConfig
+    from egoray.models.narrator_blocks import GatedLayer, decoder_layers
 
     width = state["img_queries"].shape[1]
     n_layer = _count(state, r"text_decoder\.transformer\.h\.(\d+)\.")

@@ -2,7 +2,7 @@
 frame transforms for training and held-out clips.
 
 The model is ``Blip2ForConditionalGeneration`` with a forward that takes ``[batch, clips, frames,
-3, H, W]`` pixels and an :func:`egoray.models.vlm.interleave` layout: every clip becomes a visual
+3, H, W]`` pixels and an :func:`egoray.models.interleave.interleave` layout: every clip becomes a visual
 prompt (its frames' tokens concatenated before the Q-Former), placed at its placeholders, and the
 language model is trained teacher-forced on the target only. Parameter names are BLIP-2's, so the
 trained Q-Former loads into the plain model for narration.
@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import transformers
 
-from egoray.models.vlm import clip_prompts, embed_interleaved
+from egoray.models.interleave import embed_interleaved
+from egoray.models.vlm import clip_prompts
 
 TRAINED = ("qformer", "query_tokens", "language_projection")  # VideoBLIP / EILEV train these only
 

@@ -6,7 +6,7 @@ queries then attend over the whole clip at once (VideoBLIP). The Q-Former output
 the language model's width, is the clip's "visual prompt".
 
 EILEV prompts interleave k examples before the query, in EILEV's exact token layout
-(:func:`interleave`): for each example its clip's query tokens, a newline and "<prompt>
+(:func:`egoray.models.interleave.interleave`): for each example its clip's query tokens, a newline and "<prompt>
 <narration>."; then the query's clip and the prompt. Works for decoder-only (OPT) and
 encoder-decoder (Flan-T5) language models: the interleaved sequence is the decoder-only model's
 prefix or the encoder-decoder model's encoder input. Training (:mod:`egoray.models.video_blip`)
@@ -15,8 +15,6 @@ uses the same layout with the target appended.
 
 from __future__ import annotations
 
-import re
-import string
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,6 +22,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from egoray.config import StrictModel, Url
+from egoray.models.interleave import NEWLINE, eilev_blocks, embed_interleaved, interleave, pad_interleaved
 
 
 class InContext(StrictModel):
@@ -150,137 +149,6 @@ def clip_prompts(model: Any, pixels: Any) -> Any:
     return model.language_projection(out.last_hidden_state)
 
 
-NEWLINE = "\n"
-_CAMERA_WEARER = re.compile(r"^#C\s+C", re.IGNORECASE)
-_EOS_TAG = re.compile(r"<\|eos\|>$", re.IGNORECASE)
-_UNSURE_END = re.compile(r"#unsure\.?$", re.IGNORECASE)
-_UNSURE = re.compile(r"#unsure", re.IGNORECASE)
-
-
-def clean_narration(text: str) -> str:
-    """A narration as EILEV feeds it to the model: ``#C C`` → "The camera wearer", a trailing
-    ``<|eos|>`` and ``#unsure`` dropped, an inner ``#unsure`` → "something", ending in punctuation
-    (a period is added)."""
-    cleaned = _EOS_TAG.sub("", text.strip()).strip()
-    cleaned = _UNSURE_END.sub("", cleaned).strip()
-    cleaned = _UNSURE.sub("something", cleaned)
-    cleaned = _CAMERA_WEARER.sub("The camera wearer", cleaned)
-    cleaned = " ".join(cleaned.split())
-    if cleaned and cleaned[-1] not in string.punctuation:
-        cleaned += "."
-    return cleaned
-
-
-@dataclass
-class Interleaved:
-    """One EILEV input: token ids with a placeholder where each clip's query tokens go
-    (``video_mask`` 1), the loss labels (decoder-only: aligned with ``input_ids``, -100 off the
-    target; encoder-decoder: the decoder's target ids) — as lists, batched by the caller."""
-
-    input_ids: list[int]
-    labels: list[int]
-    video_mask: list[int]
-
-
-def interleave(tokenizer: Any, decoder_only: bool, blocks: list[tuple[str, int]], target: str | None,
-               num_query_tokens: int, layout: Literal["eilev", "videoblip"] = "eilev") -> Interleaved:
-    """EILEV's token layout of ``blocks`` — (text, clips before it) — and an optional ``target``.
-
-    Decoder-only (OPT): ``BOS``, then per block each clip's query tokens followed by ``"\n"`` and
-    the block's text, a ``"\n"`` between blocks; the target follows the last block as
-    ``" <target>\n</s>"``, the only tokens the loss sees. Encoder-decoder (T5): the same without
-    BOS, the encoder input ends with ``</s>``, and the target is the decoder's ``"<target></s>"``.
-    Texts are tokenized without special tokens, each with its following ``"\n"`` in one call (as
-    EILEV's ``generate_input_ids_and_labels_from_interleaved``: a sentencepiece tokenizer such as
-    Flan-T5's treats the newline as whitespace, so the two calls would differ); after a clip's
-    placeholders (the pad token) comes the first id of ``"\n"``, EILEV's ``newline_token_id``.
-
-    ``videoblip`` (VideoBLIP's ``train_v1``, one clip and one block): BLIP-2's own layout — the
-    clip's query tokens first, then (OPT) BOS and the prompt, the target ``" <target></s>"``.
-    """
-    def ids(text: str) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    newline, eos = ids(NEWLINE)[:1], tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if layout == "videoblip":
-        if [clips for _, clips in blocks] != [1]:
-            raise ValueError("the videoblip layout has one clip and one prompt (no in-context examples)")
-        head = [pad] * num_query_tokens + ([tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos]
-                                           if decoder_only else [])
-        tokens, video = head + ids(blocks[0][0]), [1] * num_query_tokens + [0] * (len(head) - num_query_tokens)
-        video += [0] * (len(tokens) - len(video))
-        if not decoder_only:
-            return Interleaved(tokens + [eos], ids(target) + [eos] if target is not None else [], video + [0])
-        answer = ids(" " + target) + [eos] if target is not None else []
-        return Interleaved(tokens + answer, [-100] * len(tokens) + answer, video + [0] * len(answer))
-    tokens: list[int] = []
-    video: list[int] = []
-    if decoder_only:
-        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
-        tokens, video = [bos], [0]
-    for b, (text, clips) in enumerate(blocks):
-        for _ in range(clips):
-            tokens += [pad] * num_query_tokens + newline
-            video += [1] * num_query_tokens + [0] * len(newline)
-        body = ids(text + NEWLINE if b < len(blocks) - 1 else text)
-        tokens += body
-        video += [0] * len(body)
-    if not decoder_only:
-        tokens.append(eos)
-        video.append(0)
-        return Interleaved(tokens, ids(target) + [eos] if target is not None else [], video)
-    labels = [-100] * len(tokens)
-    if target is not None:
-        answer = ids(" " + target + NEWLINE) + [eos]
-        tokens += answer
-        video += [0] * len(answer)
-        labels += answer
-    return Interleaved(tokens, labels, video)
-
-
-def eilev_blocks(prompt: str, example_texts: list[str], example_prompts: list[str] | None = None
-                 ) -> list[tuple[str, int]]:
-    """One block per in-context example (its prompt and its cleaned narration after its clip),
-    then the query's clip and prompt."""
-    prompts = example_prompts or [prompt] * len(example_texts)
-    return [(f"{p} {clean_narration(t)}", 1) for p, t in zip(prompts, example_texts, strict=True)] + [(prompt, 1)]
-
-
-def embed_interleaved(model: Any, input_ids: Any, video_mask: Any, visual: Any) -> Any:
-    """Input embeddings ``[batch, length, width]`` with the clips' visual prompts (``[clips, Q,
-    width]``, in row then position order) at the placeholders."""
-    embeds = model.get_input_embeddings()(input_ids)
-    slots = video_mask.bool().unsqueeze(-1)
-    if int(video_mask.sum()) != visual.shape[0] * visual.shape[1]:
-        raise ValueError(f"{int(video_mask.sum())} clip slots for {visual.shape[0]} clips of {visual.shape[1]} tokens")
-    return embeds.masked_scatter(slots, visual.to(embeds.dtype))
-
-
-def pad_interleaved(items: list[Interleaved], pad_id: int, left: bool) -> dict[str, Any]:
-    """Batch tensors ``input_ids``, ``attention_mask``, ``video_mask`` and ``labels`` (-100
-    padded) of interleaved inputs: left padding for decoder-only generation (it continues at the
-    right edge), right padding otherwise."""
-    import torch
-
-    longest = max(len(x.input_ids) for x in items)
-    longest_labels = max(len(x.labels) for x in items)
-    out = {"input_ids": torch.full((len(items), longest), pad_id, dtype=torch.long),
-           "attention_mask": torch.zeros(len(items), longest, dtype=torch.long),
-           "video_mask": torch.zeros(len(items), longest, dtype=torch.long),
-           "labels": torch.full((len(items), longest_labels), -100, dtype=torch.long)}
-    for i, x in enumerate(items):
-        n, m = len(x.input_ids), len(x.labels)
-        cols = slice(longest - n, longest) if left else slice(0, n)
-        out["input_ids"][i, cols] = torch.tensor(x.input_ids)
-        out["attention_mask"][i, cols] = 1
-        out["video_mask"][i, cols] = torch.tensor(x.video_mask)
-        if m:
-            out["labels"][i, slice(longest_labels - m, longest_labels) if left and m == n else slice(0, m)] = \
-                torch.tensor(x.labels)
-    return out
-
-
 def query_inputs(vlm: LoadedVLM, prompt: str, example_texts: list[list[str]], visual: Any, num_query_tokens: int,
                  layout: Literal["eilev", "videoblip"] = "eilev") -> tuple[Any, Any]:
     """Inputs embeddings and attention mask of a batch of queries, each after its examples
@@ -369,100 +237,3 @@ def sequence_nll(vlm: LoadedVLM, embeds: Any, mask: Any, tokens: Any, ends: list
             logits = lm(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=decoder_in).logits
     logp = torch.log_softmax(logits.float(), dim=-1).gather(2, safe[..., None]).squeeze(-1)
     return [float(-(logp[r] * keep[r]).sum() / keep[r].sum().clamp(min=1)) for r in range(rows)]
-
-
-def point_window(t_start: float, t_end: float, length: float) -> tuple[float, float]:
-    """A narration's clip: its own interval, or — narrated at a point (under 0.5 s) — ``length``
-    seconds centred on it, shifted to start at 0 at the latest (EILEV's 8 s clips; the end is
-    kept inside the video where its length is known, :func:`fit_window`)."""
-    if t_end - t_start >= 0.5:
-        return t_start, t_end
-    start = max(0.0, (t_start + t_end) / 2 - length / 2)
-    return start, start + length
-
-
-def fit_window(t_start: float, t_end: float, duration: float | None) -> tuple[float, float]:
-    """The window moved back inside a video of ``duration`` seconds, its length kept where it fits."""
-    if duration is None or t_end <= duration:
-        return t_start, t_end
-    return max(0.0, duration - (t_end - t_start)), duration
-
-
-UNLABELLED = ("", "[other]")  # Ego4D's catch-all verb is no label to match on
-
-
-def _label(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-class ExamplePool:
-    """EILEV's choice of in-context examples from a pool of labelled clips (indexed once).
-
-    ``verb_noun``: candidates sharing the query's verb (but not its noun) and candidates sharing
-    its noun (but not its verb) are two buckets; ``floor(need * ratio)`` come from the verb bucket
-    and the rest from the noun bucket, one bucket refilling the other when it runs dry; any
-    shortfall is drawn at random from the pool without the query's own action; the order is
-    shuffled. ``[other]`` and empty labels match nothing. ``random``: any other clip.
-    """
-
-    def __init__(self, pool: list[dict[str, Any]]) -> None:
-        self.pool = pool
-        self.by_verb: dict[str, list[int]] = {}
-        self.by_noun: dict[str, list[int]] = {}
-        for i, p in enumerate(pool):
-            verb, noun = _label(p.get("verb")), _label(p.get("noun"))
-            if verb not in UNLABELLED:
-                self.by_verb.setdefault(verb, []).append(i)
-            if noun:
-                self.by_noun.setdefault(noun, []).append(i)
-
-    @staticmethod
-    def _key(item: dict[str, Any]) -> Any:
-        return item["id"] if item.get("id") is not None else (item.get("video_uid"), item.get("t_start"),
-                                                              item.get("t_end"))
-
-    def choose(self, query: dict[str, Any], k: int, strategy: str, ratio: float, rng: np.random.Generator
-               ) -> list[int]:
-        """Indices of up to ``k`` pool clips for ``query`` (never the query's own clip)."""
-        own = self._key(query)
-        pool = self.pool
-        if k == 0:
-            return []
-
-        def draw(n: int, ok: Any) -> list[int]:  # a random order of the whole pool, the first n that qualify
-            found: list[int] = []
-            for i in rng.permutation(len(pool)).tolist():
-                if len(found) == n:
-                    break
-                if ok(i):
-                    found.append(i)
-            return found
-
-        if strategy == "random":
-            return draw(k, lambda i: self._key(pool[i]) != own)
-        qv, qn = _label(query.get("verb")), _label(query.get("noun"))
-        verbs = [i for i in self.by_verb.get(qv, []) if _label(pool[i].get("noun")) != qn
-                 and self._key(pool[i]) != own] if qv not in UNLABELLED else []
-        nouns = [i for i in self.by_noun.get(qn, []) if _label(pool[i].get("verb")) != qv
-                 and self._key(pool[i]) != own] if qn else []
-        chosen: list[int] = []
-        need = k
-        while need > 0 and (verbs or nouns):
-            n_verb = int(need * ratio) if verbs and nouns else (need if verbs else 0)
-            for bucket, n in ((verbs, n_verb), (nouns, need - n_verb)):
-                picks = set(rng.permutation(len(bucket))[:n].tolist())
-                chosen += [bucket[j] for j in sorted(picks)]
-                bucket[:] = [x for j, x in enumerate(bucket) if j not in picks]
-            need = k - len(chosen)
-        if need > 0:
-            taken = set(chosen)
-            labelled = bool(qv or qn)
-            chosen += draw(need, lambda i: i not in taken and self._key(pool[i]) != own and not (
-                labelled and _label(pool[i].get("verb")) == qv and _label(pool[i].get("noun")) == qn))
-        return [chosen[j] for j in rng.permutation(len(chosen))]
-
-
-def choose_examples(query: dict[str, Any], pool: list[dict[str, Any]], k: int, strategy: str, ratio: float,
-                    rng: np.random.Generator) -> list[int]:
-    """:meth:`ExamplePool.choose` over a pool indexed for this one query."""
-    return ExamplePool(pool).choose(query, k, strategy, ratio, rng)

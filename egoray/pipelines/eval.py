@@ -80,8 +80,10 @@ class Config(JobConfig):
 
 def pooled_inputs(config: Config, section: str) -> str | None:
     """The per-video pooled table a section reads, built by a Ray Data pass into ``_work/<section>``."""
-    from egoray.executor import Source, read
-    from egoray.train.data import build_pairs, text_features_source
+    from egoray.plans import Source
+    from egoray.ray_data_context import read
+    from egoray.train.data import text_features_source
+    from egoray.train.pairs import build_pairs
 
     if section == "retrieval":
         r = config.retrieval
@@ -226,7 +228,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     def body(job: JobRun) -> Added:
         import ray
 
-        from egoray.executor import clean_work, io_cpus
+        from egoray.executor import clean_work
+        from egoray.ray_data_context import io_cpus
 
         ledger = ShardLedger(config.output)
         done = ledger.completed()

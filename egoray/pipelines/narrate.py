@@ -30,10 +30,11 @@ from egoray.config import ActorPool, StreamingJobConfig, StrictModel, Url
 from egoray.data.raw import InputError
 from egoray.data.splits import videos_in_splits
 from egoray.data.tables import table_columns
-from egoray.executor import prepare, read
+from egoray.executor import prepare
 from egoray.exports import run_export
 from egoray.models.vlm import VLMOptions
 from egoray.plans import Pass, Source
+from egoray.ray_data_context import read
 from egoray.runner import run_job
 from egoray.stages.narrate import (
     CaptionSink,

@@ -19,9 +19,10 @@ from egoray import storage
 from egoray.data.raw import InputError
 from egoray.data.splits import videos_in_splits
 from egoray.data.videos import folder_items, is_window_table, list_video_files, video_paths
-from egoray.executor import prepare, read
+from egoray.executor import prepare
 from egoray.exports import run_export
 from egoray.plans import WORK_DIR, Pass, Source
+from egoray.ray_data_context import read
 from egoray.runner import run_job
 from egoray.stages.narrate import CaptionSink, write_total_pkl
 from egoray.stages.vlm import ChooseExamples, FolderClips, TableClips

@@ -29,12 +29,13 @@ from egoray import storage
 from egoray.config import StreamingJobConfig, StrictModel
 from egoray.data.grouping import GROUPS, group_narrations
 from egoray.data.narrations import Split, check_narrations, split_filter
-from egoray.executor import prepare, read
+from egoray.executor import prepare
 from egoray.exports import run_export
 from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import QAPrompts
 from egoray.llm.steps import QuestionStep, WrongAnswersStep
 from egoray.plans import Pass, Source
+from egoray.ray_data_context import read
 from egoray.runner import run_job
 from egoray.stages.base import Sink, with_constants, write_part
 from egoray.stages.generate import llm_stage

@@ -209,7 +209,8 @@ def _train_loop(loop: DualEncoderLoop) -> None:
 
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
-    from egoray.train.data import build_pairs, pairs_dataset, text_features_source
+    from egoray.train.data import text_features_source
+    from egoray.train.pairs import build_pairs, pairs_dataset
 
     splits = config.train_splits + config.eval_splits
     items, inputs = text_features_source(config.text_features, splits)

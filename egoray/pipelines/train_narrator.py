@@ -151,7 +151,8 @@ def _train_loop(loop: NarratorLoop) -> None:
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from egoray import storage
-    from egoray.train.data import build_pairs, narrations_dataset, pairs_dataset
+    from egoray.train.data import narrations_dataset
+    from egoray.train.pairs import build_pairs, pairs_dataset
 
     items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
     model, options, watched = config.model, config.train, inputs

@@ -242,13 +242,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from egoray.executor import prepare as prepare_work
     from egoray.models.clip import image_size
     from egoray.stages.clips import DecodeClips
-    from egoray.train.data import (
-        PARAPHRASES,
-        narrations_dataset,
-        pairs_dataset,
-        window_texts_dataset,
-        with_paraphrases,
-    )
+    from egoray.train.data import PARAPHRASES, narrations_dataset, window_texts_dataset, with_paraphrases
+    from egoray.train.pairs import pairs_dataset
 
     items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
     if config.rephrased:

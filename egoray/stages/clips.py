@@ -57,7 +57,7 @@ class DecodeClips:
         self.labels: Labels | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from egoray.models.vlm import fit_window
+        from egoray.models.vlm_examples import fit_window
         from egoray.video.decode import VideoError, clip_frame_times, iter_frames, probe, sample_times
 
         batch = with_reject_columns(batch)

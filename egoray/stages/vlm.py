@@ -22,7 +22,8 @@ from egoray import storage
 from egoray.data.raw import InputError
 from egoray.data.text import normalise_one
 from egoray.models.sampling import row_seed
-from egoray.models.vlm import ExamplePool, InContext, VLMOptions, fit_window, point_window
+from egoray.models.vlm import InContext, VLMOptions
+from egoray.models.vlm_examples import ExamplePool, fit_window, point_window
 from egoray.stages.base import Resources, Stage, mark, with_reject_columns
 from egoray.stages.narrate import tile
 from egoray.video.decode import VideoError, VideoInfo

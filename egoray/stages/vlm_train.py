@@ -13,7 +13,8 @@ import pyarrow as pa
 
 from egoray import storage
 from egoray.data.seeds import row_seed
-from egoray.models.vlm import ExamplePool, clean_narration, point_window
+from egoray.models.interleave import clean_narration
+from egoray.models.vlm_examples import ExamplePool, point_window
 from egoray.stages.base import pending
 
 SAMPLE_COLUMNS = ["id", "text", "raw_text", "verb", "noun", "split", "frames_url", "example_urls", "example_texts"]

@@ -90,7 +90,7 @@ def launch(config: JobConfig, overwrite: bool, inputs: list[str], options: Train
 def _train(config: JobConfig, options: TrainerOptions, train_fn: Callable[[Any], None],
            pairs: Callable[[], dict[str, Any]], loop: Callable[[dict[str, Any]], LoopConfig],
            job: JobRun) -> Added:
-    from egoray.train.data import count_pairs, write_rejects
+    from egoray.train.pairs import count_pairs, write_rejects
 
     manifest = job.manifest
     built = pairs()

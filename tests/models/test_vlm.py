@@ -7,21 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from egoray.models.vlm import (
-    ExamplePool,
-    VLMOptions,
-    clean_narration,
-    clip_prompts,
-    eilev_blocks,
-    fit_window,
-    generate,
-    interleave,
-    load_vlm,
-    pixel_values,
-    point_window,
-    query_inputs,
-    sequence_nll,
-)
+from egoray.models.interleave import clean_narration, eilev_blocks, interleave
+from egoray.models.vlm import VLMOptions, clip_prompts, generate, load_vlm, pixel_values, query_inputs, sequence_nll
+from egoray.models.vlm_examples import ExamplePool, fit_window, point_window
 
 PROMPT = "Question: What is the camera wearer doing? Answer:"
 
@@ -198,7 +186,7 @@ def test_training_clips_draw_their_examples_every_epoch_and_targets_are_the_anno
     """EILEV's dataset draws a sample's in-context examples at every load: a training clip's differ
     between epochs (the same in every run for an epoch), a held-out clip keeps the ones chosen
     once; texts are the annotated ones through EILEV's cleaning."""
-    from egoray.pipelines.train_vlm import VLMLoop, VLMRecipe, VLMTrainModel
+    from egoray.pipelines.train_vlm_worker import VLMLoop, VLMRecipe, VLMTrainModel
     from egoray.stages.vlm_train import narration_text
     from egoray.train.distributed import TrainerOptions
 
@@ -310,9 +298,9 @@ def test_beam_search_scores_belong_to_their_narrations(vlm):
 def test_training_loss_sees_only_the_target_and_trains_only_the_qformer(preset):
     """VideoBlip2's loss is the cross-entropy of the target tokens after the interleaved prompt,
     and its gradient reaches the Q-Former, its queries and the projection only."""
+    from egoray.models.interleave import pad_interleaved
     from egoray.models.tiny import resolve_model
     from egoray.models.video_blip import VideoBlip2, eval_transform, freeze_backbones, to_pixels
-    from egoray.models.vlm import pad_interleaved
 
     torch.manual_seed(0)
     model = VideoBlip2.from_pretrained(resolve_model(preset))

@@ -42,8 +42,8 @@ def _dual_encoder_overrides(root: Path, out: Path) -> list[str]:
 def test_dual_encoder_zero2_learns_round_trips_and_resumes(features, tmp_path):
     """The demo trained the dual encoder with DeepSpeed ZeRO-2 on 2 CPU workers (its config)."""
     from egoray.pipelines.train_dual_encoder import PAIR_COLUMNS, eval_arrays, evaluate, load_dual_encoder
-    from egoray.train.data import pairs_dataset
     from egoray.train.order import in_id_order
+    from egoray.train.pairs import pairs_dataset
 
     out = features / "dual_encoder"
     overrides = _dual_encoder_overrides(features, out)
@@ -295,7 +295,7 @@ def test_video_text_towers_learn_from_raw_frames(features, video_text, tmp_path)
     from egoray.pipelines.video_features import read_features
     from egoray.stages.pairs import Labels, caption_codes
     from egoray.stages.video import from_npy
-    from egoray.train.data import pairs_dataset
+    from egoray.train.pairs import pairs_dataset
 
     out, run, n_pseudo = video_text
     pairs = run["pairs"]

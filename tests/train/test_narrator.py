@@ -199,7 +199,7 @@ def test_pooler_is_lavilas_multi_query_attention_pool():
     before the softmax, ``to_out`` and no residual, then a bias-free LayerNorm."""
     import torch.nn.functional as F
 
-    from egoray.models.narrator import AttentionPooler
+    from egoray.models.narrator_blocks import AttentionPooler
 
     torch.manual_seed(3)
     heads, dim_head, width, video_dim = 3, 8, 12, 10

@@ -49,7 +49,7 @@ def compute(cfg: RetrievalSection, pairs: str) -> SectionResult:
     """R@k / median rank per instance, and MIR mAP / nDCG with a graded relevancy.
 
     ``pairs``: the held-out narrations with their text embedding and pooled video feature, built
-    per video by the eval job (:func:`egoray.train.data.build_pairs`).
+    per video by the eval job (:func:`egoray.train.pairs.build_pairs`).
     """
     from egoray.eval.relevancy import ek100_relevancy, label_relevancy
     from egoray.eval.retrieval import blockwise_ranks, chance_recall_at_1, mir_metrics, recall_at
