@@ -8,8 +8,11 @@ wave executor, on the same input in one run.
     uv run --extra bench python benchmarks/scale.py throughput      # 200,000 texts, 40 videos: ours vs the old executor
 
 **memory**: each size runs as its own driver process (``egoray run``-equivalent, its own local Ray
-of 2 CPUs) and reports the driver's peak resident set (``ru_maxrss`` of the driver process only:
-Ray's workers are other processes). The first principle says this must not grow with the input.
+of 2 CPUs) and reports the driver's peak resident set (``ru_maxrss`` of the driver process only),
+and, sampled from this process, the peak of each kind of Ray worker (by process title) and of
+all of them together (PSS). The first principle says none of these may grow with the input.
+``memory text`` also counts what resume keeps per committed batch and times a resume of the
+finished output (every row filtered out by Ray Data's checkpoint): the records' cost.
 
 **throughput**: one local Ray, warmed up on a small input first; then the old executor and ours
 on the same input, each writing its full output. The old way is kept here as the reference: the
@@ -42,6 +45,9 @@ sys.path.insert(0, str(ROOT))
 
 VERBS = ["picks up", "puts down", "opens", "closes", "cuts", "washes", "stirs", "pours", "holds", "moves"]
 NOUNS = ["the cup", "a knife", "the door", "an onion", "the pan", "a bowl", "the tap", "a spoon", "the lid"]
+
+
+DEFAULT_N = {"text": 25_000, "video": 20, "pairs": 25_000, "train": 25_000}
 
 
 def _save(name: str, results: dict) -> None:
@@ -95,7 +101,8 @@ def drive_pairs(texts: str, features: str, output: str) -> None:
     import ray
 
     from egoray.runtime import ensure_ray
-    from egoray.train.data import build_pairs, count_pairs, text_features_source
+    from egoray.train.data import text_features_source
+    from egoray.train.pairs import build_pairs, count_pairs
 
     t0 = time.perf_counter()
     ensure_ray()
@@ -107,13 +114,71 @@ def drive_pairs(texts: str, features: str, output: str) -> None:
                       "driver_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+class WorkerMemory:
+    """Peak memory of a driver's Ray (its raylet's worker processes are the driver's descendants),
+    sampled twice a second from another thread: the largest worker's resident set, by process
+    title (Ray names a worker after what it runs: ``ray::MapWorker(...)``, ``ray::ReadParquet``),
+    and the peak proportional set size of all the driver's descendants together (PSS counts
+    shared pages once, so torch's libraries are not counted per worker)."""
+
+    def __init__(self, pid: int, every_s: float = 0.5) -> None:
+        import threading
+
+        self.pid, self.every_s = pid, every_s
+        self.by_title: dict[str, float] = {}
+        self.total_pss_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(self.every_s):
+            try:
+                procs = psutil.Process(self.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                return
+            total = 0.0
+            for proc in procs:
+                try:
+                    title = (proc.cmdline() or [""])[0]
+                    info = proc.memory_full_info()
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+                total += info.pss / 2**20
+                if title.startswith("ray::"):
+                    key = title.split(" ")[0].split("(")[0]
+                    self.by_title[key] = max(self.by_title.get(key, 0.0), info.rss / 2**20)
+            self.total_pss_mb = max(self.total_pss_mb, total)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join()
+        return {"worker_peak_mb": max(self.by_title.values(), default=0.0),
+                "worker_peak_mb_by_title": dict(sorted(self.by_title.items(), key=lambda kv: -kv[1])[:6]),
+                "ray_total_pss_peak_mb": self.total_pss_mb}
+
+
 def _child(args: list[str]) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
-                         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if out.returncode or not lines:
-        raise RuntimeError(f"{args}: exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    memory = WorkerMemory(proc.pid)
+    stdout, stderr = proc.communicate()
+    workers = memory.stop()
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"{args}: exit {proc.returncode}\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    return {**json.loads(lines[-1]), **workers}
+
+
+def checkpoint_records(output: Path) -> dict[str, Any]:
+    """What resume keeps per committed batch: Ray Data's checkpoint files (the ids of each write
+    task) and our per-batch count records."""
+    ckpt = [f for f in (output / "_checkpoint").rglob("*") if f.is_file()]
+    counts = [f for f in (output / "_counts").rglob("*.json")]
+    return {"checkpoint_files": len(ckpt), "checkpoint_mb": sum(f.stat().st_size for f in ckpt) / 2**20,
+            "count_records": len(counts), "count_records_mb": sum(f.stat().st_size for f in counts) / 2**20}
 
 
 def write_features(path: Path, videos: int, seconds: float = 90.0, dim: int = 64) -> None:
@@ -162,8 +227,16 @@ def bench_memory(kind: str, work: Path, n: int) -> None:
             src = work / f"texts-{size}"
             if not src.exists():
                 write_texts(src, size)
-            r = _child(["_drive", "run", str(ROOT / "configs/demo/text_features.yaml"), f"input={src}",
-                        f"output={out}", "ray.num_cpus=2", "--overwrite"])
+            command = ["_drive", "run", str(ROOT / "configs/demo/text_features.yaml"), f"input={src}",
+                       f"output={out}", "ray.num_cpus=2"]
+            r = _child([*command, "--overwrite"])
+            r.update(checkpoint_records(out))
+            # the cost of those records on resume: the same output, its manifest removed as a
+            # kill leaves it, run again — Ray Data loads every record and filters every row out
+            (out / "run.json").unlink()
+            again = _child(command)
+            r["resume_of_finished"] = {k: again[k] for k in ("seconds", "driver_peak_mb", "worker_peak_mb",
+                                                              "ray_total_pss_peak_mb")}
         elif kind == "video":
             src = work / f"videos-{size}"
             write_videos(src, size)
@@ -196,10 +269,11 @@ def bench_memory(kind: str, work: Path, n: int) -> None:
     results["driver_peak_ratio_8n_over_n"] = b["driver_peak_mb"] / a["driver_peak_mb"]
     results["driver_peak_mb_at_8n"] = b["driver_peak_mb"]
     results["met"] = results["driver_peak_ratio_8n_over_n"] <= 1.25 and b["driver_peak_mb"] < 1024
+    results["worker_peak_ratio_8n_over_n"] = b["worker_peak_mb"] / a["worker_peak_mb"]
     if kind == "train":
         results["worker_peak_ratio_8n_over_n"] = b["worker_peak_mb"] / a["worker_peak_mb"]
         results["met"] = results["met"] and results["worker_peak_ratio_8n_over_n"] <= 1.25
-    _save(f"scale-{kind}", results)
+    _save(f"scale-{kind}" + ("" if n == DEFAULT_N[kind] else f"-{n // 1000}k"), results)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +453,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if args.what == "memory":
-        bench_memory(args.kind, work, args.n or (20 if args.kind == "video" else 25_000))
+        bench_memory(args.kind, work, args.n or DEFAULT_N[args.kind])
     else:
         bench_throughput(work, args.n or 200_000, 40)
 
