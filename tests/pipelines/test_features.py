@@ -103,7 +103,8 @@ def test_video_features(synth_videos, tmp_path, ray_session):
 
     _write(src / "zero.mkv", "libx264", "matroska", n_frames=0)  # a valid container without frames
     out = tmp_path / "vf"
-    manifest = video_features.run(_video_config(src, out))
+    # in process (Ray adds nothing to one actor's rows); the killed run below is on Ray
+    manifest = video_features.run(_video_config(src, out, ray={"in_process": True}))
     videos = pq.read_table(synth_videos / "videos.parquet").to_pylist()
     c = manifest["stages"]["decode_encode"]
     assert (c["in"], c["out"], c["rejected"]) == (len(videos) + 3, len(videos), 3)
@@ -121,7 +122,8 @@ def test_video_features(synth_videos, tmp_path, ray_session):
     first = means.to_pylist()[0]
     np.testing.assert_allclose(first["embedding"], video_features.read_features(str(out), first["key"]).mean(0),
                                atol=1e-5)
-    # SIGKILL of the driver mid-run (two actors), the same job again: the same arrays, each once
+    # SIGKILL of the driver mid-run on Ray (two actors), the same job again: the in-process run's
+    # arrays, each once
     again = tmp_path / "vf2"
     two = _video_config(src, again, rows_per_file=1, num_actors=2, cpus_per_actor=0.5)
     assert kill_mid_run(two, tmp_path) >= 1
@@ -155,8 +157,8 @@ def test_captions_job(synth_videos, tmp_path, ray_session):
     out = tmp_path / "cap"
     config = validate_config({"job": "captions", "input": str(synth_videos), "output": str(out),
                               "sampling": {"fps": 0.5}, "caption": {"seq_len": 8},
-                              "summary_params": {"max_new_tokens": 16}})
-    manifest = captions.run(config)
+                              "summary_params": {"max_new_tokens": 16}, "ray": {"in_process": True}})
+    manifest = captions.run(config)  # in process: the killed run below is on Ray
     assert manifest["model_loads"] == {"caption": 1, "generate": 1, "embed_summary": 1}
     videos = pq.read_table(synth_videos / "videos.parquet").to_pylist()
     assert manifest["stages"]["caption"]["in"] == len(videos) == manifest["stages"]["caption"]["out"]
@@ -174,10 +176,10 @@ def test_captions_job(synth_videos, tmp_path, ray_session):
     rejects = storage.read_parquet(str(out / "rejects")).to_pylist() if (out / "rejects").exists() else []
     for r in rejects:
         assert r["stage"] == "summary" and json.loads(r["input"])["kept_captions"]
-    # two actors per stage, SIGKILL mid-run, the same job again: the captions and summaries of the
-    # one-actor run (CoCa sampled per video and frame, the summary per video and attempt)
+    # on Ray, two actors per stage, SIGKILL mid-run, the same job again: the captions and summaries
+    # of the in-process run (CoCa sampled per video and frame, the summary per video and attempt)
     two = config.model_copy(update={"output": str(tmp_path / "cap2"), "num_actors": 2, "cpus_per_actor": 0.5,
-                                    "rows_per_file": 1})
+                                    "rows_per_file": 1, "ray": config.ray.model_copy(update={"in_process": False})})
     assert kill_mid_run(two, tmp_path) >= 1
     captions.run(two)
     got = storage.read_parquet(str(tmp_path / "cap2" / "captions"))
