@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from egoray import storage
 from egoray.config import Url
@@ -49,14 +49,8 @@ class AuxSource(AuxTexts):
     text_features: Url = Field(description="text_features output over the extra texts (video_uid, t_start, t_end kept)")
     kind: Literal["pseudo", "human"] = Field(
         "pseudo", description="pseudo: narrator texts (own temperature); human: rephrased narrations")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _not_raw_texts(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "texts" in data:
-            raise ValueError("texts is train_video_text's key (it embeds the texts itself); train_dual_encoder "
-                             "takes text_features: a text_features output over those texts")
-        return data
+    other_jobs_key = ("texts", "texts is train_video_text's key (it embeds the texts itself); train_dual_encoder "
+                               "takes text_features: a text_features output over those texts")
 
 
 class Config(TrainingJobConfig):

@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from egoray.config import StrictModel, Url
 from egoray.data.raw import InputError
@@ -49,14 +49,8 @@ class AuxWindowTexts(AuxTexts):
 
     texts: Url = Field(description="a narrate output (pseudo-narrations), a rephrase output (paraphrases), or a "
                                    "table id, text, video_uid, t_start, t_end")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _not_embeddings(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "text_features" in data:
-            raise ValueError("text_features is train_dual_encoder's key; train_video_text embeds the texts "
-                             "itself: give texts (a narrate or rephrase output)")
-        return data
+    other_jobs_key = ("text_features", "text_features is train_dual_encoder's key; train_video_text embeds the "
+                                       "texts itself: give texts (a narrate or rephrase output)")
 
 
 class Augment(StrictModel):

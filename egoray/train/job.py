@@ -11,10 +11,10 @@ import functools
 import json
 import os
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from egoray import storage
 from egoray.config import JobConfig, StrictModel
@@ -36,6 +36,16 @@ class AuxTexts(StrictModel):
         None, description="pseudo: narrator texts (their own temperature); human: people's texts (rephrased)")
     offset_sec: float | None = Field(None, ge=0, description="widen each window by this; default: 0 for pseudo "
                                                              "texts (narrate's windows are final), else the job's")
+
+    # (the other training job's key for its extra texts, what to tell a user who gives it here)
+    other_jobs_key: ClassVar[tuple[str, str] | None] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_the_other_jobs_key(cls, data: Any) -> Any:
+        if cls.other_jobs_key and isinstance(data, dict) and cls.other_jobs_key[0] in data:
+            raise ValueError(cls.other_jobs_key[1])
+        return data
 
     def window_offset(self, kind: str, job_offset: float) -> float:
         """How far these windows are widened: as set, else not at all for pseudo texts (a narrate
