@@ -19,8 +19,9 @@ A job declares a :class:`Pass`: a Parquet source (read by Ray Data in the worker
   from a small stats actor the stage actors report to.
 
 Inputs that need a whole-dataset step before the stages (grouping narrations, cutting videos
-into windows, a deterministic ``limit``) get it from :func:`prepare`: a Ray Data pass written
-to ``OUTPUT/_work/<name>/`` with a completion marker, which the main pass then reads.
+into windows, a deterministic ``limit``) are declared as :class:`~egoray.plans.Prepared` and
+written once under ``OUTPUT/_work/`` (:mod:`egoray.work_inputs`); here they become a Ray Data
+pass (:func:`prepared_dataset`).
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ import pyarrow as pa
 
 from egoray import storage
 from egoray.errors import ray_errors
-from egoray.inprocess import refuse_in_process, refuse_in_process_output
+from egoray.inprocess import refuse_in_process_output
 from egoray.pass_stats import PassStats, ProgressLine
-from egoray.plans import CHECKPOINT_DIR, DONE_FILE, WORK_DIR, Pass, PassResult
+from egoray.plans import CHECKPOINT_DIR, MapGroups, Pass, PassResult, Prepared, SortLimit
 from egoray.ray_data_context import data_context, io_cpus, read
 from egoray.settings import cluster_address
 from egoray.stages.base import Sink, Stage, pending, read_counts
@@ -252,25 +253,29 @@ def run_pass(p: Pass, output: str, budget: ErrorBudget | None = None) -> PassRes
     return PassResult(read_counts(output), loads, seconds, time.perf_counter() - t0, actors)
 
 
-def prepare(output: str, name: str, build: Callable[[], Any]) -> str:
-    """``OUTPUT/_work/<name>``, written once by the Ray Data pass ``build()`` returns.
+def prepared_dataset(prep: Prepared) -> Any:
+    """A :class:`~egoray.plans.Prepared` input as a Ray Dataset: its steps as Ray Data operators
+    (a ``groupby`` where it groups), run by the workers."""
+    import ray.data
 
-    A completion marker makes it reusable by every later run; a run killed while writing it
-    finds no marker and writes it again from scratch. Returns its URL.
-    """
-    url = storage.join(output, WORK_DIR, name)
-    done = storage.join(url, DONE_FILE)
-    if storage.exists(done):
-        return url
-    refuse_in_process(f"prepares its input {WORK_DIR}/{name} first")
-    storage.remove(url, recursive=True)
+    ds = read(prep.source)
+    for step in prep.steps:
+        if isinstance(step, MapGroups):
+            ds = ds.groupby(step.key).map_groups(step.fn, fn_args=step.args, batch_format="pyarrow")
+        elif isinstance(step, SortLimit):
+            ds = ds.sort(step.key).limit(step.n)
+        elif isinstance(step.fn, type):
+            ds = ds.map_batches(step.fn, fn_constructor_args=step.args, batch_format="pyarrow",
+                                batch_size=step.batch_size, compute=ray.data.ActorPoolStrategy(size=step.actors))
+        else:
+            ds = ds.map_batches(step.fn, fn_args=step.args, fn_kwargs=step.kwargs, batch_format="pyarrow",
+                                batch_size=step.batch_size)
+    return ds
+
+
+def write_dataset(build: Callable[[], Any], url: str) -> None:
+    """The rows of the Ray Dataset ``build()`` returns as Parquet files under ``url``, written by
+    the workers (built here: a dataset keeps the Ray Data context it was made in)."""
     with ray_errors(), data_context(None):
         fs, path = storage.arrow_filesystem(url)
         build().write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": io_cpus()})
-    storage.write_json(done, {"written_at": time.time()})
-    return url
-
-
-def clean_work(output: str) -> None:
-    """Drop the prepared inputs once a job is complete (they are rebuilt if ever needed)."""
-    storage.remove(storage.join(output, WORK_DIR), recursive=True)

@@ -13,8 +13,10 @@ rewrites the others (their files are removed first). The same config reads the s
 An output is written by one executor: Ray Data's checkpoint knows nothing of the batches written
 here, nor this executor of Ray's, so continuing with the other one is refused.
 
-Jobs whose plan first prepares an input with a Ray Data pass (grouping narrations, cutting
-videos into windows) need Ray; :func:`refuse_in_process` says so.
+A job's prepared inputs (:class:`~egoray.plans.Prepared`: grouping narrations, cutting videos
+into windows, a limit) are written here too (:func:`write_prepared`), from the whole source in
+memory: this executor is for debugging and tests, not for inputs that need a cluster. Steps that
+only Ray runs (training's and eval's inputs) refuse (:func:`refuse_in_process`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pyarrow.parquet as pq
 
 from egoray import storage
 from egoray.errors import EgorayError
-from egoray.plans import CHECKPOINT_DIR, Pass, PassResult
+from egoray.plans import CHECKPOINT_DIR, MapBatches, MapGroups, Pass, PassResult, Prepared, SortLimit, Source
 from egoray.stages.base import Stage, pending, read_counts
 from egoray.stages.guard import ErrorBudget, StageFailing, call_guarded
 
@@ -76,13 +78,47 @@ def refuse_in_process_output(output: str) -> None:
                                "or start again with --overwrite")
 
 
-def source_files(p: Pass) -> list[str]:
-    """The Parquet files of a pass's source, in the order every run reads them."""
-    paths = [p.source.paths] if isinstance(p.source.paths, str) else list(p.source.paths)
+def source_files(source: Source) -> list[str]:
+    """The Parquet files of a source, in the order every run reads them."""
+    paths = [source.paths] if isinstance(source.paths, str) else list(source.paths)
     files: list[str] = []
     for path in paths:
         files += storage.listdir(path, ".parquet") or [path]
     return files
+
+
+def write_prepared(prep: Prepared, url: str) -> None:
+    """A prepared input in this process: the whole source, its steps in order, one file under
+    ``url`` (none when no row is left, as Ray Data writes none)."""
+    parts = [_read_source(f, prep.source) for f in source_files(prep.source)]
+    table = pa.concat_tables(parts, promote_options="permissive") if parts else None
+    for step in prep.steps:
+        if table is None or table.num_rows == 0:
+            return
+        table = _apply(step, table)
+    storage.makedirs(url)
+    if table is not None and table.num_rows:
+        storage.write_parquet(storage.join(url, "part-00000.parquet"), table)
+
+
+def _apply(step: MapBatches | MapGroups | SortLimit, table: pa.Table) -> pa.Table:
+    if isinstance(step, SortLimit):
+        return table.sort_by(step.key).slice(0, step.n)
+    if isinstance(step, MapGroups):  # a stable sort: each group's rows in source order
+        table = table.sort_by(step.key)
+        keys = table[step.key].to_pylist()
+        starts = [i for i in range(len(keys)) if i == 0 or keys[i] != keys[i - 1]] + [len(keys)]
+        return _concat([step.fn(table.slice(a, b - a), *step.args) for a, b in zip(starts, starts[1:])])
+    size = step.batch_size or table.num_rows
+    batches = [table.slice(start, size) for start in range(0, table.num_rows, size)]
+    if isinstance(step.fn, type):  # built once, as one actor
+        built = step.fn(*step.args)
+        return _concat([built(b) for b in batches])
+    return _concat([step.fn(b, *step.args, **step.kwargs) for b in batches])
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
 
 
 def run_pass_in_process(p: Pass, output: str, budget: ErrorBudget | None = None) -> PassResult:
@@ -98,10 +134,8 @@ def run_pass_in_process(p: Pass, output: str, budget: ErrorBudget | None = None)
     for stage in p.stages:
         stage.setup()
     first_batch = p.stages[0].resources.batch_size if p.stages else None
-    for file_index, url in enumerate(source_files(p)):
-        table = _read(url, p.source.columns)
-        if p.source.where is not None:
-            table = p.source.where(table)
+    for file_index, url in enumerate(source_files(p.source)):
+        table = _read_source(url, p.source)
         size = first_batch or max(table.num_rows, 1)
         for batch_index, start in enumerate(range(0, table.num_rows, size)):
             base = f"{BASE_PREFIX}{file_index:05d}-{batch_index:05d}"
@@ -136,9 +170,11 @@ def _through(stage: Stage, batch: pa.Table, id_column: str, budget: ErrorBudget)
     return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
 
 
-def _read(url: str, columns: list[str] | None) -> pa.Table:
+def _read_source(url: str, source: Source) -> pa.Table:
+    """One file of a source: its columns, its ``where`` applied."""
     fs, path = storage.arrow_filesystem(url)
-    return pq.read_table(path, filesystem=fs, columns=columns)
+    table = pq.read_table(path, filesystem=fs, columns=source.columns)
+    return source.where(table) if source.where is not None else table
 
 
 def _remove_uncommitted(output: str, committed: set[str]) -> None:

@@ -1,6 +1,7 @@
-"""What a streaming job declares: a :class:`Pass` (its source, stages and sink), and what running
-one gives back (:class:`PassResult`). Either executor runs a pass: :mod:`egoray.executor` on Ray
-Data, :mod:`egoray.inprocess` in this process."""
+"""What a streaming job declares: a :class:`Pass` (its source, stages and sink), the inputs it
+derives first (:class:`Prepared`), and what running a pass gives back (:class:`PassResult`).
+Either executor runs both: :mod:`egoray.executor` on Ray Data, :mod:`egoray.inprocess` in this
+process."""
 
 from __future__ import annotations
 
@@ -40,6 +41,46 @@ class Pass:
     sink: Sink
     id_column: str
     rows_per_file: int = 10_000
+
+
+@dataclass
+class MapBatches:
+    """``fn(batch, *args, **kwargs)`` over batches of ``batch_size`` rows (``None``: as the reader
+    cuts them — the function must not depend on where). A class is built once per worker from
+    ``args`` and called on batches, in a pool of ``actors`` (it loads something once)."""
+
+    fn: Callable[..., pa.Table] | type
+    batch_size: int | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    actors: int = 1
+
+
+@dataclass
+class MapGroups:
+    """``fn(group, *args)`` once per value of ``key``, with every row holding it."""
+
+    key: str
+    fn: Callable[..., pa.Table]
+    args: tuple[Any, ...] = ()
+
+
+@dataclass
+class SortLimit:
+    """The first ``n`` rows by ``key``: the same ``n`` in every run, whatever the batches."""
+
+    key: str
+    n: int
+
+
+@dataclass
+class Prepared:
+    """An input a pass needs the whole source for first (grouping by video, cutting windows, a
+    deterministic limit): ``source`` through ``steps``, written once to ``OUTPUT/_work/<name>``."""
+
+    name: str
+    source: Source
+    steps: Sequence[MapBatches | MapGroups | SortLimit]
 
 
 @dataclass

@@ -30,6 +30,7 @@ from egoray.plans import Pass
 from egoray.runtime import MANIFEST_FILE, Added, RunManifest, ShardLedger, claim_output, ensure_ray, input_signatures
 from egoray.stages.base import read_counts, total_counts, write_part
 from egoray.stages.guard import ErrorBudget
+from egoray.work_inputs import clean_work
 
 
 @dataclass
@@ -105,7 +106,7 @@ def run_job(config: StreamingJobConfig, overwrite: bool, inputs: Sequence[str], 
 
 def _stream(config: StreamingJobConfig, plan: Callable[[], Pass],
             finish: Callable[[RunManifest], dict[str, Any]] | None, job: JobRun) -> Added:
-    from egoray.executor import clean_work, run_pass
+    from egoray.executor import run_pass
     from egoray.inprocess import run_pass_in_process
 
     manifest = job.manifest

@@ -1,7 +1,7 @@
 """The work items of the video jobs (``video_features``, ``captions``): a keyed table under ``_work``.
 
 A folder is listed by the driver and its file names written as the plan; a clip table is keyed
-by a Ray Data pass in the workers (:func:`egoray.data.videos.key_clips`).
+by a prepared pass (:func:`egoray.data.videos.key_clips`, in Ray Data's workers or in process).
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from __future__ import annotations
 from egoray import storage
 from egoray.data.raw import InputError
 from egoray.data.videos import check_clip_table, folder_items, is_table, key_clips, list_video_files
-from egoray.executor import prepare
-from egoray.plans import WORK_DIR, Source
-from egoray.ray_data_context import read
+from egoray.plans import WORK_DIR, MapBatches, Prepared, Source
+from egoray.work_inputs import prepare
 
 
 def check_inputs(url: str, fmt: str) -> list[str]:
@@ -30,8 +29,7 @@ def check_inputs(url: str, fmt: str) -> list[str]:
 def video_items(url: str, fmt: str, output: str) -> str:
     """The URL of the keyed items table (written once per output)."""
     if is_table(url, fmt):
-        return prepare(output, "videos", lambda: read(Source(url)).map_batches(
-            key_clips, fn_kwargs={"table_url": url}, batch_format="pyarrow", batch_size=None))
+        return prepare(output, Prepared("videos", Source(url), [MapBatches(key_clips, kwargs={"table_url": url})]))
     target = storage.join(output, WORK_DIR, "videos", "folder.parquet")
     storage.write_parquet(target, folder_items(list_video_files(url)))
     return target

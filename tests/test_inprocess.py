@@ -4,6 +4,7 @@ and the jobs or steps that need Ray refuse with one message."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,8 +18,10 @@ import yaml
 
 from egoray import storage
 from egoray.config import ConfigError
-from egoray.inprocess import ExecutorConflict, NeedsRay
+from egoray.inprocess import ExecutorConflict, NeedsRay, in_process
+from egoray.plans import MapBatches, MapGroups, Prepared, SortLimit, Source
 from egoray.stages.guard import StageFailing
+from egoray.work_inputs import prepare, prepare_dataset
 from tests.conftest import ROOT
 from tests.killing import kill_group
 from tests.poison import Config, run
@@ -127,16 +130,52 @@ def test_ray_does_not_continue_an_output_begun_in_process(ray_session, texts, tm
 
 
 def test_jobs_and_steps_that_need_ray_refuse_in_process(tmp_path):
-    from egoray.pipelines import qa, validate_config
+    from egoray.pipelines import validate_config
 
     with pytest.raises(ConfigError, match="job 'ingest' runs on Ray only: ray.in_process"):
         validate_config({"job": "ingest", "input": str(tmp_path / "n.json"), "output": str(tmp_path / "i"),
                          "ray": {"in_process": True}})
-    narrations = tmp_path / "narrations"
-    storage.write_parquet(str(narrations / "part-0.parquet"), pa.table({
-        "narration_id": ["a"], "video_uid": ["v"], "t_start": [0.0], "t_end": [1.0], "text": ["C opens a door"],
-        "split": ["train"], "verb": ["open"], "noun": ["door"], "clip_uid": ["c"], "summary": [None]}))
-    config = validate_config({"job": "qa", "input": str(tmp_path), "output": str(tmp_path / "q"),
-                              "ray": {"in_process": True}})
-    with pytest.raises(NeedsRay, match="job 'qa' prepares its input _work/groups first"):
-        qa.run(config)
+    with in_process("train_dual_encoder"), pytest.raises(NeedsRay, match="job 'train_dual_encoder' prepares its "
+                                                                       "input _work/pairs first"):
+        prepare_dataset(str(tmp_path / "t"), "pairs", lambda: pytest.fail("built"))
+
+
+def _per_video(group: pa.Table, scale: int) -> pa.Table:
+    """One row per video: its rows counted, their numbers summed (in any order)."""
+    return pa.table({"video": [group["video"][0].as_py()], "n": [group.num_rows],
+                     "total": [scale * sum(group["x"].to_pylist())]})
+
+
+class Labelled:
+    """A class step: built once (per actor), called on batches."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return batch.append_column("label", pa.array([f"{self.prefix}{v}" for v in batch["video"].to_pylist()]))
+
+
+def test_a_prepared_input_is_the_same_written_by_ray_or_in_process(ray_session, tmp_path):
+    folder = tmp_path / "rows"
+    for f in range(3):  # one video's rows spread over every file
+        storage.write_parquet(str(folder / f"part-{f}.parquet"), pa.table({
+            "video": [f"v{(f + i) % 7}" for i in range(30)], "x": [f * 30 + i for i in range(30)],
+            "split": ["train" if i % 3 else "val" for i in range(30)]}))
+    source = Source(str(folder), columns=["video", "x", "split"],
+                    where=lambda t: t.filter(pa.compute.equal(t["split"], "train")))
+    prep = Prepared("per_video", source, [MapBatches(lambda b, k: b.set_column(1, "x", pa.compute.multiply(b["x"], k)),
+                                                     batch_size=7, args=(2,)),
+                                          MapGroups("video", _per_video, (10,)), SortLimit("video", 5),
+                                          MapBatches(Labelled, 2, args=("video ",))])
+    rows = []
+    for out, local in ((tmp_path / "ray", False), (tmp_path / "local", True)):
+        with in_process("test") if local else contextlib.nullcontext():
+            url = prepare(str(out), prep)
+        rows.append(sorted(storage.read_parquet(url).to_pylist(), key=lambda r: r["video"]))
+        assert (out / "_work" / "per_video" / "_DONE.json").exists()
+    kept = [(r["video"], r["x"]) for f in range(3) for r in [{"video": f"v{(f + i) % 7}", "x": f * 30 + i}
+                                                             for i in range(30) if i % 3]]
+    expected = [{"video": v, "n": sum(1 for w, _ in kept if w == v), "total": 20 * sum(x for w, x in kept if w == v),
+                 "label": f"video {v}"} for v in sorted({w for w, _ in kept})[:5]]
+    assert rows[0] == rows[1] == expected

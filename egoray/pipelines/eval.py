@@ -228,8 +228,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     def body(job: JobRun) -> Added:
         import ray
 
-        from egoray.executor import clean_work
         from egoray.ray_data_context import io_cpus
+        from egoray.work_inputs import clean_work
 
         ledger = ShardLedger(config.output)
         done = ledger.completed()

@@ -30,11 +30,9 @@ from egoray.config import ActorPool, StreamingJobConfig, StrictModel, Url
 from egoray.data.raw import InputError
 from egoray.data.splits import videos_in_splits
 from egoray.data.tables import table_columns
-from egoray.executor import prepare
 from egoray.exports import run_export
 from egoray.models.vlm import VLMOptions
-from egoray.plans import Pass, Source
-from egoray.ray_data_context import read
+from egoray.plans import MapBatches, MapGroups, Pass, Prepared, Source
 from egoray.runner import run_job
 from egoray.stages.narrate import (
     CaptionSink,
@@ -45,6 +43,7 @@ from egoray.stages.narrate import (
     TableWindows,
     write_total_pkl,
 )
+from egoray.work_inputs import prepare
 
 __all__ = ["Config", "Sampling", "Windows", "run", "write_total_pkl"]
 
@@ -133,14 +132,14 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             from egoray.data.narrations import check_narrations
 
             inputs = [check_narrations(w.uncovered)]  # other narrations: other windows
-    def build_windows() -> Any:
+
+    def windows_input() -> Prepared:
         if w.mode == "dense":
-            ds = read(Source(source, columns=["key", "n", "fps", "t_start"])).map_batches(
-                DenseWindows(w.length, w.stride, videos, w.uncovered), batch_format="pyarrow", batch_size=None)
+            windows = Source(source, columns=["key", "n", "fps", "t_start"])
+            steps: list[MapBatches | MapGroups] = [MapBatches(DenseWindows(w.length, w.stride, videos, w.uncovered))]
         else:
-            columns = [c for c in (id_col, "video_uid", "t_start", "t_end") if c]
-            ds = read(Source(source, columns=columns)).map_batches(
-                TableWindows(id_col, w.offset_sec, videos), batch_format="pyarrow", batch_size=None)
+            windows = Source(source, columns=[c for c in (id_col, "video_uid", "t_start", "t_end") if c])
+            steps = [MapBatches(TableWindows(id_col, w.offset_sec, videos))]
         if tower:  # each window's frames, decoded by Ray Data CPU workers as in training
             from egoray.data.videos import video_paths
             from egoray.models.clip import image_size
@@ -148,12 +147,11 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
             decode = DecodeClips(video_paths(config.videos) or {}, narrator.tower.num_frames,
                                  image_size(narrator.tower.vision), 0.0, stage="features")
-            return ds.map_batches(decode, batch_format="pyarrow", batch_size=16)
-        return ds.groupby("video_uid").map_groups(SampleWindows(features, narrator.num_frames),
-                                                  batch_format="pyarrow")
+            return Prepared("windows", windows, [*steps, MapBatches(decode, batch_size=16)])
+        return Prepared("windows", windows, [*steps, MapGroups("video_uid", SampleWindows(features, narrator.num_frames))])
 
     def plan() -> Pass:
-        windows = prepare(config.output, "windows", build_windows)
+        windows = prepare(config.output, windows_input())
         if not storage.listdir(windows, ".parquet"):
             raise InputError(f"{config.input}: no windows to narrate")
         stage = NarratorStage(config.model, config.sampling, config.gpus_per_actor > 0,

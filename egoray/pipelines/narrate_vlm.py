@@ -19,13 +19,12 @@ from egoray import storage
 from egoray.data.raw import InputError
 from egoray.data.splits import videos_in_splits
 from egoray.data.videos import folder_items, is_window_table, list_video_files, video_paths
-from egoray.executor import prepare
 from egoray.exports import run_export
-from egoray.plans import WORK_DIR, Pass, Source
-from egoray.ray_data_context import read
+from egoray.plans import WORK_DIR, MapBatches, Pass, Prepared, Source
 from egoray.runner import run_job
 from egoray.stages.narrate import CaptionSink, write_total_pkl
 from egoray.stages.vlm import ChooseExamples, FolderClips, TableClips
+from egoray.work_inputs import prepare
 
 if TYPE_CHECKING:  # the narrate job's config; this module is that job's VLM backend
     from egoray.pipelines.narrate import Config
@@ -54,23 +53,22 @@ def run_vlm(config: Config, overwrite: bool = False) -> dict[str, Any]:
         files = list_video_files(config.input)
         source, names, inputs = storage.join(config.output, WORK_DIR, "folder.parquet"), [], files
 
-    def build_clips() -> Any:
+    def clips_input() -> Prepared:
         if table_input:
             columns = [c for c in ("window_id", "clip_id", "narration_id", "video_uid", "t_start", "t_end", "verb",
                                    "noun", "path") if c in names]
-            ds = read(Source(source, columns=columns)).map_batches(
-                TableClips(source, videos, w.offset_sec, keep), batch_format="pyarrow", batch_size=None)
+            clips, cut = Source(source, columns=columns), MapBatches(TableClips(source, videos, w.offset_sec, keep))
         else:
             storage.write_parquet(source, folder_items(files).select(["video_uid", "path"]))
-            ds = read(Source(source)).map_batches(FolderClips(w.mode == "dense", w.length, w.stride, keep),
-                                                  batch_format="pyarrow", batch_size=1)
-        return ds.map_batches(ChooseExamples, fn_constructor_args=(ic.pool or "", ic, videos), batch_format="pyarrow",
-                              compute=_one_actor(), batch_size=256)
+            clips = Source(source)
+            cut = MapBatches(FolderClips(w.mode == "dense", w.length, w.stride, keep), batch_size=1)
+        # one actor: it reads the example pool once
+        return Prepared("clips", clips, [cut, MapBatches(ChooseExamples, 256, args=(ic.pool or "", ic, videos))])
 
     def plan() -> Pass:
         from egoray.stages.vlm import VLMStage
 
-        clips = prepare(config.output, "clips", build_clips)
+        clips = prepare(config.output, clips_input())
         if not storage.listdir(clips, ".parquet"):
             raise InputError(f"{config.input}: no clips to narrate")
         stage = VLMStage(config.vlm, config.reencode_vfr, config.vfr_tolerance, storage.join(config.output, "cfr"),
@@ -86,9 +84,3 @@ def run_vlm(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     return run_job(config, overwrite, inputs, plan, finish)
 
-
-def _one_actor() -> Any:
-    """The example pool is loaded once, by one actor (it may be every training narration)."""
-    import ray.data
-
-    return ray.data.ActorPoolStrategy(size=1)

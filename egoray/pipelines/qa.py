@@ -29,16 +29,15 @@ from egoray import storage
 from egoray.config import StreamingJobConfig, StrictModel
 from egoray.data.grouping import GROUPS, group_narrations
 from egoray.data.narrations import Split, check_narrations, split_filter
-from egoray.executor import prepare
 from egoray.exports import run_export
 from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import QAPrompts
 from egoray.llm.steps import QuestionStep, WrongAnswersStep
-from egoray.plans import Pass, Source
-from egoray.ray_data_context import read
+from egoray.plans import MapGroups, Pass, Prepared, SortLimit, Source
 from egoray.runner import run_job
 from egoray.stages.base import Sink, with_constants, write_part
 from egoray.stages.generate import llm_stage
+from egoray.work_inputs import prepare
 
 EXPORT_FILE = "annotations.EgoTimeQA.json"
 
@@ -169,18 +168,15 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     source = check_narrations(config.input)
     g = config.grouping
 
-    def build_groups() -> Any:
+    def plan() -> Pass:
         names = storage.parquet_schema(source).names
         wanted = ("narration_id", "video_uid", "pass", "text", "raw_text", "t_start", "t_end", "split")
-        columns = [c for c in wanted if c in names]
-        ds = read(Source(source, columns=columns, where=split_filter(config.splits)))
-        ds = ds.groupby("video_uid").map_groups(groups_of_video, fn_args=(g.max_group, g.max_span_sec, g.seed,
-                                                                          g.point_window_sec),
-                                                batch_format="pyarrow")
-        return ds.sort("group_id").limit(g.limit) if g.limit else ds
-
-    def plan() -> Pass:
-        groups = prepare(config.output, "groups", build_groups)
+        narrations = Source(source, columns=[c for c in wanted if c in names], where=split_filter(config.splits))
+        grouping: list[MapGroups | SortLimit] = [
+            MapGroups("video_uid", groups_of_video, (g.max_group, g.max_span_sec, g.seed, g.point_window_sec))]
+        if g.limit:
+            grouping.append(SortLimit("group_id", g.limit))
+        groups = prepare(config.output, Prepared("groups", narrations, grouping))
         lim = config.limits
         steps = [QuestionStep(config.question_params, config.prompts, lim.max_question_words, lim.max_answer_words,
                               lim.max_attempts, lim.acceptance),

@@ -24,16 +24,15 @@ from pydantic import Field
 from egoray import storage
 from egoray.config import StreamingJobConfig
 from egoray.data.narrations import Split, check_narrations, split_filter
-from egoray.executor import prepare
 from egoray.exports import run_export
 from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import RephrasePrompts
 from egoray.llm.steps import ParaphraseStep, clean_paraphrases
-from egoray.plans import Pass, Source
-from egoray.ray_data_context import read
+from egoray.plans import Pass, Prepared, SortLimit, Source
 from egoray.runner import run_job
 from egoray.stages.base import Sink, with_constants, write_part
 from egoray.stages.generate import llm_stage
+from egoray.work_inputs import prepare
 
 __all__ = ["PARAPHRASES", "Config", "clean_paraphrases", "run"]
 
@@ -111,8 +110,8 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     def plan() -> Pass:
         items = source
         if config.limit is not None:  # the first N by id: written once, so a resumed run takes the same N
-            items = prepare(config.output, "narrations", lambda: read(Source(source, columns=columns, where=where))
-                            .sort("narration_id").limit(config.limit))
+            items = prepare(config.output, Prepared("narrations", Source(source, columns=columns, where=where),
+                                                    [SortLimit("narration_id", config.limit)]))
         step = ParaphraseStep(config.params, config.prompts, config.k, config.max_attempts)
         sink = ParaphraseSink(id_column="narration_id", stages=[step.name], input_columns=["narration_id", "text"],
                               prompt_version=config.prompts.version, model=config.engine.model)

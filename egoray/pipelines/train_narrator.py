@@ -198,9 +198,9 @@ def _tower_config(url: str) -> Any:
 def _decode_clips(config: Config, tower: Any, items: Any) -> str:
     """``_work/clips``: each narration's window decoded to the tower's frames by Ray Data workers."""
     from egoray.data.videos import video_paths
-    from egoray.executor import prepare as prepare_work
     from egoray.models.clip import image_size
     from egoray.stages.clips import DecodeClips
+    from egoray.work_inputs import prepare_dataset as prepare_work
 
     videos = video_paths(config.videos) or {}
     if not videos:

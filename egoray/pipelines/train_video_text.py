@@ -233,11 +233,11 @@ def _train_loop(loop: VideoTextLoop) -> None:
 
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from egoray.data.videos import video_paths
-    from egoray.executor import prepare as prepare_work
     from egoray.models.clip import image_size
     from egoray.stages.clips import DecodeClips
     from egoray.train.data import PARAPHRASES, narrations_dataset, window_texts_dataset, with_paraphrases
     from egoray.train.pairs import pairs_dataset
+    from egoray.work_inputs import prepare_dataset as prepare_work
 
     items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
     if config.rephrased:

@@ -71,13 +71,13 @@ class Config(TrainingJobConfig):
 def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from egoray import storage
     from egoray.data.videos import video_paths
-    from egoray.executor import prepare as prepare_work
     from egoray.plans import WORK_DIR
     from egoray.ray_data_context import io_cpus, read
     from egoray.stages.clips import DecodeClips
     from egoray.stages.vlm_train import SAMPLE_COLUMNS, ChooseTrainingExamples, PointWindows, StoreFrames
     from egoray.train.data import narrations_dataset
     from egoray.train.pairs import pairs_dataset
+    from egoray.work_inputs import prepare_dataset as prepare_work
 
     videos = video_paths(config.videos) or {}
     if not videos:

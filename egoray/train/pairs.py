@@ -13,12 +13,12 @@ import pyarrow.compute as pc
 from egoray import storage
 from egoray.data.raw import InputError
 from egoray.errors import ray_errors
-from egoray.executor import prepare
 from egoray.plans import Source
 from egoray.ray_data_context import read
 from egoray.stages.base import REASON, STAGE, pending
 from egoray.stages.pairs import PoolPairs
 from egoray.train.data import PARAPHRASES
+from egoray.work_inputs import prepare_dataset
 
 
 def build_pairs(output: str, name: str, items: Callable[[], Any], features: str, offset: float,
@@ -27,7 +27,7 @@ def build_pairs(output: str, name: str, items: Callable[[], Any], features: str,
     if not storage.exists(storage.join(features, "index")):
         raise InputError(f"{features}: not a video_features output (no index/ table)")
     pooler = PoolPairs(features, offset, labels, num_frames)
-    return prepare(output, name, lambda: items().groupby("video_uid").map_groups(pooler, batch_format="pyarrow"))
+    return prepare_dataset(output, name, lambda: items().groupby("video_uid").map_groups(pooler, batch_format="pyarrow"))
 
 
 def count_pairs(url: str) -> dict[str, Any]:

@@ -74,7 +74,8 @@ def test_class_prompts_to_hdf5(labels, tmp_path, ray_session):
     templates = ["The person in this video is doing {label}", "{label}"]
     config = validate_config({"job": "text_features", "input": str(FIXTURES / "labels" / labels),
                               "output": str(tmp_path / "c"), "templates": templates, "storage": "hdf5",
-                              "encoder": {"kind": "open_clip", "clip": {"name": "tiny-clip"}}, "rows_per_file": 100})
+                              "encoder": {"kind": "open_clip", "clip": {"name": "tiny-clip"}}, "rows_per_file": 100,
+                              "ray": {"in_process": True}})
     manifest = text_features.run(config)
     n_classes = 157 if labels.endswith(".txt") else 400
     index = storage.read_parquet(str(tmp_path / "c" / "index"))
@@ -146,7 +147,7 @@ def test_clip_windows_from_a_table(synth_videos, tmp_path, ray_session):
     out = tmp_path / "clips"
     manifest = video_features.run(validate_config({
         "job": "video_features", "input": str(synth_videos / "windows.parquet"), "output": str(out),
-        "sampling": {"num_frames": 4}}))
+        "sampling": {"num_frames": 4}, "ray": {"in_process": True}}))
     assert manifest["stages"]["decode_encode"]["out"] == 3
     index = {r["key"]: r for r in storage.read_parquet(str(out / "index")).to_pylist()}
     assert {r["n"] for r in index.values()} == {4}

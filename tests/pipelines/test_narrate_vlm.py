@@ -60,7 +60,8 @@ def test_vlm_narration_with_in_context_examples_and_bad_videos(demo_run, tmp_pat
               "path": str(tmp_path / "broken.mp4")}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "clips.parquet")
 
-    config = load_config(CONFIG, _overrides(out, tmp_path / "clips.parquet", tmp_path))
+    # the reference run in process; the killed two-actor run on Ray must equal it
+    config = load_config(CONFIG, _overrides(out, tmp_path / "clips.parquet", tmp_path, "ray.in_process=true"))
     manifest = job_module("narrate").run(config)
     assert manifest["status"] == "complete" and manifest["backend"] == "vlm"
     assert manifest["stages"]["narrate"] == {**manifest["stages"]["narrate"], "in": 5, "out": 4, "rejected": 1}
@@ -80,7 +81,8 @@ def test_vlm_narration_with_in_context_examples_and_bad_videos(demo_run, tmp_pat
     # two actors, SIGKILL of the driver mid-run, the same job again: the narrations of the
     # one-actor run (examples chosen per clip, every narration seeded by its clip and sample)
     two = config.model_copy(update={"output": str(tmp_path / "two"), "num_actors": 2, "cpus_per_actor": 0.5,
-                                    "batch_size": 1, "rows_per_file": 1})
+                                    "batch_size": 1, "rows_per_file": 1,
+                                    "ray": config.ray.model_copy(update={"in_process": False})})
     assert kill_mid_run(two, tmp_path) >= 1
     again = job_module("narrate").run(two)
     assert again["stages"]["narrate"] == {**manifest["stages"]["narrate"], "seconds": again["stages"]["narrate"]["seconds"]}

@@ -114,8 +114,8 @@ def test_egotimeqa_export_normalises_durations_as_groundvqa_merge_does():
 
 
 def test_qa_job(ingested_small, tmp_path):
-    out = tmp_path / "qa"
-    manifest = qa.run(_config(ingested_small, out))
+    out = tmp_path / "qa"  # the reference run in process; the killed two-actor run on Ray must equal it
+    manifest = qa.run(_config(ingested_small, out, ray={"in_process": True}))
     assert manifest["status"] == "complete"
     stages = manifest["stages"]
     assert stages["question"]["in"] == GROUPS == manifest["items"]
@@ -141,7 +141,7 @@ def test_qa_job(ingested_small, tmp_path):
     assert (first["moment_start_frame"] + first["moment_end_frame"]) / 2 == pytest.approx(centre)
 
     # a second run of a complete job does nothing
-    again = qa.run(_config(ingested_small, out))
+    again = qa.run(_config(ingested_small, out, ray={"in_process": True}))
     assert again == json.loads((out / "run.json").read_text())
     q, r = _ids(out)
     assert len(q + r) == len(set(q + r)) == GROUPS
@@ -170,7 +170,7 @@ def _rows(out):
 def test_failures_are_retried_then_rejected_with_raw_output(ingested_small, tmp_path):
     out = tmp_path / "qa"
     manifest = qa.run(_config(ingested_small, out, grouping={"limit": 4},
-                              question_params={"max_new_tokens": 4}, limits={"max_attempts": 2}))
+                              question_params={"max_new_tokens": 4}, limits={"max_attempts": 2}, ray={"in_process": True}))
     assert manifest["stages"]["question"] == {**manifest["stages"]["question"], "in": 4, "out": 0, "rejected": 4}
     rejects = storage.read_parquet(str(out / "rejects")).to_pylist()
     assert {r["reason"] for r in rejects} == {"invalid_json"}
@@ -184,7 +184,7 @@ def test_failures_are_retried_then_rejected_with_raw_output(ingested_small, tmp_
 def test_groundvqa_acceptance_decodes_unconstrained_and_tries_once(ingested_small, tmp_path):
     out = tmp_path / "qa"
     manifest = qa.run(_config(ingested_small, out, grouping={"limit": 4}, limits={"acceptance": "groundvqa"},
-                              question_params={"max_new_tokens": 24, "temperature": 1.0}))
+                              question_params={"max_new_tokens": 24, "temperature": 1.0}, ray={"in_process": True}))
     stages = manifest["stages"]
     assert stages["question"]["in"] == 4 == stages["question"]["out"] + stages["question"]["rejected"]
     q, r = _ids(out)

@@ -17,8 +17,8 @@ def test_clean_paraphrases():
 def test_rephrase_job(ingested_small, tmp_path):
     config = validate_config({"job": "rephrase", "input": str(ingested_small), "output": str(tmp_path / "r"),
                               "limit": 10, "k": 3,
-                              "params": {"max_new_tokens": 10, "temperature": 1.0}})
-    manifest = rephrase.run(config)
+                              "params": {"max_new_tokens": 10, "temperature": 1.0}, "ray": {"in_process": True}})
+    manifest = rephrase.run(config)  # the reference in process; the killed two-actor run on Ray must equal it
     c = manifest["stages"]["paraphrase"]
     assert c["in"] == 10 == c["out"] + c["rejected"]
     table = storage.read_parquet(str(tmp_path / "r" / "paraphrases"))
@@ -47,6 +47,7 @@ def test_rephrase_job(ingested_small, tmp_path):
 
     # two actors, SIGKILL mid-run, the same job again: the paraphrases of the one-actor run
     two = config.model_copy(update={"output": str(tmp_path / "r2"), "rows_per_file": 2,
+                                    "ray": config.ray.model_copy(update={"in_process": False}),
                                     "engine": config.engine.model_copy(update={"num_actors": 2, "batch_size": 3})})
     assert kill_mid_run(two, tmp_path) >= 1
     resumed = rephrase.run(two)["stages"]["paraphrase"]

@@ -216,7 +216,7 @@ def test_narrate_dense_windows_of_unnarrated_time(features, narrator, tmp_path):
     run = _run("demo/narrate.yaml", [f"input={features}/video_features", f"output={out}", f"model={model}",
                                      "video_features=null", "video_splits=null", "windows.mode=dense",
                                      "windows.length=1", "windows.stride=1", f"windows.uncovered={features}/narrations",
-                                     "sampling.n=1"])
+                                     "sampling.n=1", "ray.in_process=true"])  # Ray adds nothing here
     index = storage.read_parquet(str(features / "video_features" / "index")).to_pylist()
     narrations = storage.read_parquet(str(features / "narrations" / "narrations")).to_pylist()
     tiles = [(r["key"], float(k), min(k + 1.0, r["n"] / r["fps"])) for r in index
@@ -242,7 +242,8 @@ def test_narrate_killed_mid_run_with_two_actors_gives_the_one_actor_captions(fea
     demo = json.loads((features / "narrate" / "run.json").read_text())["config"]
     sampled = {**demo, "sampling": {**demo["sampling"], "n": 3, "do_sample": True, "temperature": 0.7}}
     config = load_config(str(config_dir() / "demo/narrate.yaml"), [])
-    one = type(config).model_validate({**sampled, "output": str(tmp_path / "n1")})
+    one = type(config).model_validate({**sampled, "output": str(tmp_path / "n1"),  # the reference in process
+                                       "ray": {**sampled["ray"], "in_process": True}})
     reference = job_module("narrate").run(one)
     config = type(config).model_validate({**sampled, "output": str(tmp_path / "n2"), "num_actors": 2,
                                           "cpus_per_actor": 0.5, "batch_size": 6, "rows_per_file": 2})
@@ -347,9 +348,11 @@ def test_video_text_towers_learn_from_raw_frames(features, video_text, tmp_path)
          "t_start": max(0.0, r["t_start"] - 1.0), "t_end": r["t_end"] + 1.0, "label": label(r)} for r in held]),
         table)
     _run("demo/video_features.yaml", [f"input={table}", f"output={tmp_path / 'vf'}", f"tower={out / 'best'}",
-                                      "sampling.fps=null", "sampling.num_frames=4", "sampling.clip_mean=false"])
+                                      "sampling.fps=null", "sampling.num_frames=4", "sampling.clip_mean=false",
+                                      "ray.in_process=true"])
     _run("demo/text_features.yaml", [f"input={features}/narrations", f"output={tmp_path / 'tf'}",
-                                     "encoder.kind=video_text", f"encoder.model={out / 'best'}", "encoder.normalize=false"])
+                                     "encoder.kind=video_text", f"encoder.model={out / 'best'}", "encoder.normalize=false",
+                                     "ray.in_process=true"])
     index = storage.read_parquet(str(tmp_path / "vf" / "index"))
     assert set(index["n"].to_pylist()) == {1}  # one feature per window
     texts = {r["id"]: r["embedding"] for r in storage.read_parquet(str(tmp_path / "tf" / "embeddings")).to_pylist()}
@@ -420,7 +423,7 @@ def test_narrator_on_the_video_tower_trains_and_narrates_from_frames(features, v
     pq.write_table(pa.Table.from_pylist(windows), tmp_path / "windows.parquet")
     narrated = _run("demo/narrate.yaml", [f"input={tmp_path / 'windows.parquet'}", f"output={tmp_path / 'narrate'}",
                                           f"model={out}", "video_features=null", f"videos={features}/data/videos",
-                                          "sampling.n=2", "sampling.do_sample=true"])
+                                          "sampling.n=2", "sampling.do_sample=true", "ray.in_process=true"])
     assert narrated["stages"]["features"]["rejected"] == 1
     captions = storage.read_parquet(str(tmp_path / "narrate" / "captions"))
     assert captions.num_rows == 2 * len(held) and set(captions["window_id"].to_pylist()) == {w["window_id"] for w in
