@@ -91,13 +91,13 @@ def write_prepared(prep: Prepared, url: str) -> None:
     """A prepared input in this process: the whole source, its steps in order, one file under
     ``url`` (none when no row is left, as Ray Data writes none)."""
     parts = [_read_source(f, prep.source) for f in source_files(prep.source)]
-    table = pa.concat_tables(parts, promote_options="permissive") if parts else None
+    table = _concat(parts) if parts else pa.table({})
     for step in prep.steps:
-        if table is None or table.num_rows == 0:
-            return
+        if table.num_rows == 0:
+            break
         table = _apply(step, table)
     storage.makedirs(url)
-    if table is not None and table.num_rows:
+    if table.num_rows:
         storage.write_parquet(storage.join(url, "part-00000.parquet"), table)
 
 

@@ -13,16 +13,16 @@ from collections.abc import Callable
 from typing import Any
 
 from egoray import storage
-from egoray.inprocess import refuse_in_process, running_in_process
+from egoray.inprocess import refuse_in_process, running_in_process, write_prepared
 from egoray.plans import DONE_FILE, WORK_DIR, Prepared
 
 
 def prepare(output: str, prep: Prepared) -> str:
     """The URL of ``prep`` under ``output``, written by the executor the job runs on."""
-    from egoray import executor, inprocess
+    from egoray import executor
 
     if running_in_process():
-        return _once(output, prep.name, lambda url: inprocess.write_prepared(prep, url))
+        return _once(output, prep.name, lambda url: write_prepared(prep, url))
     return _once(output, prep.name, lambda url: executor.write_dataset(lambda: executor.prepared_dataset(prep), url))
 
 
