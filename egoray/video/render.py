@@ -64,7 +64,13 @@ class FrameRenderer:
 
 
 def encode_mp4(frames: Iterable[np.ndarray], fps: int, size: int, gop: int | None = None) -> bytes:
-    """H.264 mp4 bytes of the frames (PyAV, in-process, single-threaded so output is reproducible).
+    """H.264 mp4 bytes of the frames (PyAV, in-process), the same bytes for the same frames.
+
+    Reproducible needs two settings: one thread, and no MB-tree rate control. With MB-tree on,
+    x264 (core 165, single-threaded) gave the same frames other bytes in about half of repeated
+    encodings in one process, depending on what the heap held (a read of memory it did not write);
+    in a fresh process the heap is the same, so runs agreed until a test ran after other tests.
+    ``tests/video/test_render.py`` encodes the same frames repeatedly to hold this.
 
     ``gop``: frames between keyframes (x264's default, 250, when None; cameras often use ~1 s)."""
     buf = io.BytesIO()
@@ -73,7 +79,8 @@ def encode_mp4(frames: Iterable[np.ndarray], fps: int, size: int, gop: int | Non
         stream.width = size
         stream.height = size
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.options = {"crf": "20", "preset": "veryfast", "threads": "1"}
+        stream.codec_context.options = {"crf": "20", "preset": "veryfast", "threads": "1",
+                                         "x264-params": "mbtree=0"}
         if gop:
             stream.codec_context.gop_size = gop
         for array in frames:
