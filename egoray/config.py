@@ -91,7 +91,7 @@ class JobConfig(StrictModel):
 
 
 class StreamingJobConfig(JobConfig):
-    """Fields of every job that streams rows through stages (:func:`egoray.executor.run_job`)."""
+    """Fields of every job that streams rows through stages (:func:`egoray.runner.run_plan`)."""
 
     max_error_fraction: float = Field(0.01, ge=0, le=1, description="share of rows a stage may raise on "
                                       "(each rejected as stage_error) before the job stops; judged after 100 "

@@ -20,17 +20,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from egoray import storage
 from egoray.config import JobConfig, StreamingJobConfig
 from egoray.inprocess import in_process
-from egoray.plans import Pass
+from egoray.plans import StreamingPlan
 from egoray.runtime import MANIFEST_FILE, Added, RunManifest, ShardLedger, claim_output, ensure_ray, input_signatures
 from egoray.stages.base import read_counts, total_counts, write_part
 from egoray.stages.guard import ErrorBudget
-from egoray.work_inputs import clean_work
+from egoray.work_inputs import clean_work, resolve
 
 
 @dataclass
@@ -85,38 +85,35 @@ def run_lifecycle(config: JobConfig, overwrite: bool, body: Callable[[JobRun], A
     return manifest.to_dict()
 
 
-def run_job(config: StreamingJobConfig, overwrite: bool, inputs: Sequence[str], plan: Callable[[], Pass],
-            finish: Callable[[RunManifest], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Run (or resume) a streaming job and return its ``run.json``.
+def run_plan(config: StreamingJobConfig, overwrite: bool, plan: StreamingPlan) -> dict[str, Any]:
+    """Run (or resume) a streaming job's plan and return its ``run.json``.
 
-    ``inputs`` are the URLs whose change refuses a resume; ``plan()`` (called with Ray running)
-    builds the pass, preparing ``_work`` inputs if it needs them; ``finish(manifest)`` (optional)
-    writes the job's exports from the committed tables and returns extra manifest fields.
-    A job whose ``run.json`` already says complete does nothing again. With ``ray.in_process``
-    the pass runs in this process (:mod:`egoray.inprocess`), without Ray.
+    The pass's prepared input (if its source names one) is written first, with Ray running;
+    ``plan.finish`` writes the job's exports from the committed tables. A job whose ``run.json``
+    already says complete does nothing again. With ``ray.in_process`` the plan runs in this
+    process (:mod:`egoray.inprocess`), without Ray.
     """
     local = config.ray.in_process
 
     def body(job: JobRun) -> Added:
         with in_process(config.job) if local else contextlib.nullcontext():
-            return _stream(config, plan, finish, job)
+            return _stream(config, plan, job)
 
-    return run_lifecycle(config, overwrite, body, inputs=inputs, uses_ray=not local, skip_complete=True)
+    return run_lifecycle(config, overwrite, body, inputs=plan.inputs, uses_ray=not local, skip_complete=True)
 
 
-def _stream(config: StreamingJobConfig, plan: Callable[[], Pass],
-            finish: Callable[[RunManifest], dict[str, Any]] | None, job: JobRun) -> Added:
+def _stream(config: StreamingJobConfig, plan: StreamingPlan, job: JobRun) -> Added:
     from egoray.executor import run_pass
     from egoray.inprocess import run_pass_in_process
 
     manifest = job.manifest
-    p = plan()
+    p = replace(plan.work, source=resolve(config.output, plan.work.source))
     before = {r["base"] for r in read_counts(config.output)}
     print(f"[{config.job}] {' → '.join(s.name for s in p.stages)} → {config.output}"
           f"{' (resuming)' if before else ''}{' in process' if config.ray.in_process else ''}", flush=True)
     execute = run_pass_in_process if config.ray.in_process else run_pass
     result = execute(p, config.output, ErrorBudget(max_fraction=config.max_error_fraction))
-    extra = finish(manifest) if finish is not None else {}
+    extra = plan.finish(config.output) if plan.finish is not None else {}
     stage_names = list(p.sink.stages)
     new = [r for r in result.counts if r["base"] not in before]
     manifest.stages = total_counts(result.counts, stage_names)
@@ -128,7 +125,7 @@ def _stream(config: StreamingJobConfig, plan: Callable[[], Pass],
         # the actors that started, which a cluster short of room may hold below the configured
         "actors": {s.name: result.actors.get(s.name, s.resources.actors) if result.actors else
                    s.resources.actors for s in p.stages},
-        "actors_configured": {s.name: s.resources.actors for s in p.stages}, **(extra or {})})
+        "actors_configured": {s.name: s.resources.actors for s in p.stages}, **extra})
     for name, table in p.sink.empty_tables().items():
         if not storage.listdir(storage.join(config.output, name), ".parquet"):
             write_part(config.output, name, "empty", table)

@@ -1,7 +1,7 @@
 """The work items of the video jobs (``video_features``, ``captions``): a keyed table under ``_work``.
 
-A folder is listed by the driver and its file names written as the plan; a clip table is keyed
-by a prepared pass (:func:`egoray.data.videos.key_clips`, in Ray Data's workers or in process).
+A folder's file names are listed by the driver (:class:`~egoray.plans.Listed`); a clip table is
+keyed by a prepared pass (:func:`egoray.data.videos.key_clips`, in Ray Data's workers or in process).
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from __future__ import annotations
 from egoray import storage
 from egoray.data.raw import InputError
 from egoray.data.videos import check_clip_table, folder_items, is_table, key_clips, list_video_files
-from egoray.plans import WORK_DIR, MapBatches, Prepared, Source
-from egoray.work_inputs import prepare
+from egoray.plans import Listed, MapBatches, Prepared, Source
 
 
 def check_inputs(url: str, fmt: str) -> list[str]:
@@ -26,10 +25,8 @@ def check_inputs(url: str, fmt: str) -> list[str]:
     return list_video_files(url)  # a changed, added or removed video refuses a resume
 
 
-def video_items(url: str, fmt: str, output: str) -> str:
-    """The URL of the keyed items table (written once per output)."""
+def video_items(url: str, fmt: str, inputs: list[str]) -> Prepared:
+    """The keyed items table, prepared once per output; ``inputs``: what :func:`check_inputs` returned."""
     if is_table(url, fmt):
-        return prepare(output, Prepared("videos", Source(url), [MapBatches(key_clips, kwargs={"table_url": url})]))
-    target = storage.join(output, WORK_DIR, "videos", "folder.parquet")
-    storage.write_parquet(target, folder_items(list_video_files(url)))
-    return target
+        return Prepared("videos", Source(url), [MapBatches(key_clips, kwargs={"table_url": url})])
+    return Prepared("videos", Listed(lambda: folder_items(inputs), f"the {len(inputs)} video files of {url}"))

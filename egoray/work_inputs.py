@@ -13,17 +13,49 @@ from collections.abc import Callable
 from typing import Any
 
 from egoray import storage
+from egoray.data.raw import InputError
 from egoray.inprocess import refuse_in_process, running_in_process, write_prepared
-from egoray.plans import DONE_FILE, WORK_DIR, Prepared
+from egoray.plans import DONE_FILE, WORK_DIR, Listed, Prepared, Source
+
+LISTING_FILE = "listed.parquet"
+
+
+def resolve(output: str, source: Source) -> Source:
+    """``source`` with a :class:`Prepared` input written and named by its URL (others as they are)."""
+    if not isinstance(source.paths, Prepared):
+        return source
+    return Source(prepare(output, source.paths), source.columns, source.where)
 
 
 def prepare(output: str, prep: Prepared) -> str:
     """The URL of ``prep`` under ``output``, written by the executor the job runs on."""
     from egoray import executor
 
+    if isinstance(prep.source, Listed):
+        listed = _once(output, f"{prep.name}_listed" if prep.steps else prep.name,
+                       lambda url: _write_listing(url, prep.source))
+        if not prep.steps:
+            return _checked(listed, prep)
+        prep = Prepared(prep.name, Source(listed), prep.steps, prep.empty)
     if running_in_process():
-        return _once(output, prep.name, lambda url: write_prepared(prep, url))
-    return _once(output, prep.name, lambda url: executor.write_dataset(lambda: executor.prepared_dataset(prep), url))
+        url = _once(output, prep.name, lambda url: write_prepared(prep, url))
+    else:
+        url = _once(output, prep.name,
+                    lambda url: executor.write_dataset(lambda: executor.prepared_dataset(prep), url))
+    return _checked(url, prep)
+
+
+def _write_listing(url: str, listed: Listed) -> None:
+    rows = listed.rows()
+    storage.makedirs(url)
+    if rows.num_rows:  # no file for no rows, as the executors write none
+        storage.write_parquet(storage.join(url, LISTING_FILE), rows)
+
+
+def _checked(url: str, prep: Prepared) -> str:
+    if prep.empty and not storage.listdir(url, ".parquet"):
+        raise InputError(prep.empty)
+    return url
 
 
 def prepare_dataset(output: str, name: str, build: Callable[[], Any]) -> str:

@@ -1,4 +1,4 @@
-"""A streaming job whose stage raises on chosen rows, run by the real executor (``run_job``).
+"""A streaming job whose stage raises on chosen rows, run by the real runner (``run_plan``).
 
 ``python -m tests.poison run CONFIG.yaml`` is ``egoray run`` with this job known (the tests kill it
 mid-run).
@@ -16,8 +16,8 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from egoray.config import StreamingJobConfig
-from egoray.plans import Pass, Source
-from egoray.runner import run_job
+from egoray.plans import Pass, Source, StreamingPlan
+from egoray.runner import run_plan
 from egoray.stages.base import Resources, Sink, Stage, write_part
 
 
@@ -56,16 +56,17 @@ class UpperSink(Sink):
         return {}
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+def plan(config: Config) -> StreamingPlan:
     resources = Resources(cpus=0.5, actors=config.num_actors, batch_size=config.batch_size)
+    work = Pass("poison", Source(config.input, columns=["id", "text"]),
+                [RaisesOn(config.bad, config.always, resources, config.hang_after)],
+                UpperSink(id_column="id", stages=["upper"], input_columns=["id", "text"]), "id",
+                rows_per_file=config.batch_size)
+    return StreamingPlan(work, [config.input])
 
-    def plan() -> Pass:
-        return Pass("poison", Source(config.input, columns=["id", "text"]),
-                    [RaisesOn(config.bad, config.always, resources, config.hang_after)],
-                    UpperSink(id_column="id", stages=["upper"], input_columns=["id", "text"]), "id",
-                    rows_per_file=config.batch_size)
 
-    return run_job(config, overwrite, [config.input], plan)
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    return run_plan(config, overwrite, plan(config))
 
 
 def main(argv: list[str]) -> int:

@@ -44,6 +44,39 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert printed["num_shards"] == 5 and printed["input"] == "s3://b/n.json" and printed["job"] == "ingest"
 
 
+def test_plan_prints_what_a_streaming_job_would_run_and_writes_nothing(ingested_small, synth_videos, tmp_path,
+                                                                        capsys):
+    qa_out, features_out = tmp_path / "qa", tmp_path / "features"
+    assert main(["run", str(ROOT / "configs" / "demo" / "qa.yaml"), "--plan", f"input={ingested_small}",
+                 f"output={qa_out}", "grouping.limit=7", "engine.num_actors=2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    narrations = storage.join(str(ingested_small), "narrations")
+    assert lines[:4] == ["job pass 'qa', keyed by group_id, 256 rows per committed file",
+                         f"prepare _work/groups from {narrations}",
+                         "  then groups_of_video per video_uid",
+                         "  then the first 7 rows by group_id"]
+    assert "stage generate: LLMStage, 2 actor(s) × 1 CPU, batches of 16" in lines
+    assert lines[-2:] == ["write qa, rejects and the exports",
+                          f"resume refused if changed: 1 input(s), e.g. {narrations}"]
+
+    assert main(["run", str(ROOT / "configs" / "demo" / "video_features.yaml"), "--plan",
+                 f"input={synth_videos / 'videos'}", f"output={features_out}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    n_videos = len(list((synth_videos / "videos").glob("*.mp4")))
+    assert lines[1] == f"prepare _work/videos from the {n_videos} video files of {synth_videos / 'videos'}"
+    assert "stage decode_encode: VideoFeatureStage, 1 actor(s) × 1 CPU, batches of 1" in lines
+    assert not qa_out.exists() and not features_out.exists()
+
+    assert main(["run", DEMO_INGEST, "--plan"]) == 2
+    assert "--plan: ingest is not a streaming job (these are: captions, import_features, " in capsys.readouterr().err
+
+
+def test_streaming_jobs_are_the_jobs_with_a_plan():
+    from egoray.pipelines import job_module, job_names, streaming_jobs
+
+    assert [j for j in job_names() if hasattr(job_module(j), "plan")] == streaming_jobs()
+
+
 def test_synth_command(tmp_path):
     result = subprocess.run([*EGORAY, "synth", str(tmp_path / "s"), "--videos", "2", "--seed", "5", "--no-videos"],
                             capture_output=True, text=True, check=True)

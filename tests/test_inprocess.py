@@ -18,8 +18,9 @@ import yaml
 
 from egoray import storage
 from egoray.config import ConfigError
+from egoray.data.raw import InputError
 from egoray.inprocess import ExecutorConflict, NeedsRay, in_process
-from egoray.plans import MapBatches, MapGroups, Prepared, SortLimit, Source
+from egoray.plans import Listed, MapBatches, MapGroups, Prepared, SortLimit, Source
 from egoray.stages.guard import StageFailing
 from egoray.work_inputs import prepare, prepare_dataset
 from tests.conftest import ROOT
@@ -179,3 +180,26 @@ def test_a_prepared_input_is_the_same_written_by_ray_or_in_process(ray_session, 
     expected = [{"video": v, "n": sum(1 for w, _ in kept if w == v), "total": 20 * sum(x for w, x in kept if w == v),
                  "label": f"video {v}"} for v in sorted({w for w, _ in kept})[:5]]
     assert rows[0] == rows[1] == expected
+
+
+def test_listed_rows_are_written_once_and_a_prepared_input_with_no_rows_is_an_input_error(tmp_path):
+    built = []
+
+    def names() -> pa.Table:  # what a folder listing returns: built by the driver, once per output
+        built.append(1)
+        return pa.table({"video": ["b", "a", "c"], "x": [2, 1, 3]})
+
+    out = str(tmp_path / "out")
+    with in_process("test"):
+        listed = prepare(out, Prepared("files", Listed(names, "three names")))
+        assert sorted(storage.read_parquet(listed).to_pylist(), key=lambda r: r["x"]) == [
+            {"video": "a", "x": 1}, {"video": "b", "x": 2}, {"video": "c", "x": 3}]
+        assert prepare(out, Prepared("files", Listed(names, "three names"))) == listed and built == [1]
+        first = prepare(out, Prepared("first", Listed(names, "three names"), [SortLimit("video", 2)]))
+        assert storage.read_parquet(first).to_pylist() == [{"video": "a", "x": 1}, {"video": "b", "x": 2}]
+        with pytest.raises(InputError, match="^nothing to do$"):
+            prepare(out, Prepared("none", Listed(names, "three names"),
+                                  [MapBatches(lambda b: b.slice(0, 0))], empty="nothing to do"))
+        with pytest.raises(InputError, match="^no names$"):
+            prepare(out, Prepared("empty", Listed(lambda: pa.table({"video": pa.array([], pa.string())}), "none"),
+                                  empty="no names"))

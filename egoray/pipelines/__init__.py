@@ -1,4 +1,5 @@
-"""Jobs: one module per job, each with a ``Config`` model and a ``run(config, overwrite)``.
+"""Jobs: one module per job, each with a ``Config`` model and a ``run(config, overwrite)``; a
+streaming job's module also has ``plan(config)`` (a :class:`~egoray.plans.StreamingPlan`).
 
 Modules are imported on demand so that ``egoray run`` loads only the job it runs.
 """
@@ -30,8 +31,16 @@ JOBS: dict[str, str] = {
 }
 
 
+STREAMING_JOBS = ("qa", "rephrase", "text_features", "video_features", "import_features", "captions", "narrate")
+
+
 def job_names() -> list[str]:
     return sorted(JOBS)
+
+
+def streaming_jobs() -> list[str]:
+    """The jobs whose module declares a ``plan(config)`` (run by :func:`egoray.runner.run_plan`)."""
+    return sorted(STREAMING_JOBS)
 
 
 def job_module(name: str) -> ModuleType:

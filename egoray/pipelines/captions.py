@@ -26,8 +26,8 @@ from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import SummaryPrompts
 from egoray.llm.steps import SummaryStep
 from egoray.models.clip import ClipModel
-from egoray.plans import Pass, Source
-from egoray.runner import run_job
+from egoray.plans import Pass, Source, StreamingPlan
+from egoray.runner import run_plan
 from egoray.stages.base import Sink, with_constants, write_part
 from egoray.stages.captions import CaptionStage, CocaTextStage
 from egoray.stages.generate import llm_stage
@@ -84,21 +84,23 @@ class CaptionsSink(Sink):
         return {"frames": sum(len(c) for c in rows["frame_captions"].to_pylist())}
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+def plan(config: Config) -> StreamingPlan:
+    """The captions job over ``config.input`` (checked here, before anything runs)."""
     inputs = check_inputs(config.input, config.format)
     caption_model = f"{config.coca.name}:{config.coca.pretrained or 'random'}"
-    coca = config.resources(batch_size=1)
+    summary = SummaryStep(config.summary_params, config.summary_prompts, max_attempts=config.max_attempts)
+    stages = [CaptionStage(config.coca, config.caption, config.sampling, config.dedupe_threshold, config.seed,
+                           config.resources(batch_size=1)),
+              llm_stage(config.summary_engine, [summary], "key"),
+              CocaTextStage(config.coca, resources=config.resources(batch_size=32))]
+    sink = CaptionsSink(id_column="key", stages=["caption", "summary", "embed_summary"],
+                        input_columns=["key", "path"], caption_model=caption_model,
+                        summary_model=config.summary_engine.model, prompt_version=config.summary_prompts.version)
+    work = Pass("captions", Source(video_items(config.input, config.format, inputs)), stages, sink, "key",
+                rows_per_file=config.rows_per_file)
+    return StreamingPlan(work, inputs, lambda output: {"caption_model": caption_model})
 
-    def plan() -> Pass:
-        items = video_items(config.input, config.format, config.output)
-        summary = SummaryStep(config.summary_params, config.summary_prompts, max_attempts=config.max_attempts)
-        stages = [CaptionStage(config.coca, config.caption, config.sampling, config.dedupe_threshold, config.seed,
-                               coca),
-                  llm_stage(config.summary_engine, [summary], "key"),
-                  CocaTextStage(config.coca, resources=config.resources(batch_size=32))]
-        sink = CaptionsSink(id_column="key", stages=["caption", "summary", "embed_summary"],
-                            input_columns=["key", "path"], caption_model=caption_model,
-                            summary_model=config.summary_engine.model, prompt_version=config.summary_prompts.version)
-        return Pass("captions", Source(items), stages, sink, "key", rows_per_file=config.rows_per_file)
 
-    return run_job(config, overwrite, inputs, plan, lambda manifest: {"caption_model": caption_model})
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the captions job; returns the run manifest."""
+    return run_plan(config, overwrite, plan(config))

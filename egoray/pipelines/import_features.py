@@ -22,8 +22,8 @@ from egoray import storage
 from egoray.config import StreamingJobConfig
 from egoray.data.raw import InputError
 from egoray.data.videos import ITEMS
-from egoray.plans import WORK_DIR, Pass, Source
-from egoray.runner import run_job
+from egoray.plans import Listed, Pass, Prepared, Source, StreamingPlan
+from egoray.runner import run_plan
 from egoray.stages.base import Resources
 from egoray.stages.imported import LoadFeatureFiles
 from egoray.stages.video import FeatureSink
@@ -54,19 +54,25 @@ def feature_files(url: str) -> list[str]:
     return files
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+def plan(config: Config) -> StreamingPlan:
+    """The import_features job over the ``.pt`` files of ``config.input`` (listed here)."""
     files = feature_files(config.input)  # a changed, added or removed file refuses a resume
 
-    def plan() -> Pass:
+    def items() -> pa.Table:  # the plan: file names, not features
         stems = [PurePosixPath(f).stem for f in files]
-        items = storage.join(config.output, WORK_DIR, "files", "folder.parquet")
-        storage.write_parquet(items, pa.table({  # the plan: file names, not features
-            "key": stems, "video_uid": stems, "path": files, "t_start": pa.nulls(len(files), pa.float64()),
-            "t_end": pa.nulls(len(files), pa.float64())}, schema=ITEMS))
-        stage = LoadFeatureFiles(config.fps, Resources(cpus=config.cpus_per_actor, actors=config.num_actors,
-                                                       batch_size=config.batch_size))
-        sink = FeatureSink(id_column="key", stages=[stage.name], input_columns=["key", "video_uid", "path"],
-                           model=config.model, fps=config.fps, dtype=config.dtype)
-        return Pass("import_features", Source(items), [stage], sink, "key", rows_per_file=config.rows_per_file)
+        return pa.table({"key": stems, "video_uid": stems, "path": files, "t_start": pa.nulls(len(files), pa.float64()),
+                         "t_end": pa.nulls(len(files), pa.float64())}, schema=ITEMS)
 
-    return run_job(config, overwrite, files, plan, lambda manifest: {"model": config.model, "fps": config.fps})
+    stage = LoadFeatureFiles(config.fps, Resources(cpus=config.cpus_per_actor, actors=config.num_actors,
+                                                   batch_size=config.batch_size))
+    sink = FeatureSink(id_column="key", stages=[stage.name], input_columns=["key", "video_uid", "path"],
+                       model=config.model, fps=config.fps, dtype=config.dtype)
+    work = Pass("import_features", Source(Prepared("files", Listed(items, f"the {len(files)} .pt files of "
+                                                                          f"{config.input}"))),
+                [stage], sink, "key", rows_per_file=config.rows_per_file)
+    return StreamingPlan(work, files, lambda output: {"model": config.model, "fps": config.fps})
+
+
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the import_features job; returns the run manifest."""
+    return run_plan(config, overwrite, plan(config))

@@ -32,8 +32,8 @@ from egoray.data.splits import videos_in_splits
 from egoray.data.tables import table_columns
 from egoray.exports import run_export
 from egoray.models.vlm import VLMOptions
-from egoray.plans import MapBatches, MapGroups, Pass, Prepared, Source
-from egoray.runner import run_job
+from egoray.plans import MapBatches, MapGroups, Pass, Prepared, Source, StreamingPlan
+from egoray.runner import run_plan
 from egoray.stages.narrate import (
     CaptionSink,
     DenseWindows,
@@ -43,7 +43,6 @@ from egoray.stages.narrate import (
     TableWindows,
     write_total_pkl,
 )
-from egoray.work_inputs import prepare
 
 __all__ = ["Config", "Sampling", "Windows", "run", "write_total_pkl"]
 
@@ -103,14 +102,15 @@ def window_table(url: str) -> tuple[str, str | None]:
     return source, next((c for c in ("window_id", "clip_id", "narration_id") if c in names), None)
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+def plan(config: Config) -> StreamingPlan:
+    """The narrate job's plan (inputs and the narrator's export checked here, before anything runs)."""
     from egoray.models.checkpoint import load_exported_kind
     from egoray.models.narrator import NarratorConfig
 
     if config.backend == "vlm":
-        from egoray.pipelines.narrate_vlm import run_vlm
+        from egoray.pipelines.narrate_vlm import plan_vlm
 
-        return run_vlm(config, overwrite)
+        return plan_vlm(config)
     blob = load_exported_kind(config.model, "narrator", "a narrator")
     narrator = NarratorConfig(**blob["config"])
     w = config.windows
@@ -132,36 +132,36 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             from egoray.data.narrations import check_narrations
 
             inputs = [check_narrations(w.uncovered)]  # other narrations: other windows
+    if w.mode == "dense":
+        windows = Source(source, columns=["key", "n", "fps", "t_start"])
+        steps: list[MapBatches | MapGroups] = [MapBatches(DenseWindows(w.length, w.stride, videos, w.uncovered))]
+    else:
+        windows = Source(source, columns=[c for c in (id_col, "video_uid", "t_start", "t_end") if c])
+        steps = [MapBatches(TableWindows(id_col, w.offset_sec, videos))]
+    if tower:  # each window's frames, decoded by Ray Data CPU workers as in training
+        from egoray.data.videos import video_paths
+        from egoray.models.clip import image_size
+        from egoray.stages.clips import DecodeClips
 
-    def windows_input() -> Prepared:
-        if w.mode == "dense":
-            windows = Source(source, columns=["key", "n", "fps", "t_start"])
-            steps: list[MapBatches | MapGroups] = [MapBatches(DenseWindows(w.length, w.stride, videos, w.uncovered))]
-        else:
-            windows = Source(source, columns=[c for c in (id_col, "video_uid", "t_start", "t_end") if c])
-            steps = [MapBatches(TableWindows(id_col, w.offset_sec, videos))]
-        if tower:  # each window's frames, decoded by Ray Data CPU workers as in training
-            from egoray.data.videos import video_paths
-            from egoray.models.clip import image_size
-            from egoray.stages.clips import DecodeClips
+        decode = DecodeClips(video_paths(config.videos) or {}, narrator.tower.num_frames,
+                             image_size(narrator.tower.vision), 0.0, stage="features")
+        steps.append(MapBatches(decode, batch_size=16))
+    else:
+        steps.append(MapGroups("video_uid", SampleWindows(features, narrator.num_frames)))
+    prepared = Prepared("windows", windows, steps, empty=f"{config.input}: no windows to narrate")
+    stage = NarratorStage(config.model, config.sampling, config.gpus_per_actor > 0,
+                          config.resources(config.batch_size))
+    sink = CaptionSink(id_column="window_id", stages=["features", "narrate"],
+                       input_columns=["window_id", "video_uid", "t_start", "t_end"])
+    work = Pass("narrate", Source(prepared), [stage], sink, "window_id", rows_per_file=config.rows_per_file)
 
-            decode = DecodeClips(video_paths(config.videos) or {}, narrator.tower.num_frames,
-                                 image_size(narrator.tower.vision), 0.0, stage="features")
-            return Prepared("windows", windows, [*steps, MapBatches(decode, batch_size=16)])
-        return Prepared("windows", windows, [*steps, MapGroups("video_uid", SampleWindows(features, narrator.num_frames))])
+    def finish(output: str) -> dict[str, Any]:
+        n = run_export(write_total_pkl, output, config.total_pkl.style, config.total_pkl.scores)
+        return {"model": config.model, "windows": n, "total_pkl": storage.join(output, "total.pkl")}
 
-    def plan() -> Pass:
-        windows = prepare(config.output, windows_input())
-        if not storage.listdir(windows, ".parquet"):
-            raise InputError(f"{config.input}: no windows to narrate")
-        stage = NarratorStage(config.model, config.sampling, config.gpus_per_actor > 0,
-                              config.resources(config.batch_size))
-        sink = CaptionSink(id_column="window_id", stages=["features", "narrate"],
-                           input_columns=["window_id", "video_uid", "t_start", "t_end"])
-        return Pass("narrate", Source(windows), [stage], sink, "window_id", rows_per_file=config.rows_per_file)
+    return StreamingPlan(work, inputs, finish)
 
-    def finish(manifest: Any) -> dict[str, Any]:
-        n = run_export(write_total_pkl, config.output, config.total_pkl.style, config.total_pkl.scores)
-        return {"model": config.model, "windows": n, "total_pkl": storage.join(config.output, "total.pkl")}
 
-    return run_job(config, overwrite, inputs, plan, finish)
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the narrate job (either backend); returns the run manifest."""
+    return run_plan(config, overwrite, plan(config))

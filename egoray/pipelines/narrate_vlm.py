@@ -20,25 +20,26 @@ from egoray.data.raw import InputError
 from egoray.data.splits import videos_in_splits
 from egoray.data.videos import folder_items, is_window_table, list_video_files, video_paths
 from egoray.exports import run_export
-from egoray.plans import WORK_DIR, MapBatches, Pass, Prepared, Source
-from egoray.runner import run_job
+from egoray.plans import Listed, MapBatches, Pass, Prepared, Source, StreamingPlan
 from egoray.stages.narrate import CaptionSink, write_total_pkl
 from egoray.stages.vlm import ChooseExamples, FolderClips, TableClips
-from egoray.work_inputs import prepare
 
 if TYPE_CHECKING:  # the narrate job's config; this module is that job's VLM backend
     from egoray.pipelines.narrate import Config
 
 
-def run_vlm(config: Config, overwrite: bool = False) -> dict[str, Any]:
+def plan_vlm(config: Config) -> StreamingPlan:
+    """The narrate job's plan with ``backend: vlm`` (inputs checked here, before anything runs)."""
+    from egoray.stages.vlm import VLMStage
+
     ic = config.vlm.in_context
     if ic.k and not ic.pool:
         raise InputError("vlm.in_context.k > 0 needs vlm.in_context.pool (a table of narrated clips)")
     keep = videos_in_splits(config.video_splits, config.splits)
     videos = video_paths(config.videos)
     w = config.windows
-    table_input = is_window_table(config.input)
-    if table_input:
+    clips: Source | Listed
+    if is_window_table(config.input):
         source = storage.join(config.input, "narrations") if not config.input.endswith(".parquet") else config.input
         if not storage.exists(source):
             raise InputError(f"input not found: {config.input}")
@@ -49,38 +50,26 @@ def run_vlm(config: Config, overwrite: bool = False) -> dict[str, Any]:
         if "path" not in names and videos is None:
             raise InputError(f"{config.input}: has no path column; set `videos` to the folder holding <video_uid>.<ext>")
         inputs = [source]
+        columns = [c for c in ("window_id", "clip_id", "narration_id", "video_uid", "t_start", "t_end", "verb",
+                               "noun", "path") if c in names]
+        clips, cut = Source(source, columns=columns), MapBatches(TableClips(source, videos, w.offset_sec, keep))
     else:
-        files = list_video_files(config.input)
-        source, names, inputs = storage.join(config.output, WORK_DIR, "folder.parquet"), [], files
+        files = inputs = list_video_files(config.input)
+        clips = Listed(lambda: folder_items(files).select(["video_uid", "path"]),
+                       f"the {len(files)} video files of {config.input}")
+        cut = MapBatches(FolderClips(w.mode == "dense", w.length, w.stride, keep), batch_size=1)
+    # one actor: it reads the example pool once
+    prepared = Prepared("clips", clips, [cut, MapBatches(ChooseExamples, 256, args=(ic.pool or "", ic, videos))],
+                        empty=f"{config.input}: no clips to narrate")
+    stage = VLMStage(config.vlm, config.reencode_vfr, config.vfr_tolerance, storage.join(config.output, "cfr"),
+                     config.gpus_per_actor > 0, config.resources(config.batch_size))
+    sink = CaptionSink(id_column="window_id", stages=["clips", "narrate"],
+                       input_columns=["window_id", "video_uid", "path", "t_start", "t_end"])
+    work = Pass("narrate", Source(prepared), [stage], sink, "window_id", rows_per_file=config.rows_per_file)
 
-    def clips_input() -> Prepared:
-        if table_input:
-            columns = [c for c in ("window_id", "clip_id", "narration_id", "video_uid", "t_start", "t_end", "verb",
-                                   "noun", "path") if c in names]
-            clips, cut = Source(source, columns=columns), MapBatches(TableClips(source, videos, w.offset_sec, keep))
-        else:
-            storage.write_parquet(source, folder_items(files).select(["video_uid", "path"]))
-            clips = Source(source)
-            cut = MapBatches(FolderClips(w.mode == "dense", w.length, w.stride, keep), batch_size=1)
-        # one actor: it reads the example pool once
-        return Prepared("clips", clips, [cut, MapBatches(ChooseExamples, 256, args=(ic.pool or "", ic, videos))])
-
-    def plan() -> Pass:
-        from egoray.stages.vlm import VLMStage
-
-        clips = prepare(config.output, clips_input())
-        if not storage.listdir(clips, ".parquet"):
-            raise InputError(f"{config.input}: no clips to narrate")
-        stage = VLMStage(config.vlm, config.reencode_vfr, config.vfr_tolerance, storage.join(config.output, "cfr"),
-                         config.gpus_per_actor > 0, config.resources(config.batch_size))
-        sink = CaptionSink(id_column="window_id", stages=["clips", "narrate"],
-                           input_columns=["window_id", "video_uid", "path", "t_start", "t_end"])
-        return Pass("narrate", Source(clips), [stage], sink, "window_id", rows_per_file=config.rows_per_file)
-
-    def finish(manifest: Any) -> dict[str, Any]:
-        n = run_export(write_total_pkl, config.output, config.total_pkl.style, "nll")
+    def finish(output: str) -> dict[str, Any]:
+        n = run_export(write_total_pkl, output, config.total_pkl.style, "nll")
         return {"model": config.vlm.model, "backend": "vlm", "in_context_k": ic.k, "windows": n,
-                "total_pkl": storage.join(config.output, "total.pkl")}
+                "total_pkl": storage.join(output, "total.pkl")}
 
-    return run_job(config, overwrite, inputs, plan, finish)
-
+    return StreamingPlan(work, inputs, finish)

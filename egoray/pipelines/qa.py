@@ -33,11 +33,10 @@ from egoray.exports import run_export
 from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import QAPrompts
 from egoray.llm.steps import QuestionStep, WrongAnswersStep
-from egoray.plans import MapGroups, Pass, Prepared, SortLimit, Source
-from egoray.runner import run_job
+from egoray.plans import MapGroups, Pass, Prepared, SortLimit, Source, StreamingPlan
+from egoray.runner import run_plan
 from egoray.stages.base import Sink, with_constants, write_part
 from egoray.stages.generate import llm_stage
-from egoray.work_inputs import prepare
 
 EXPORT_FILE = "annotations.EgoTimeQA.json"
 
@@ -163,32 +162,34 @@ def write_export(output: str, fps: float, normalize: bool = True) -> int:
     return len(items)
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
-    """Run (or resume) the qa job; returns the run manifest."""
+def plan(config: Config) -> StreamingPlan:
+    """The qa job over ``config.input`` (its narrations checked here, before anything runs)."""
     source = check_narrations(config.input)
     g = config.grouping
+    names = storage.parquet_schema(source).names
+    wanted = ("narration_id", "video_uid", "pass", "text", "raw_text", "t_start", "t_end", "split")
+    narrations = Source(source, columns=[c for c in wanted if c in names], where=split_filter(config.splits))
+    grouping: list[MapGroups | SortLimit] = [
+        MapGroups("video_uid", groups_of_video, (g.max_group, g.max_span_sec, g.seed, g.point_window_sec))]
+    if g.limit:
+        grouping.append(SortLimit("group_id", g.limit))
+    lim = config.limits
+    steps = [QuestionStep(config.question_params, config.prompts, lim.max_question_words, lim.max_answer_words,
+                          lim.max_attempts, lim.acceptance),
+             WrongAnswersStep(config.wrong_answer_params, config.prompts, lim.n_wrong, lim.max_answer_words,
+                              lim.max_attempts, lim.acceptance)]
+    sink = QASink(id_column="group_id", stages=[s.name for s in steps], prompt_version=config.prompts.version,
+                  model=config.engine.model)
+    work = Pass("qa", Source(Prepared("groups", narrations, grouping), columns=GROUPS.names),
+                [llm_stage(config.engine, steps, "group_id")], sink, "group_id", rows_per_file=config.rows_per_file)
 
-    def plan() -> Pass:
-        names = storage.parquet_schema(source).names
-        wanted = ("narration_id", "video_uid", "pass", "text", "raw_text", "t_start", "t_end", "split")
-        narrations = Source(source, columns=[c for c in wanted if c in names], where=split_filter(config.splits))
-        grouping: list[MapGroups | SortLimit] = [
-            MapGroups("video_uid", groups_of_video, (g.max_group, g.max_span_sec, g.seed, g.point_window_sec))]
-        if g.limit:
-            grouping.append(SortLimit("group_id", g.limit))
-        groups = prepare(config.output, Prepared("groups", narrations, grouping))
-        lim = config.limits
-        steps = [QuestionStep(config.question_params, config.prompts, lim.max_question_words, lim.max_answer_words,
-                              lim.max_attempts, lim.acceptance),
-                 WrongAnswersStep(config.wrong_answer_params, config.prompts, lim.n_wrong, lim.max_answer_words,
-                                  lim.max_attempts, lim.acceptance)]
-        sink = QASink(id_column="group_id", stages=[s.name for s in steps], prompt_version=config.prompts.version,
-                      model=config.engine.model)
-        return Pass("qa", Source(groups, columns=GROUPS.names), [llm_stage(config.engine, steps, "group_id")], sink,
-                    "group_id", rows_per_file=config.rows_per_file)
+    def finish(output: str) -> dict[str, Any]:
+        n = run_export(write_export, output, config.fps, config.normalize_durations)
+        return {"export": storage.join(output, EXPORT_FILE), "exported": n}
 
-    def finish(manifest: Any) -> dict[str, Any]:
-        n = run_export(write_export, config.output, config.fps, config.normalize_durations)
-        return {"export": storage.join(config.output, EXPORT_FILE), "exported": n}
+    return StreamingPlan(work, [source], finish)
 
-    return run_job(config, overwrite, [source], plan, finish)
+
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the qa job; returns the run manifest."""
+    return run_plan(config, overwrite, plan(config))

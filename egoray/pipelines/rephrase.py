@@ -28,11 +28,10 @@ from egoray.exports import run_export
 from egoray.llm.engine import EngineConfig, GenerationParams
 from egoray.llm.prompts import RephrasePrompts
 from egoray.llm.steps import ParaphraseStep, clean_paraphrases
-from egoray.plans import Pass, Prepared, SortLimit, Source
-from egoray.runner import run_job
+from egoray.plans import Pass, Prepared, SortLimit, Source, StreamingPlan
+from egoray.runner import run_plan
 from egoray.stages.base import Sink, with_constants, write_part
 from egoray.stages.generate import llm_stage
-from egoray.work_inputs import prepare
 
 __all__ = ["PARAPHRASES", "Config", "clean_paraphrases", "run"]
 
@@ -100,28 +99,31 @@ class ParaphraseSink(Sink):
         return {"paraphrases": sum(len(p) for p in rows["paraphrases"].to_pylist())}
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
-    """Run (or resume) the rephrase job; returns the run manifest."""
+def plan(config: Config) -> StreamingPlan:
+    """The rephrase job over ``config.input`` (its narrations checked here, before anything runs)."""
     source = check_narrations(config.input)
     names = storage.parquet_schema(source).names
     where = split_filter(config.splits)
     columns = COLUMNS + (["split"] if where else [])
+    read = columns if "split" in names or not where else COLUMNS
+    if config.limit is not None:  # the first N by id: written once, so a resumed run takes the same N
+        items = Source(Prepared("narrations", Source(source, columns=columns, where=where),
+                                [SortLimit("narration_id", config.limit)]), columns=read)
+    else:
+        items = Source(source, columns=read, where=where)
+    step = ParaphraseStep(config.params, config.prompts, config.k, config.max_attempts)
+    sink = ParaphraseSink(id_column="narration_id", stages=[step.name], input_columns=["narration_id", "text"],
+                          prompt_version=config.prompts.version, model=config.engine.model)
+    work = Pass("rephrase", items, [llm_stage(config.engine, [step], "narration_id")], sink, "narration_id",
+                rows_per_file=config.rows_per_file)
 
-    def plan() -> Pass:
-        items = source
-        if config.limit is not None:  # the first N by id: written once, so a resumed run takes the same N
-            items = prepare(config.output, Prepared("narrations", Source(source, columns=columns, where=where),
-                                                    [SortLimit("narration_id", config.limit)]))
-        step = ParaphraseStep(config.params, config.prompts, config.k, config.max_attempts)
-        sink = ParaphraseSink(id_column="narration_id", stages=[step.name], input_columns=["narration_id", "text"],
-                              prompt_version=config.prompts.version, model=config.engine.model)
-        return Pass("rephrase", Source(items, columns=columns if "split" in names or not where else COLUMNS,
-                                       where=None if config.limit else where),
-                    [llm_stage(config.engine, [step], "narration_id")], sink, "narration_id",
-                    rows_per_file=config.rows_per_file)
+    def finish(output: str) -> dict[str, Any]:
+        n = run_export(write_rephraser_pkl, output, config.pickle_style)
+        return {"rephraser_pkl": storage.join(output, "rephraser.pkl"), "narrations_in_pkl": n}
 
-    def finish(manifest: Any) -> dict[str, Any]:
-        n = run_export(write_rephraser_pkl, config.output, config.pickle_style)
-        return {"rephraser_pkl": storage.join(config.output, "rephraser.pkl"), "narrations_in_pkl": n}
+    return StreamingPlan(work, [source], finish)
 
-    return run_job(config, overwrite, [source], plan, finish)
+
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the rephrase job; returns the run manifest."""
+    return run_plan(config, overwrite, plan(config))

@@ -29,12 +29,11 @@ from egoray.data.labels import read_labels
 from egoray.data.raw import InputError
 from egoray.data.tables import table_columns
 from egoray.features.text import TextEncoderConfig, encoder_label
-from egoray.plans import Pass, Source
-from egoray.runner import run_job
+from egoray.plans import Listed, Pass, Prepared, Source, StreamingPlan
+from egoray.runner import run_plan
 from egoray.stages.text import TextEncodeStage, TextSink
 
 NARRATION_COLUMNS = ["video_uid", "t_start", "t_end", "split", "verb", "noun"]
-LABELS_FILE = "_work/labels.parquet"
 
 
 class Config(StreamingJobConfig, ActorPool):
@@ -69,33 +68,33 @@ def is_labels(config: Config) -> bool:
     return config.format == "labels" or (config.format == "auto" and config.input.endswith((".txt", ".json")))
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+def plan(config: Config) -> StreamingPlan:
+    """The text_features job over ``config.input`` (checked here, before anything runs)."""
     model = encoder_label(config.encoder)
     resources = config.resources(config.batch_size)
+    source: str | Prepared
     if is_labels(config):
         texts = label_texts(config)  # checked before anything starts
-        source_url, id_col, text_col, keep = storage.join(config.output, LABELS_FILE), "id", "text", []
+        source = Prepared("labels", Listed(lambda: texts, f"the prompts of {config.input}"))
+        id_col, text_col, keep = "id", "text", []
         inputs = [config.input]
     else:
-        source_url, names = table_columns(config.input, (config.id_col, config.text_col), "text table")
+        source, names = table_columns(config.input, (config.id_col, config.text_col), "text table")
         id_col, text_col = config.id_col, config.text_col
         keep = config.keep_columns if config.keep_columns is not None else \
             [c for c in NARRATION_COLUMNS if c in names and c not in (id_col, text_col)]
         unknown = [c for c in keep if c not in names]
         if unknown:
-            raise InputError(f"{source_url}: keep_columns {unknown} not in the table (found {names})")
-        inputs = [source_url]
+            raise InputError(f"{source}: keep_columns {unknown} not in the table (found {names})")
+        inputs = [source]
+    sink = TextSink(id_column=id_col, stages=["encode"], input_columns=[id_col, text_col],
+                    text_col=text_col, storage_format=config.storage, model=model, keep=keep)
+    work = Pass("text_features", Source(source, columns=[id_col, text_col, *keep]),
+                [TextEncodeStage(config.encoder, text_col, config.batch_size, resources)], sink, id_col,
+                rows_per_file=config.rows_per_file)
+    return StreamingPlan(work, inputs, lambda output: {"model": model, "storage": config.storage})
 
-    def plan() -> Pass:
-        if is_labels(config):
-            storage.write_parquet(source_url, texts)  # the plan of a label list, a few hundred rows
-        sink = TextSink(id_column=id_col, stages=["encode"], input_columns=[id_col, text_col],
-                        text_col=text_col, storage_format=config.storage, model=model, keep=keep)
-        return Pass("text_features", Source(source_url, columns=[id_col, text_col, *keep]),
-                    [TextEncodeStage(config.encoder, text_col, config.batch_size, resources)], sink, id_col,
-                    rows_per_file=config.rows_per_file)
 
-    def finish(manifest: Any) -> dict[str, Any]:
-        return {"model": model, "storage": config.storage}
-
-    return run_job(config, overwrite, inputs, plan, finish)
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the text_features job; returns the run manifest."""
+    return run_plan(config, overwrite, plan(config))

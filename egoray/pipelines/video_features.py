@@ -26,8 +26,8 @@ from egoray import storage
 from egoray.config import ActorPool, StreamingJobConfig, Url
 from egoray.data.raw import InputError
 from egoray.models.clip import ClipModel
-from egoray.plans import Pass, Source
-from egoray.runner import run_job
+from egoray.plans import Pass, Source, StreamingPlan
+from egoray.runner import run_plan
 from egoray.stages.video import FeatureSink, Sampling, VideoFeatureStage
 from egoray.video_inputs import check_inputs, video_items
 
@@ -50,25 +50,27 @@ class Config(StreamingJobConfig, ActorPool):
     rows_per_file: int = Field(16, ge=1, description="videos committed together, one HDF5 shard (at least)")
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+def plan(config: Config) -> StreamingPlan:
+    """The video_features job over ``config.input`` (checked here, before anything runs)."""
     inputs = check_inputs(config.input, config.format)
     model = f"{config.encoder.name}:{config.encoder.pretrained or 'random'}"
     if config.tower:
         if config.sampling.num_frames is None:
             raise InputError("tower: set sampling.num_frames (the frames of a window the tower sees together)")
         model = f"video_text:{config.tower}"
+    stage = VideoFeatureStage(config.encoder, config.sampling, config.encode_batch, config.normalize,
+                              config.resources(config.batch_size), tower=config.tower)
+    sink = FeatureSink(id_column="key", stages=[stage.name], input_columns=["key", "video_uid", "path"],
+                       model=model, fps=config.sampling.fps, dtype=config.dtype,
+                       clip_mean=config.sampling.clip_mean)
+    work = Pass("video_features", Source(video_items(config.input, config.format, inputs)), [stage], sink, "key",
+                rows_per_file=config.rows_per_file)
+    return StreamingPlan(work, inputs, lambda output: {"model": model})
 
-    def plan() -> Pass:
-        items = video_items(config.input, config.format, config.output)
-        stage = VideoFeatureStage(config.encoder, config.sampling, config.encode_batch, config.normalize,
-                                  config.resources(config.batch_size),
-                                  tower=config.tower)
-        sink = FeatureSink(id_column="key", stages=[stage.name], input_columns=["key", "video_uid", "path"],
-                           model=model, fps=config.sampling.fps, dtype=config.dtype,
-                           clip_mean=config.sampling.clip_mean)
-        return Pass("video_features", Source(items), [stage], sink, "key", rows_per_file=config.rows_per_file)
 
-    return run_job(config, overwrite, inputs, plan, lambda manifest: {"model": model})
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the video_features job; returns the run manifest."""
+    return run_plan(config, overwrite, plan(config))
 
 
 def read_features(output: str, key: str) -> np.ndarray:
