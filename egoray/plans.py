@@ -127,8 +127,8 @@ class StreamingPlan:
             lines.append(f"stage {stage.name}: {type(stage).__name__}, {r.actors} actor(s) × {r.cpus:g} CPU"
                          f"{f' + {r.gpus:g} GPU' if r.gpus else ''}, "
                          f"{f'batches of {r.batch_size}' if r.batch_size else 'whole blocks'}")
-        lines.append(f"write {', '.join(sorted(p.sink.empty_tables()))}"
-                     f"{' and the exports' if self.finish else ''}")
+        lines.append(f"sink {type(p.sink).__name__} (tables it always writes: "
+                     f"{', '.join(sorted(p.sink.empty_tables()))})")
         if self.inputs:
             lines.append(f"resume refused if changed: {len(self.inputs)} input(s), e.g. {self.inputs[0]}")
         return lines

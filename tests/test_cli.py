@@ -56,7 +56,7 @@ def test_plan_prints_what_a_streaming_job_would_run_and_writes_nothing(ingested_
                          "  then groups_of_video per video_uid",
                          "  then the first 7 rows by group_id"]
     assert "stage generate: LLMStage, 2 actor(s) × 1 CPU, batches of 16" in lines
-    assert lines[-2:] == ["write qa, rejects and the exports",
+    assert lines[-2:] == ["sink QASink (tables it always writes: qa, rejects)",
                           f"resume refused if changed: 1 input(s), e.g. {narrations}"]
 
     assert main(["run", str(ROOT / "configs" / "demo" / "video_features.yaml"), "--plan",
