@@ -67,14 +67,26 @@ def test_plan_prints_what_a_streaming_job_would_run_and_writes_nothing(ingested_
     assert "stage decode_encode: VideoFeatureStage, 1 actor(s) × 1 CPU, batches of 1" in lines
     assert not qa_out.exists() and not features_out.exists()
 
+    vlm_out = tmp_path / "vlm"
+    assert main(["run", str(ROOT / "configs" / "demo" / "train_vlm.yaml"), "--plan", f"input={ingested_small}",
+                 f"videos={synth_videos / 'videos'}", f"output={vlm_out}", "train.num_workers=2",
+                 "train.epochs=4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"pairs built per video by Ray Data under _work/, from 1 input(s): {narrations}"
+    assert lines[1].startswith("train with Ray Train: 2 worker(s) × 1 CPU, DeepSpeed ZeRO-2, fp32, workers run ")
+    assert lines[2].startswith("  4 epoch(s), batches of ")
+    assert not vlm_out.exists()
+
     assert main(["run", DEMO_INGEST, "--plan"]) == 2
-    assert "--plan: ingest is not a streaming job (these are: captions, import_features, " in capsys.readouterr().err
+    assert "--plan: ingest has no plan to print (the jobs with one: captions, import_features, " \
+        in capsys.readouterr().err
 
 
-def test_streaming_jobs_are_the_jobs_with_a_plan():
-    from egoray.pipelines import job_module, job_names, streaming_jobs
+def test_the_jobs_with_a_plan_are_the_streaming_and_training_jobs():
+    from egoray.pipelines import job_module, job_names, planned_jobs
 
-    assert [j for j in job_names() if hasattr(job_module(j), "plan")] == streaming_jobs()
+    assert [j for j in job_names() if hasattr(job_module(j), "plan")] == planned_jobs()
+    assert "ingest" not in planned_jobs() and "eval" not in planned_jobs() and "train_vlm" in planned_jobs()
 
 
 def test_synth_command(tmp_path):

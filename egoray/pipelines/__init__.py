@@ -1,5 +1,6 @@
-"""Jobs: one module per job, each with a ``Config`` model and a ``run(config, overwrite)``; a
-streaming job's module also has ``plan(config)`` (a :class:`~egoray.plans.StreamingPlan`).
+"""Jobs: one module per job, each with a ``Config`` model and a ``run(config, overwrite)``; the
+streaming and training jobs' modules also have ``plan(config)``, the declaration ``run`` runs
+(a :class:`~egoray.plans.StreamingPlan` or a :class:`~egoray.train.job.TrainingPlan`).
 
 Modules are imported on demand so that ``egoray run`` loads only the job it runs.
 """
@@ -32,15 +33,17 @@ JOBS: dict[str, str] = {
 
 
 STREAMING_JOBS = ("qa", "rephrase", "text_features", "video_features", "import_features", "captions", "narrate")
+TRAINING_JOBS = ("train_dual_encoder", "train_narrator", "train_video_text", "train_vlm")
 
 
 def job_names() -> list[str]:
     return sorted(JOBS)
 
 
-def streaming_jobs() -> list[str]:
-    """The jobs whose module declares a ``plan(config)`` (run by :func:`egoray.runner.run_plan`)."""
-    return sorted(STREAMING_JOBS)
+def planned_jobs() -> list[str]:
+    """The jobs whose module declares a ``plan(config)``: streaming (run by
+    :func:`egoray.runner.run_plan`) and training (:func:`egoray.train.job.run_training`)."""
+    return sorted(STREAMING_JOBS + TRAINING_JOBS)
 
 
 def job_module(name: str) -> ModuleType:

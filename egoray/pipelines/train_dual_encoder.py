@@ -28,13 +28,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from egoray import storage
 from egoray.config import Url
 from egoray.eval.retrieval import paired_retrieval_metrics
 from egoray.models.dual_encoder import DualEncoder, DualEncoderConfig, load_dual_encoder
 from egoray.stages.pairs import caption_codes
 from egoray.train.distributed import TrainerOptions, contrastive
-from egoray.train.job import AuxTexts, TrainingJobConfig, launch, with_temperature_freezes
+from egoray.train.job import AuxTexts, TrainingJobConfig, TrainingPlan, run_training, with_temperature_freezes
 from egoray.train.recipe import LoopConfig, Recipe
 
 __all__ = ["AuxSource", "Config", "evaluate", "load_dual_encoder", "run"]
@@ -202,15 +201,16 @@ def _train_loop(loop: DualEncoderLoop) -> None:
     train(DualEncoderRecipe(loop), loop)
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+def plan(config: Config) -> TrainingPlan:
+    """The train_dual_encoder job's plan (its inputs checked here, before anything runs)."""
     from egoray.train.data import text_features_source
-    from egoray.train.pairs import build_pairs, pairs_dataset
+    from egoray.train.pairs import build_pairs, check_video_features, pairs_dataset
 
     splits = config.train_splits + config.eval_splits
     items, inputs = text_features_source(config.text_features, splits)
     aux_items = [text_features_source(a.text_features) for a in config.aux]
     # changed narrations, features or labels make another run: refused like a changed config
-    watched = inputs + [u for _, us in aux_items for u in us] + [storage.join(config.video_features, "index")]
+    watched = inputs + [u for _, us in aux_items for u in us] + [check_video_features(config.video_features)]
     claimed = watched + ([config.labels] if config.labels else [])
 
     def pairs() -> dict[str, Any]:
@@ -225,7 +225,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             datasets["aux"] = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
         return {"url": url, "aux": aux, "datasets": datasets}
 
-    def loop(counts: dict[str, Any]) -> DualEncoderLoop:  # launch has refused too few training pairs
+    def loop(counts: dict[str, Any]) -> DualEncoderLoop:  # the runner has refused too few training pairs
         dims = counts["dims"]
         model = config.model.model_copy(update={"video_dim": dims["video"], "text_dim": dims["embedding"]})
         return DualEncoderLoop(train=options, output=config.output, n_train=counts["train"], model=model,
@@ -234,5 +234,9 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     options, pseudo = with_temperature_freezes(config.train, any(a.kind == "pseudo" for a in config.aux),
                                                config.freeze_temperature, config.freeze_pseudo_temperature)
-    return launch(config, overwrite, claimed, options, _train_loop, pairs, loop)
-    loop: DualEncoderLoop
+    return TrainingPlan(claimed, options, _train_loop, pairs, loop)
+
+
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the train_dual_encoder job; returns its run.json."""
+    return run_training(config, overwrite, plan(config))

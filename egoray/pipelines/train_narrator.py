@@ -32,7 +32,7 @@ from egoray.data.raw import InputError
 from egoray.models.narrator import NarratorConfig, saved_prefixes
 from egoray.stages.video import stack_npy
 from egoray.train.distributed import TrainerOptions
-from egoray.train.job import TrainingJobConfig, launch
+from egoray.train.job import TrainingJobConfig, TrainingPlan, run_training
 from egoray.train.recipe import LoopConfig, Recipe
 
 
@@ -149,10 +149,10 @@ def _train_loop(loop: NarratorLoop) -> None:
     train(NarratorRecipe(loop), loop)
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
-    from egoray import storage
+def plan(config: Config) -> TrainingPlan:
+    """The train_narrator job's plan (its inputs checked here, before anything runs)."""
     from egoray.train.data import narrations_dataset
-    from egoray.train.pairs import build_pairs, pairs_dataset
+    from egoray.train.pairs import build_pairs, check_video_features, pairs_dataset
 
     items, inputs = narrations_dataset(config.input, config.train_splits + config.eval_splits)
     model, options, watched = config.model, config.train, inputs
@@ -165,7 +165,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
         options = options.model_copy(update={"init_from": config.tower})
         watched = inputs + [exported_path(config.tower)]  # another tower: another run
     else:
-        watched = inputs + [storage.join(config.video_features, "index")]
+        watched = inputs + [check_video_features(config.video_features)]
     # changed narrations or features make another run: refused like a changed config
     columns = ["id", "text", "frames"]
 
@@ -179,12 +179,17 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                 "datasets": {"train": pairs_dataset(url, config.train_splits, columns),
                              "eval": pairs_dataset(url, config.eval_splits, columns)}}
 
-    def loop(counts: dict[str, Any]) -> NarratorLoop:  # launch has refused too few training items
+    def loop(counts: dict[str, Any]) -> NarratorLoop:  # the runner has refused too few training items
         width = 0 if config.tower else _feature_dim(config.video_features)
         return NarratorLoop(train=options, output=config.output, n_train=counts["train"],
                             model=model.model_copy(update={"video_dim": width}))
 
-    return launch(config, overwrite, watched, options, _train_loop, pairs, loop)
+    return TrainingPlan(watched, options, _train_loop, pairs, loop)
+
+
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the train_narrator job; returns its run.json."""
+    return run_training(config, overwrite, plan(config))
 
 
 def _tower_config(url: str) -> Any:

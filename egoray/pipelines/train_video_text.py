@@ -35,7 +35,7 @@ from egoray.data.raw import InputError
 from egoray.models.video_text import VideoTextConfig, export_config, load_video_text
 from egoray.stages.video import stack_npy
 from egoray.train.distributed import TrainerOptions, contrastive
-from egoray.train.job import AuxTexts, TrainingJobConfig, launch, with_temperature_freezes
+from egoray.train.job import AuxTexts, TrainingJobConfig, TrainingPlan, run_training, with_temperature_freezes
 from egoray.train.recipe import LoopConfig, Recipe
 
 __all__ = ["Config", "load_video_text", "run"]
@@ -231,7 +231,8 @@ def _train_loop(loop: VideoTextLoop) -> None:
     train(VideoTextRecipe(loop), loop)
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+def plan(config: Config) -> TrainingPlan:
+    """The train_video_text job's plan (its inputs checked here, before anything runs)."""
     from egoray.data.videos import video_paths
     from egoray.models.clip import image_size
     from egoray.stages.clips import DecodeClips
@@ -274,7 +275,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             datasets["aux"] = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
         return {"url": url, "aux": aux, "datasets": datasets}
 
-    def loop(counts: dict[str, Any]) -> VideoTextLoop:  # launch has refused too few training clips
+    def loop(counts: dict[str, Any]) -> VideoTextLoop:  # the runner has refused too few training clips
         return VideoTextLoop(train=options, output=config.output, n_train=counts["train"], model=config.model,
                              egonce=config.egonce, augment=augment, size=size, n_aux=counts["aux"], pseudo=pseudo,
                              gather=config.gather_negatives and config.train.num_workers > 1,
@@ -282,4 +283,9 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
 
     options, pseudo = with_temperature_freezes(config.train, "pseudo" in kinds, config.freeze_temperature,
                                                config.freeze_pseudo_temperature)
-    return launch(config, overwrite, claimed, options, _train_loop, pairs, loop)
+    return TrainingPlan(claimed, options, _train_loop, pairs, loop)
+
+
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the train_video_text job; returns its run.json."""
+    return run_training(config, overwrite, plan(config))

@@ -36,7 +36,7 @@ from egoray.config import Url
 from egoray.data.raw import InputError
 from egoray.pipelines.train_vlm_worker import VLMLoop, VLMTrainModel, train_loop
 from egoray.train.distributed import TrainerOptions
-from egoray.train.job import TrainingJobConfig, launch
+from egoray.train.job import TrainingJobConfig, TrainingPlan, run_training
 
 
 class Config(TrainingJobConfig):
@@ -68,7 +68,8 @@ class Config(TrainingJobConfig):
 # ---------------------------------------------------------------------------------------------
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+def plan(config: Config) -> TrainingPlan:
+    """The train_vlm job's plan (its inputs checked here, before anything runs)."""
     from egoray import storage
     from egoray.data.videos import video_paths
     from egoray.plans import WORK_DIR
@@ -119,7 +120,12 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                        train_splits=config.train_splits, eval_generate=config.eval_generate,
                        max_new_tokens=config.max_new_tokens)
 
-    return launch(config, overwrite, inputs, config.train, train_loop, pairs, loop)
+    return TrainingPlan(inputs, config.train, train_loop, pairs, loop)
+
+
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the train_vlm job; returns its run.json."""
+    return run_training(config, overwrite, plan(config))
 
 
 class _Keep:

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -80,21 +81,45 @@ def with_temperature_freezes(options: TrainerOptions, has_pseudo: bool, freeze_t
     return options.model_copy(update={"freeze": options.freeze + frozen}), pseudo
 
 
-def launch(config: JobConfig, overwrite: bool, inputs: list[str], options: TrainerOptions,
-           train_fn: Callable[[Any], None], pairs: Callable[[], dict[str, Any]],
-           loop: Callable[[dict[str, Any]], LoopConfig]) -> dict[str, Any]:
+@dataclass
+class TrainingPlan:
+    """A training job, declared before anything runs: the URLs whose change refuses a resume, Ray
+    Train's options, the workers' function, and the two steps run once Ray is up: ``pairs()``
+    returns ``url`` (the main pairs), ``aux`` (more pair folders) and ``datasets`` for :func:`fit`;
+    ``loop(counts)`` the workers' typed config (:class:`~egoray.train.recipe.LoopConfig`) from the
+    pairs' counts."""
+
+    inputs: list[str]
+    options: TrainerOptions
+    train_fn: Callable[[Any], None]
+    pairs: Callable[[], dict[str, Any]]
+    loop: Callable[[dict[str, Any]], LoopConfig]
+
+    def describe(self) -> list[str]:
+        """The plan in lines a person reads (``egoray run --plan``)."""
+        o = self.options
+        how = f"DeepSpeed ZeRO-{o.zero_stage}" if o.strategy == "deepspeed" else "DDP"
+        lines = [f"pairs built per video by Ray Data under _work/, from {len(self.inputs)} input(s): "
+                 + ", ".join(self.inputs[:3]) + (" ..." if len(self.inputs) > 3 else ""),
+                 f"train with Ray Train: {o.num_workers} worker(s) × {o.cpus_per_worker:g} CPU"
+                 f"{' + 1 GPU' if o.use_gpu else ''}, {how}, {o.precision}, workers run {self.train_fn.__name__}",
+                 f"  {o.epochs} epoch(s), batches of {o.batch_size} per worker"
+                 f"{f' × {o.grad_accum} accumulated' if o.grad_accum > 1 else ''}, lr {o.lr:g} ({o.schedule}), "
+                 f"seed {o.seed}" + (f", from {o.init_from}" if o.init_from else ""),
+                 "write model/, best/, metrics/, rejects/ and run.json",
+                 "resume refused if these inputs or the config change (but for train."
+                 + ", train.".join(sorted(TrainingJobConfig.resumable_changes["train"])) + ")"]
+        return lines
+
+
+def run_training(config: JobConfig, overwrite: bool, plan: TrainingPlan) -> dict[str, Any]:
     """Claim the output, build the pairs, train on Ray, export the model and metrics (through
-    :func:`egoray.runner.run_lifecycle`); returns ``run.json``.
-
-    ``inputs``: URLs whose change refuses a resume (an output written by another config or from
-    changed inputs is refused; ``--overwrite`` clears it, checkpoints too). ``pairs()`` (Ray
-    running) returns ``url`` (the main pairs), ``aux`` (more pair folders), and ``datasets`` for
-    :func:`fit`; ``loop(counts)`` the workers' typed config (:class:`~egoray.train.recipe.LoopConfig`).
-    """
+    :func:`egoray.runner.run_lifecycle`); returns ``run.json``. An output written by another
+    config or from changed inputs is refused; ``--overwrite`` clears it, checkpoints too."""
     def body(job: JobRun) -> Added:
-        return _train(config, options, train_fn, pairs, loop, job)
+        return _train(config, plan.options, plan.train_fn, plan.pairs, plan.loop, job)
 
-    return run_lifecycle(config, overwrite, body, inputs=inputs, dashboard=True)
+    return run_lifecycle(config, overwrite, body, inputs=plan.inputs, dashboard=True)
 
 
 def _train(config: JobConfig, options: TrainerOptions, train_fn: Callable[[Any], None],

@@ -21,11 +21,19 @@ from egoray.train.data import PARAPHRASES
 from egoray.work_inputs import prepare_dataset
 
 
+def check_video_features(url: str) -> str:
+    """``url``'s index, or the input error that it is not a ``video_features`` output (checked
+    when a plan is built, before Ray starts, and again where the pairs are built)."""
+    index = storage.join(url, "index")
+    if not storage.exists(index):
+        raise InputError(f"{url}: not a video_features output (no index/ table)")
+    return index
+
+
 def build_pairs(output: str, name: str, items: Callable[[], Any], features: str, offset: float,
                 labels: str | None = None, num_frames: int | None = None) -> str:
     """``OUTPUT/_work/<name>``: the items with their pooled ``video`` (or ``frames``), built per video."""
-    if not storage.exists(storage.join(features, "index")):
-        raise InputError(f"{features}: not a video_features output (no index/ table)")
+    check_video_features(features)
     pooler = PoolPairs(features, offset, labels, num_frames)
     return prepare_dataset(output, name, lambda: items().groupby("video_uid").map_groups(pooler, batch_format="pyarrow"))
 
