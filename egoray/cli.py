@@ -27,18 +27,14 @@ class UsageError(EgorayError):
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run (or resume) the job a config describes."""
-    from egoray.pipelines import job_module, load_config, planned_jobs
+    from egoray.pipelines import job_module, load_config
 
     config = load_config(args.config, args.overrides + (["ray.in_process=true"] if args.in_process else []))
     if args.dry_run:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
     if args.plan:
-        module = job_module(config.job)
-        if not hasattr(module, "plan"):
-            raise UsageError(f"--plan: {config.job} has no plan to print (the jobs with one: "
-                             f"{', '.join(planned_jobs())})")
-        for line in module.plan(config).describe():  # checks the inputs, writes nothing
+        for line in job_module(config.job).plan(config).describe():  # checks the inputs, writes nothing
             print(line)
         return 0
     # The job reaches Ray itself (after checking its inputs: bad input fails fast) with the
@@ -210,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--overwrite", action="store_true", help="delete the output first instead of resuming")
     p.add_argument("--dry-run", action="store_true", help="print the validated config and stop")
-    p.add_argument("--plan", action="store_true", help="check a streaming or training job's inputs, print what "
-                   "it would read, prepare, run (stages and actors, or Ray Train's workers) and write, and stop")
+    p.add_argument("--plan", action="store_true", help="check the job's inputs, print what it would read, prepare, "
+                   "run (stages and actors, Ray Train's workers, or shard tasks) and write, and stop")
     p.add_argument("--in-process", action="store_true", help="run a streaming job's stages in this process, "
                    "without Ray (for pdb; training jobs, ingest and eval refuse)")
     p.add_argument("--verbose", action="store_true", help="show Ray's and the libraries' output here instead "

@@ -85,6 +85,35 @@ def run_lifecycle(config: JobConfig, overwrite: bool, body: Callable[[JobRun], A
     return manifest.to_dict()
 
 
+@dataclass
+class ShardedPlan:
+    """A job whose units of work are named shards — ingest's buckets of videos, eval's sections —
+    each committed by a Ray task with its :class:`~egoray.runtime.ShardLedger` marker, so a
+    re-run does only the shards not done. ``work(job)`` runs those and returns what this run
+    added; ``after(run_json)`` (optional) follows a complete run (eval's report)."""
+
+    inputs: list[str]
+    shards: list[str]
+    work: Callable[[JobRun], Added]
+    lines: list[str]  # what describe() prints
+    after: Callable[[dict[str, Any]], None] | None = None
+
+    def describe(self) -> list[str]:
+        """The plan in lines a person reads (``egoray run --plan``)."""
+        return [*self.lines, f"{len(self.shards)} shard(s), each committed with its marker: "
+                f"{', '.join(self.shards[:6])}{' ...' if len(self.shards) > 6 else ''}",
+                "resume: finished shards are kept; refused if these inputs or the config change"
+                + (f" ({len(self.inputs)} input(s))" if self.inputs else "")]
+
+
+def run_sharded(config: JobConfig, overwrite: bool, plan: ShardedPlan) -> dict[str, Any]:
+    """Run (or resume) a sharded job's plan and return its ``run.json``."""
+    manifest = run_lifecycle(config, overwrite, plan.work, inputs=plan.inputs, shards=plan.shards)
+    if plan.after is not None and manifest["status"] == "complete":
+        plan.after(manifest)
+    return manifest
+
+
 def run_plan(config: StreamingJobConfig, overwrite: bool, plan: StreamingPlan) -> dict[str, Any]:
     """Run (or resume) a streaming job's plan and return its ``run.json``.
 

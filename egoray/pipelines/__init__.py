@@ -1,6 +1,7 @@
-"""Jobs: one module per job, each with a ``Config`` model and a ``run(config, overwrite)``; the
-streaming and training jobs' modules also have ``plan(config)``, the declaration ``run`` runs
-(a :class:`~egoray.plans.StreamingPlan` or a :class:`~egoray.train.job.TrainingPlan`).
+"""Jobs: one module per job, each with a ``Config`` model, ``plan(config)`` — the declaration of
+what the job runs, built before anything runs (a :class:`~egoray.plans.StreamingPlan`, a
+:class:`~egoray.train.job.TrainingPlan` or a :class:`~egoray.runner.ShardedPlan`) — and
+``run(config, overwrite)``, which hands that plan to its runner.
 
 Modules are imported on demand so that ``egoray run`` loads only the job it runs.
 """
@@ -32,18 +33,8 @@ JOBS: dict[str, str] = {
 }
 
 
-STREAMING_JOBS = ("qa", "rephrase", "text_features", "video_features", "import_features", "captions", "narrate")
-TRAINING_JOBS = ("train_dual_encoder", "train_narrator", "train_video_text", "train_vlm")
-
-
 def job_names() -> list[str]:
     return sorted(JOBS)
-
-
-def planned_jobs() -> list[str]:
-    """The jobs whose module declares a ``plan(config)``: streaming (run by
-    :func:`egoray.runner.run_plan`) and training (:func:`egoray.train.job.run_training`)."""
-    return sorted(STREAMING_JOBS + TRAINING_JOBS)
 
 
 def job_module(name: str) -> ModuleType:

@@ -31,7 +31,7 @@ from egoray.data.raw import InputError
 from egoray.data.schema import REJECTS
 from egoray.errors import ray_errors
 from egoray.eval import sections
-from egoray.runner import JobRun, run_lifecycle
+from egoray.runner import JobRun, ShardedPlan, run_sharded
 from egoray.runtime import Added, ShardLedger, finish
 
 WORK_PAIRS = "_work/retrieval_pairs.npz"
@@ -222,10 +222,11 @@ def compute_section(config: Config, section: str, pooled: str | None) -> tuple[s
     return _headline(result.metrics), {"seconds": time.perf_counter() - t0}
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+def plan(config: Config) -> ShardedPlan:
+    """The eval job's plan: its sections, in the order they run (each one is a shard)."""
     ids = config.section_ids()
 
-    def body(job: JobRun) -> Added:
+    def work(job: JobRun) -> Added:
         import ray
 
         from egoray.ray_data_context import io_cpus
@@ -254,13 +255,20 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
             clean_work(config.output)  # the sections' pooled inputs
         return added
 
-    manifest = run_lifecycle(config, overwrite, body, shards=ids)
-    if config.report and manifest["status"] == "complete":
+    def report(manifest: dict[str, Any]) -> None:
         from egoray.eval.report import write_report
 
         url = write_report(config.input, storage.join(config.output, "report.html"))
         print(f"[eval] report: {url}", flush=True)
-    return manifest
+
+    lines = [f"sections, in this order, each by a Ray task (pooled inputs first where it has them): {', '.join(ids)}",
+             "then metrics.json and samples.json" + (f", and report.html of {config.input}" if config.report else "")]
+    return ShardedPlan([], ids, work, lines, report if config.report else None)
+
+
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the eval job; returns the run manifest."""
+    return run_sharded(config, overwrite, plan(config))
 
 
 def _headline(metrics: dict[str, Any]) -> str:

@@ -34,7 +34,7 @@ from egoray.data.narrations import CleanOptions, build_narrations, clean_summari
 from egoray.data.raw import InputError
 from egoray.data.safe_pickle import safe_load
 from egoray.data.splits import read_splits
-from egoray.runner import JobRun, run_lifecycle
+from egoray.runner import JobRun, ShardedPlan, run_sharded
 from egoray.runtime import Added, ShardLedger, bucket_of, finish, wait_all
 from egoray.stages.base import StageTimer
 
@@ -177,8 +177,8 @@ def _finish_shard(
     return marker
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
-    """Run (or resume) the ingest job; returns the run manifest as a dict."""
+def plan(config: Config) -> ShardedPlan:
+    """The ingest job's plan (its inputs found and their formats told here, before anything runs)."""
     inputs = config.inputs()
     formats = [detect_format(u, config.format) for u in inputs]
     for url in inputs:
@@ -187,7 +187,7 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     splits = read_splits(config.splits) if config.splits else None
     all_ids = [shard_id(b) for b in range(config.num_shards)]
 
-    def body(job: JobRun) -> Added:
+    def work(job: JobRun) -> Added:
         import ray
 
         ledger = ShardLedger(config.output)
@@ -211,8 +211,16 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
                       extra={"inputs": [{"url": u, "format": f} for u, f in zip(inputs, formats, strict=True)]},
                       timings={"read": read_seconds})
 
-    return run_lifecycle(config, overwrite, body, inputs=inputs + ([config.splits] if config.splits else []),
-                         shards=all_ids)
+    lines = [f"read {url} ({fmt}), split by video into {config.num_shards} buckets"
+             for url, fmt in zip(inputs, formats, strict=True)]
+    lines.append(f"each bucket cleaned, deduplicated{' and given its split' if splits else ''} by a task: "
+                 "narrations, rejects, summaries")
+    return ShardedPlan(inputs + ([config.splits] if config.splits else []), all_ids, work, lines)
 
 
-__all__ = ["Config", "run"]
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the ingest job; returns the run manifest as a dict."""
+    return run_sharded(config, overwrite, plan(config))
+
+
+__all__ = ["Config", "plan", "run"]
