@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, ClassVar
+from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -29,9 +30,31 @@ def _url(value: str) -> str:
     return storage.absolute(value.strip())
 
 
-Url = Annotated[str, AfterValidator(_url)]
+_URL_CHECK = AfterValidator(_url)
+Url = Annotated[str, _URL_CHECK]
 """A storage URL field: local paths become absolute when the config is loaded (in the driver),
 so that Ray workers running in another directory read and write the same place."""
+
+
+def _holds_url(annotation: Any, metadata: Sequence[Any] = ()) -> bool:
+    if any(m is _URL_CHECK for m in metadata):
+        return True
+    if get_origin(annotation) is Annotated:
+        return any(m is _URL_CHECK for m in get_args(annotation)[1:])
+    return any(_holds_url(a) for a in get_args(annotation))  # Url | None, list[Url]
+
+
+def urls_of(model: BaseModel, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, URL) of every storage URL field a config sets, nested sections included."""
+    found: list[tuple[str, str]] = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            found += urls_of(value, f"{prefix}{name}.")
+        elif _holds_url(info.annotation, info.metadata):
+            found += [(f"{prefix}{name}", v) for v in (value if isinstance(value, list) else [value])
+                      if isinstance(v, str)]
+    return found
 
 
 class StrictModel(BaseModel):

@@ -32,8 +32,9 @@ def prepare(output: str, prep: Prepared) -> str:
     from egoray import executor
 
     if isinstance(prep.source, Listed):
+        rows = prep.source
         listed = _once(output, f"{prep.name}_listed" if prep.steps else prep.name,
-                       lambda url: _write_listing(url, prep.source))
+                       lambda url: _write_listing(url, rows))
         if not prep.steps:
             return _checked(listed, prep)
         prep = Prepared(prep.name, Source(listed), prep.steps, prep.empty)

@@ -26,7 +26,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from egoray import storage
-from egoray.config import JobConfig
+from egoray.config import JobConfig, urls_of
 from egoray.data.raw import InputError
 from egoray.data.schema import REJECTS
 from egoray.errors import ray_errors
@@ -223,8 +223,16 @@ def compute_section(config: Config, section: str, pooled: str | None) -> tuple[s
 
 
 def plan(config: Config) -> ShardedPlan:
-    """The eval job's plan: its sections, in the order they run (each one is a shard)."""
+    """The eval job's plan: its sections, in the order they run (each one is a shard). Every input
+    URL of a section still to do must exist: a mistyped one fails here, not after the sections
+    before it ran."""
     ids = config.section_ids()
+    done = ShardLedger(config.output).completed() if storage.exists(config.output) else {}
+    todo = [(section, key, url) for section in ids if section not in done
+            for key, url in urls_of(config.section_config(section))]
+    for section, key, url in todo:
+        if not storage.exists(url):
+            raise InputError(f"eval section {section}, {key}: input not found: {url}")
 
     def work(job: JobRun) -> Added:
         import ray
@@ -262,6 +270,7 @@ def plan(config: Config) -> ShardedPlan:
         print(f"[eval] report: {url}", flush=True)
 
     lines = [f"sections, in this order, each by a Ray task (pooled inputs first where it has them): {', '.join(ids)}",
+             f"{len(todo)} input URL(s) of the sections still to do: found",
              "then metrics.json and samples.json" + (f", and report.html of {config.input}" if config.report else "")]
     return ShardedPlan([], ids, work, lines, report if config.report else None)
 

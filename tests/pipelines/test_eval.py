@@ -251,3 +251,27 @@ def test_every_section_of_the_eval_config_is_a_registered_module():
         assert metric_note(name if name != "captioning" else "captioning-x", {}) == kind.note({})
     assert sections.kind_of("captioning-narrator") is sections.SECTIONS["captioning"]
     assert sections.kind_of("nonsense") is None
+
+
+def test_a_missing_section_input_fails_before_any_section_runs(tmp_path):
+    from egoray.config import urls_of
+    from egoray.pipelines import eval as eval_job
+    from egoray.pipelines.demo import STEPS
+    from egoray.runtime import ShardLedger
+
+    (step,) = [s for s in STEPS if s.key == "eval"]
+    out, data = tmp_path / "out", tmp_path / "data"
+    config = load_config(CONFIG, [o.format(out=out, data=data) for o in step.overrides])
+    urls = {url for s in config.section_ids() for _, url in urls_of(config.section_config(s))}
+    assert str(out / "qa") in urls and len(urls) > 8  # every section's inputs, from the demo's overrides
+    for url in urls - {str(out / "qa")}:
+        Path(url).mkdir(parents=True, exist_ok=True)
+    with pytest.raises(InputError, match=f"^eval section mcq, qa: input not found: {out / 'qa'}$"):
+        eval_job.plan(config)
+    assert not (out / "eval").exists()
+    # a section finished in an earlier run needs its inputs no more
+    Path(ShardLedger(config.output).marker_url("mcq")).parent.mkdir(parents=True)
+    Path(ShardLedger(config.output).marker_url("mcq")).write_text("{}")
+    lines = eval_job.plan(config).describe()
+    others = [u for s in config.section_ids() if s != "mcq" for _, u in urls_of(config.section_config(s))]
+    assert lines[1] == f"{len(others)} input URL(s) of the sections still to do: found"
