@@ -296,8 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from egoray.config import ConfigError
-    from egoray.settings import apply_driver_defaults
+    from egoray.settings import apply_driver_defaults, working_directory_exists
 
+    if not working_directory_exists():  # relative paths mean nothing, and `import torch` aborts
+        say("egoray: error: the current directory no longer exists (it was removed after this shell "
+            "entered it); cd to an existing directory and run the command again", error=True)
+        return 2
     apply_driver_defaults()  # before anything imports ray
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

@@ -59,7 +59,7 @@ def ensure_ray(options: RayOptions | None = None, dashboard: bool = False, job: 
     options = options or RayOptions()
     address = cluster_address()
     # the job name goes to workers only on a cluster, where they add to its metrics
-    runtime_env = Settings.from_environ(job=job if address else None).runtime_env()
+    runtime_env = Settings.from_environ(job=job if address else None).job_runtime_env()
     if address:
         # a driver submitted through the Jobs API already runs in the job's runtime env (which
         # `egoray submit` built from the same settings); Ray refuses a second one

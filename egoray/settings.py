@@ -10,6 +10,8 @@ in the dashboard; workers take credentials from their node, as every Ray worker 
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -53,6 +55,33 @@ class Settings:
 
     def runtime_env(self) -> dict[str, dict[str, str]]:
         return {"env_vars": self.worker_env()}
+
+    def job_runtime_env(self) -> dict[str, object]:
+        """The runtime env of a whole job (``ray.init``, the Jobs API): the workers' settings and
+        :func:`keep_a_working_directory` run in every worker as it starts."""
+        return {**self.runtime_env(), "worker_process_setup_hook": WORKER_SETUP_HOOK}
+
+
+WORKER_SETUP_HOOK = "egoray.settings.keep_a_working_directory"
+
+
+def working_directory_exists() -> bool:
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def keep_a_working_directory() -> None:
+    """Ray worker setup hook: a worker that starts in a directory which no longer exists (a
+    ``ray start`` or the driver's shell was in a directory removed since) moves to the temp
+    directory. In such a process ``import torch`` aborts the whole process with "Intel oneMKL
+    FATAL ERROR: Cannot load .../libtorch_cpu.so", and Ray can only restart the actor."""
+    if not working_directory_exists():
+        os.chdir(tempfile.gettempdir())
+        print(f"egoray: this worker's working directory no longer exists; working in {os.getcwd()}",
+              file=sys.stderr)
 
 
 def apply_driver_defaults() -> None:
