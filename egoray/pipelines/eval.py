@@ -54,122 +54,86 @@ class Config(JobConfig):
     def _something_to_do(self) -> Config:
         if not any(getattr(self, name) for name in sections.SECTIONS):
             raise ValueError(f"configure at least one of {', '.join(sections.SECTIONS)}")
-        names = [c.name for c in self.captioning]
-        if len(set(names)) != len(names):
-            raise ValueError(f"captioning names must be unique; got {names}")
+        for name in sections.SECTIONS:  # a section given as a list: its entries are told apart by name
+            entries = getattr(self, name)
+            names = [c.name for c in entries] if isinstance(entries, list) else []
+            if len(set(names)) != len(names):
+                raise ValueError(f"{name} names must be unique; got {names}")
         if self.gap and "dual_encoder" in self.gap.sources and not self.retrieval:
             raise ValueError("gap source dual_encoder needs a retrieval section (its held-out pairs)")
         return self
 
     def section_config(self, section: str) -> Any:
-        """The config of one section id (``captioning-<name>``: that captioning entry)."""
-        if section.startswith("captioning-"):
-            return next(c for c in self.captioning if c.name == section.removeprefix("captioning-"))
-        return getattr(self, section)
+        """The config of one section id (``captioning-<name>``: that entry of the captioning list)."""
+        kind = sections.kind_of(section)
+        assert kind is not None, section
+        value = getattr(self, kind.name)
+        if isinstance(value, list):
+            return next(c for c in value if c.name == section.removeprefix(f"{kind.name}-"))
+        return value
 
     def section_ids(self) -> list[str]:
-        """The configured sections, in the registry's order (``captioning-<name>`` per captioning entry)."""
+        """The configured sections, in the registry's order (``<section>-<name>`` per entry of a list)."""
         ids: list[str] = []
         for name in sections.SECTIONS:
-            if name == "captioning":
-                ids += [f"captioning-{c.name}" for c in self.captioning]
-            elif getattr(self, name):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                ids += [f"{name}-{c.name}" for c in value]
+            elif value:
                 ids.append(name)
         return ids
 
 
 def pooled_inputs(config: Config, section: str) -> str | None:
-    """The per-video pooled table a section reads, built by a Ray Data pass into ``_work/<section>``."""
+    """The pooled table a section declares (:meth:`~egoray.eval.sections.SectionKind.pooled`),
+    built by a Ray Data pass into ``_work/<section>``; None where it declares none."""
+    kind = sections.kind_of(section)
+    assert kind is not None, section
+    declared = kind.pooled(config.section_config(section))
+    return build_pooled(config.output, kind.name, declared) if declared is not None else None
+
+
+def build_pooled(output: str, name: str, pooled: sections.Pooled) -> str:
+    """Read the declared items, keep the declared videos, and pool each item's window per video."""
     from egoray.plans import Source
     from egoray.ray_data_context import read
     from egoray.train.data import text_features_source
     from egoray.train.pairs import build_pairs
 
-    if section == "retrieval":
-        r = config.retrieval
-        items, _ = text_features_source(r.text_features, r.splits)
-        return build_pairs(config.output, "retrieval", items, r.video_features, sections.retrieval_offset(r), r.labels)
-    if section == "zeroshot":
-        z = config.zeroshot
-        keep = None
-        if z.video_splits:
-            from egoray.data.splits import read_splits
+    if pooled.text_features is not None:
+        items, _ = text_features_source(*pooled.text_features)
+        return build_pairs(output, name, items, pooled.video_features, pooled.offset, pooled.labels)
+    table = pooled.table if pooled.table is not None else _benchmark_table(output, name, pooled.benchmark)
+    columns = None
+    if pooled.require:
+        try:
+            names = set(storage.parquet_schema(table).names)
+        except storage.StorageError:  # nothing there
+            names = set()
+        if not set(pooled.require) <= names:
+            raise InputError(f"{pooled.source}: needs columns {sorted(pooled.require)}; found {sorted(names)}")
+        columns = sorted({*pooled.require, *(set(pooled.optional) & names)})
 
-            keep = [v for v, split in read_splits(z.video_splits).items() if split in z.splits]
-        need = {"video_uid", "t_start", "t_end", "label"}
-        table = z.clips if z.clips_format == "table" else _benchmark_table(config, section)
-        names = set(storage.parquet_schema(table).names) if storage.exists(table) else set()
-        if not need <= names:
-            raise InputError(f"{z.clips}: needs columns {sorted(need)}; found {sorted(names)}")
+    def items() -> Any:
+        ds = read(Source(table, columns=columns))
+        if pooled.per_batch is not None:
+            ds = ds.map_batches(pooled.per_batch, batch_format="pyarrow")
+        return ds.map_batches(KeepVideos(pooled.videos), batch_format="pyarrow") if pooled.videos is not None else ds
 
-        def clips() -> Any:
-            columns = sorted(need | ({"clip_id"} & names))
-            ds = read(Source(table, columns=columns)).map_batches(sections.zeroshot_clips,
-                                                                         batch_format="pyarrow")
-            return ds.map_batches(KeepVideos(keep), batch_format="pyarrow") if keep is not None else ds
-
-        return build_pairs(config.output, "zeroshot", clips, z.video_features, 0.0)
-    if section == "mcq":
-        m = config.mcq
-        qa = storage.join(m.qa, "qa")
-        if not storage.listdir(qa, ".parquet"):
-            raise InputError(f"cannot read qa: no qa/ table under {m.qa}")
-
-        def moments() -> Any:
-            return read(Source(qa, columns=["group_id", "video_uid", "t_start", "t_end", "question", "answer",
-                                            "wrong_answers"])).map_batches(_group_id, batch_format="pyarrow")
-
-        return build_pairs(config.output, "mcq", moments, m.video_features, 0.0)
-    if section in ("egomcq", "egtea"):
-        table = _benchmark_table(config, section)
-        clips = sections.zeroshot_clips if section == "egtea" else None
-
-        def items() -> Any:
-            ds = read(Source(table))
-            return ds.map_batches(clips, batch_format="pyarrow") if clips else ds
-
-        return build_pairs(config.output, section, items, getattr(config, section).video_features, 0.0)
-    return None
+    return build_pairs(output, name, items, pooled.video_features, pooled.offset, pooled.labels)
 
 
-def _benchmark_table(config: Config, section: str) -> str:
-    """``_work/<section>_items``: the benchmark's annotation file as a table, written by a worker."""
+def _benchmark_table(output: str, name: str, read_items: Any) -> str:
+    """``_work/<section>_items``: the benchmark's own file as a table, read and written by a worker."""
     from egoray.exports import run_export
 
-    url = storage.join(config.output, "_work", f"{section}_items", "part-0000.parquet")
-    run_export(_write_benchmark, getattr(config, section), section, url)
+    url = storage.join(output, "_work", f"{name}_items", "part-0000.parquet")
+    run_export(_write_items, read_items, url)
     return url
 
 
-def _write_benchmark(cfg: Any, section: str, url: str) -> None:
-    from egoray.data import benchmarks
-
-    if section == "egomcq":
-        source = cfg.egomcq
-        table = benchmarks.read_egomcq(_read(source), source)
-    elif section == "egtea":
-        source = cfg.split
-        classes = benchmarks.read_egtea_classes(_read(cfg.classes), cfg.classes)
-        table = benchmarks.read_egtea_split(_read(source), classes, source)
-    elif cfg.clips_format == "kinetics_csv":
-        source = cfg.clips
-        table = benchmarks.read_kinetics_csv(_read(source), source)
-    else:  # charades_ego_csv: class codes become the names of the class list
-        from egoray.data.labels import read_labels
-
-        source = cfg.clips
-        table = benchmarks.read_charades_ego_csv(_read(source), dict(read_labels(cfg.classes)), cfg.charades_subset,
-                                                 source)
-    if table.num_rows == 0:
-        raise InputError(f"{source}: no {section} items")
-    storage.write_parquet(url, table)
-
-
-def _read(url: str) -> bytes:
-    try:
-        return storage.read_bytes(url)
-    except storage.StorageError as e:
-        raise InputError(f"cannot read {url}: {e}") from None
+def _write_items(read_items: Any, url: str) -> None:
+    storage.write_parquet(url, read_items())
 
 
 class KeepVideos:
@@ -184,22 +148,19 @@ class KeepVideos:
         return batch.filter(pc.is_in(pc.cast(batch["video_uid"], pa.string()), value_set=self.videos))
 
 
-def _group_id(batch: pa.Table) -> pa.Table:
-    return batch.append_column("id", batch["group_id"])
-
-
 def _compute(config: Config, section: str, pooled: str | None) -> sections.SectionResult:
     kind = sections.kind_of(section)
     assert kind is not None, section
+    cfg = config.section_config(section)
     inputs: Any = pooled  # what pooled_inputs built (none for captioning and gap)
-    if kind.name == "gap" and "dual_encoder" in config.gap.sources:  # the retrieval section's pairs
+    if kind.uses_pairs(cfg):  # the paired embeddings an earlier section (retrieval) handed on
         url = storage.join(config.output, WORK_PAIRS)
         if not storage.exists(url):
-            raise InputError("gap source dual_encoder needs the retrieval section's pairs; run retrieval first")
+            raise InputError(f"{section} needs the retrieval section's pairs; run retrieval first")
         with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as data:
             inputs = (data["video"], data["text"])
-    result = kind.compute(config.section_config(section), inputs)
-    if kind.name == "retrieval" and config.gap and "dual_encoder" in config.gap.sources:  # for the gap section
+    result = kind.compute(cfg, inputs)
+    if result.pairs is not None:  # for a later section that uses them
         buf = io.BytesIO()
         np.savez(buf, video=result.pairs[0], text=result.pairs[1])
         storage.write_bytes(storage.join(config.output, WORK_PAIRS), buf.getvalue())

@@ -148,17 +148,17 @@ def test_kinetics_and_charades_ego_readers_on_rows_in_their_formats():
 
 
 def test_zeroshot_reads_a_benchmark_file_as_its_clip_table(tmp_path):
-    """What the eval job's worker writes for zeroshot.clips_format: the clip table it pools."""
-    from egoray import storage
-    from egoray.eval.sections import ZeroShotSection
-    from egoray.pipelines.eval import _write_benchmark
+    """What the eval job's worker reads for zeroshot.clips_format (the reader the section
+    declares): the clip table it pools."""
+    from egoray.eval.sections import SECTIONS, ZeroShotSection
 
     fixtures = Path(__file__).resolve().parent.parent / "fixtures" / "benchmarks"
     cfg = ZeroShotSection(classes=str(LABELS / "Charades_v1_classes.reconstructed.txt"), encoder={},
                           clips=str(fixtures / "CharadesEgo_v1_test.csv"), clips_format="charades_ego_csv",
                           video_features=str(tmp_path / "vf"))
-    _write_benchmark(cfg, "zeroshot", str(tmp_path / "clips.parquet"))
-    table = storage.read_parquet(str(tmp_path / "clips.parquet"))
+    pooled = SECTIONS["zeroshot"].pooled(cfg)
+    assert pooled.table is None and pooled.video_features == cfg.video_features and pooled.source == cfg.clips
+    table = pooled.benchmark()
     assert table["clip_id"].to_pylist() == ["005BUEGO", "0A8ZTEGO"] and table["t_start"].null_count == 2
     with pytest.raises(ValueError, match="needs classes"):
         ZeroShotSection(class_prompts="x", clips="y", clips_format="charades_ego_csv", video_features="z")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,43 @@ class SectionResult:
     samples: list[dict[str, Any]] = field(default_factory=list)
     plots: dict[str, bytes] = field(default_factory=dict)
     pairs: tuple[np.ndarray, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """What a section's pooled table is made of. The eval job builds it with Ray Data, per video
+    (:func:`egoray.train.pairs.build_pairs`: each item's window pooled from ``video_features``),
+    into ``_work/<section>``, and hands its URL to ``compute``.
+
+    The items come from one of: ``table`` (a Parquet file or folder), ``benchmark`` (a function a
+    worker calls to read a benchmark's own file into a table), ``text_features`` (the rows of a
+    text_features output in some splits, with their embeddings)."""
+
+    video_features: str
+    source: str  # what an input error names
+    table: str | None = None
+    benchmark: Callable[[], pa.Table] | None = None
+    text_features: tuple[str, list[str]] | None = None
+    require: tuple[str, ...] = ()  # columns the table must have (read with ``optional``; none: all)
+    optional: tuple[str, ...] = ()  # read as well where the table has them
+    per_batch: Callable[[pa.Table], pa.Table] | None = None  # picklable, applied to every batch
+    videos: list[str] | None = None  # only these videos' items
+    offset: float = 0.0  # each window widened by this many seconds
+    labels: str | None = None  # verb and noun of items without them
+
+
+def read_input(url: str) -> bytes:
+    """An input file's bytes; a missing or unreadable one is an input error naming it."""
+    try:
+        return storage.read_bytes(url)
+    except storage.StorageError as e:
+        raise InputError(f"cannot read {url}: {e}") from None
+
+
+def no_items(table: pa.Table, source: str, what: str) -> pa.Table:
+    if table.num_rows == 0:
+        raise InputError(f"{source}: no {what} items")
+    return table
 
 
 def reject(record_id: str, stage: str, reason: str, detail: str = "") -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,18 @@ from pydantic import Field, model_validator
 
 from egoray.config import Url
 from egoray.data.raw import InputError
-from egoray.eval.sections.common import QueryEncoder, SectionResult, embed_texts, encode, matrix, read_pooled, reject
+from egoray.eval.sections.common import (
+    Pooled,
+    QueryEncoder,
+    SectionResult,
+    embed_texts,
+    encode,
+    matrix,
+    no_items,
+    read_input,
+    read_pooled,
+    reject,
+)
 from egoray.features.vectors import unit_rows
 
 
@@ -25,6 +37,17 @@ class EgoMCQSection(QueryEncoder):
     def _one_encoder(self) -> EgoMCQSection:
         self.check_one_encoder("egomcq")
         return self
+
+
+def pooled(cfg: EgoMCQSection) -> Pooled:
+    """Every choice clip of egomcq.json (read by a worker), with its video feature."""
+    return Pooled(cfg.video_features, cfg.egomcq, benchmark=partial(read_choices, cfg))
+
+
+def read_choices(cfg: EgoMCQSection) -> pa.Table:
+    from egoray.data.benchmarks import read_egomcq
+
+    return no_items(read_egomcq(read_input(cfg.egomcq), cfg.egomcq), cfg.egomcq, "egomcq")
 
 
 def compute(cfg: EgoMCQSection, choices: str) -> SectionResult:

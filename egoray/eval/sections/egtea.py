@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
+import pyarrow as pa
 from pydantic import Field, model_validator
 
 from egoray import storage
 from egoray.config import Url
-from egoray.eval.sections.common import QueryEncoder, SectionResult, embed_texts
-from egoray.eval.sections.zeroshot import classify
+from egoray.eval.sections.common import Pooled, QueryEncoder, SectionResult, embed_texts, no_items, read_input
+from egoray.eval.sections.zeroshot import classify, zeroshot_clips
 
 
 class EGTEASection(QueryEncoder):
@@ -25,6 +27,18 @@ class EGTEASection(QueryEncoder):
     def _one_encoder(self) -> EGTEASection:
         self.check_one_encoder("egtea")
         return self
+
+
+def pooled(cfg: EGTEASection) -> Pooled:
+    """The clips of the split file (read by a worker), each with its clip's video feature."""
+    return Pooled(cfg.video_features, cfg.split, benchmark=partial(read_split, cfg), per_batch=zeroshot_clips)
+
+
+def read_split(cfg: EGTEASection) -> pa.Table:
+    from egoray.data.benchmarks import read_egtea_classes, read_egtea_split
+
+    classes = read_egtea_classes(read_input(cfg.classes), cfg.classes)
+    return no_items(read_egtea_split(read_input(cfg.split), classes, cfg.split), cfg.split, "egtea")
 
 
 def compute(cfg: EGTEASection, clips: str) -> SectionResult:

@@ -21,6 +21,11 @@ class GapSection(StrictModel):
     plots: list[Literal["svd", "umap"]] = ["svd", "umap"]
 
 
+def uses_pairs(cfg: GapSection) -> bool:
+    """The dual encoder's held-out pairs come from the retrieval section's result."""
+    return "dual_encoder" in cfg.sources
+
+
 def compute(cfg: GapSection, dual_pairs: tuple[np.ndarray, np.ndarray] | None) -> SectionResult:
     """Gap metrics and plots of each configured source of pairs."""
     from egoray.eval.gap import modality_gap, plot_gap

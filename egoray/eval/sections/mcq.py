@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from pydantic import Field
 
+from egoray import storage
 from egoray.config import StrictModel, Url
 from egoray.data.raw import InputError
-from egoray.eval.sections.common import SectionResult, encode, fmt, matrix, read_pooled, text_encoder_of
+from egoray.eval.sections.common import Pooled, SectionResult, encode, fmt, matrix, read_pooled, text_encoder_of
 
 
 class MCQSection(StrictModel):
@@ -19,6 +21,17 @@ class MCQSection(StrictModel):
     model: Url = Field(description="a train_dual_encoder output")
     video_features: Url
     text_features: Url = Field(description="the text_features output the model trained on (its encoder is reused)")
+
+
+def pooled(cfg: MCQSection) -> Pooled:
+    """The questions of the qa output, each with its moment's video feature (one item per group)."""
+    table = storage.join(cfg.qa, "qa")
+    return Pooled(cfg.video_features, table, table=table, per_batch=id_from_group,
+                  require=("group_id", "video_uid", "t_start", "t_end", "question", "answer", "wrong_answers"))
+
+
+def id_from_group(batch: pa.Table) -> pa.Table:
+    return batch.append_column("id", batch["group_id"])
 
 
 def compute(cfg: MCQSection, moments: str) -> SectionResult:

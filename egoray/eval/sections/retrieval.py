@@ -9,7 +9,7 @@ from pydantic import Field
 
 from egoray.config import StrictModel, Url
 from egoray.data.raw import InputError
-from egoray.eval.sections.common import SectionResult, dense, encode, fmt, matrix, read_pooled
+from egoray.eval.sections.common import Pooled, SectionResult, dense, encode, fmt, matrix, read_pooled
 
 
 class EK100Relevancy(StrictModel):
@@ -43,6 +43,12 @@ class RetrievalSection(StrictModel):
     offset_sec: float | None = Field(None, ge=0, description="widen each narration's window; default 1 s, none "
                                                              "with ek100 (its segments' exact bounds)")
     ek100: EK100Relevancy | None = Field(None, description="MIR relevancy from EK-100 CSVs instead of labels")
+
+
+def pooled(cfg: RetrievalSection) -> Pooled:
+    """The held-out narrations of the text_features output, each with its window's video feature."""
+    return Pooled(cfg.video_features, cfg.text_features, text_features=(cfg.text_features, list(cfg.splits)),
+                  offset=retrieval_offset(cfg), labels=cfg.labels)
 
 
 def compute(cfg: RetrievalSection, pairs: str) -> SectionResult:

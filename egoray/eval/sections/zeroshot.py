@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -13,12 +14,15 @@ from egoray import storage
 from egoray.config import Url
 from egoray.data.raw import InputError
 from egoray.eval.sections.common import (
+    Pooled,
     QueryEncoder,
     SectionResult,
     embed_texts,
     encode,
     fmt,
     matrix,
+    no_items,
+    read_input,
     read_pooled,
     reject,
 )
@@ -82,6 +86,35 @@ def _promptmatrix(url: str) -> tuple[list[str], np.ndarray]:
     order = sorted(by_class, key=_class_key)
     rows = np.array([[by_class[c][t] for t in sorted(by_class[c])] for c in order])
     return order, mat[rows]
+
+
+def pooled(cfg: ZeroShotSection) -> Pooled:
+    """The labelled clips (a table, or a benchmark's file read by a worker), of the videos in
+    ``splits`` where ``video_splits`` is set, each with its window's video feature."""
+    videos = None
+    if cfg.video_splits:
+        from egoray.data.splits import read_splits
+
+        videos = sorted(v for v, split in read_splits(cfg.video_splits).items() if split in cfg.splits)
+    table = cfg.clips if cfg.clips_format == "table" else None
+    return Pooled(cfg.video_features, cfg.clips, table=table, benchmark=None if table else partial(read_clips, cfg),
+                  require=("label", "t_end", "t_start", "video_uid"), optional=("clip_id",),
+                  per_batch=zeroshot_clips, videos=videos)
+
+
+def read_clips(cfg: ZeroShotSection) -> pa.Table:
+    """A benchmark's clip file as a table (Kinetics' val.csv; Charades-Ego's test CSV, its class
+    codes as the class list's names)."""
+    from egoray.data import benchmarks
+
+    if cfg.clips_format == "kinetics_csv":
+        table = benchmarks.read_kinetics_csv(read_input(cfg.clips), cfg.clips)
+    else:
+        from egoray.data.labels import read_labels
+
+        table = benchmarks.read_charades_ego_csv(read_input(cfg.clips), dict(read_labels(cfg.classes)),
+                                                 cfg.charades_subset, cfg.clips)
+    return no_items(table, cfg.clips, "zeroshot")
 
 
 def zeroshot_clips(batch: pa.Table) -> pa.Table:
