@@ -19,11 +19,12 @@ from typing import Any
 
 from egoray.eval.sections import captioning, egomcq, egtea, gap, mcq, retrieval, zeroshot
 from egoray.eval.sections.captioning import CaptioningSection, narration_references
-from egoray.eval.sections.common import Pooled, QueryEncoder, SectionResult, embed_texts, fmt, text_encoder_of
+from egoray.eval.sections.common import QueryEncoder, SectionResult, embed_texts, fmt, text_encoder_of
 from egoray.eval.sections.egomcq import EgoMCQSection
 from egoray.eval.sections.egtea import EGTEASection
 from egoray.eval.sections.gap import GapSection
 from egoray.eval.sections.mcq import MCQSection
+from egoray.eval.sections.pooled import Pooled
 from egoray.eval.sections.retrieval import EK100Relevancy, RetrievalSection, retrieval_offset
 from egoray.eval.sections.zeroshot import ZeroShotSection
 

@@ -10,7 +10,8 @@ from pydantic import Field, model_validator
 
 from egoray import storage
 from egoray.config import Url
-from egoray.eval.sections.common import Pooled, QueryEncoder, SectionResult, embed_texts, no_items, read_input
+from egoray.eval.sections.common import QueryEncoder, SectionResult, embed_texts
+from egoray.eval.sections.pooled import Pooled, no_items, read_input
 from egoray.eval.sections.zeroshot import classify, zeroshot_clips
 
 

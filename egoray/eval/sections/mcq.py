@@ -11,7 +11,8 @@ from pydantic import Field
 from egoray import storage
 from egoray.config import StrictModel, Url
 from egoray.data.raw import InputError
-from egoray.eval.sections.common import Pooled, SectionResult, encode, fmt, matrix, read_pooled, text_encoder_of
+from egoray.eval.sections.common import SectionResult, encode, fmt, matrix, text_encoder_of
+from egoray.eval.sections.pooled import Pooled, read_pooled
 
 
 class MCQSection(StrictModel):

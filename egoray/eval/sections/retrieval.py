@@ -9,7 +9,8 @@ from pydantic import Field
 
 from egoray.config import StrictModel, Url
 from egoray.data.raw import InputError
-from egoray.eval.sections.common import Pooled, SectionResult, dense, encode, fmt, matrix, read_pooled
+from egoray.eval.sections.common import SectionResult, dense, encode, fmt, matrix
+from egoray.eval.sections.pooled import Pooled, read_pooled
 
 
 class EK100Relevancy(StrictModel):

@@ -13,19 +13,8 @@ from pydantic import Field, model_validator
 from egoray import storage
 from egoray.config import Url
 from egoray.data.raw import InputError
-from egoray.eval.sections.common import (
-    Pooled,
-    QueryEncoder,
-    SectionResult,
-    embed_texts,
-    encode,
-    fmt,
-    matrix,
-    no_items,
-    read_input,
-    read_pooled,
-    reject,
-)
+from egoray.eval.sections.common import QueryEncoder, SectionResult, embed_texts, encode, fmt, matrix, reject
+from egoray.eval.sections.pooled import Pooled, no_items, read_input, read_pooled
 from egoray.eval.zeroshot import DEFAULT_TEMPLATES
 from egoray.features.vectors import unit_rows
 
