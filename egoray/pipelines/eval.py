@@ -108,8 +108,8 @@ def build_pooled(output: str, name: str, pooled: sections.Pooled) -> str:
     if pooled.require:
         try:
             names = set(storage.parquet_schema(table).names)
-        except storage.StorageError:  # nothing there
-            names = set()
+        except storage.StorageError:
+            raise InputError(f"cannot read {pooled.source}: no Parquet table at {table}") from None
         if not set(pooled.require) <= names:
             raise InputError(f"{pooled.source}: needs columns {sorted(pooled.require)}; found {sorted(names)}")
         columns = sorted({*pooled.require, *(set(pooled.optional) & names)})

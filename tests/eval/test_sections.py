@@ -37,3 +37,21 @@ def test_every_section_declares_its_pooled_inputs_and_the_eval_job_names_none(tm
     job = Path(sections.__file__).resolve().parents[2] / "pipelines" / "eval.py"
     literals = {n.value for n in ast.walk(ast.parse(job.read_text())) if isinstance(n, ast.Constant)}
     assert not literals & set(SECTIONS), literals & set(SECTIONS)
+
+
+def test_a_declared_table_that_is_missing_or_lacks_columns_is_an_input_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+
+    from egoray.data.raw import InputError
+    from egoray.pipelines.eval import build_pooled
+
+    declared = Pooled(str(tmp_path / "vf"), "the qa output", table=str(tmp_path / "qa"), require=("question",))
+    with pytest.raises(InputError, match=r"cannot read the qa output: no Parquet table at .*qa$"):
+        build_pooled(str(tmp_path / "out"), "mcq", declared)
+    (tmp_path / "qa").mkdir()
+    pq.write_table(pa.table({"answer": ["a"]}), tmp_path / "qa" / "part-0.parquet")
+    with pytest.raises(InputError, match=r"the qa output: needs columns \['question'\]; found \['answer'\]"):
+        build_pooled(str(tmp_path / "out"), "mcq", declared)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
