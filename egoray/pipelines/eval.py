@@ -95,6 +95,7 @@ def pooled_inputs(config: Config, section: str) -> str | None:
 
 def build_pooled(output: str, name: str, pooled: sections.Pooled) -> str:
     """Read the declared items, keep the declared videos, and pool each item's window per video."""
+    from egoray.data.tables import table_columns
     from egoray.plans import Source
     from egoray.ray_data_context import read
     from egoray.train.data import text_features_source
@@ -106,13 +107,8 @@ def build_pooled(output: str, name: str, pooled: sections.Pooled) -> str:
     table = pooled.table if pooled.table is not None else _benchmark_table(output, name, pooled.benchmark)
     columns = None
     if pooled.require:
-        try:
-            names = set(storage.parquet_schema(table).names)
-        except storage.StorageError:
-            raise InputError(f"cannot read {pooled.source}: no Parquet table at {table}") from None
-        if not set(pooled.require) <= names:
-            raise InputError(f"{pooled.source}: needs columns {sorted(pooled.require)}; found {sorted(names)}")
-        columns = sorted({*pooled.require, *(set(pooled.optional) & names)})
+        table, names = table_columns(table, pooled.require, f"{name} items table")
+        columns = sorted({*pooled.require, *(set(pooled.optional) & set(names))})
 
     def items() -> Any:
         ds = read(Source(table, columns=columns))

@@ -47,11 +47,11 @@ def test_a_declared_table_that_is_missing_or_lacks_columns_is_an_input_error(tmp
     from egoray.data.raw import InputError
     from egoray.pipelines.eval import build_pooled
 
-    declared = Pooled(str(tmp_path / "vf"), "the qa output", table=str(tmp_path / "qa"), require=("question",))
-    with pytest.raises(InputError, match=r"cannot read the qa output: no Parquet table at .*qa$"):
+    declared = Pooled(str(tmp_path / "vf"), table=str(tmp_path / "qa"), require=("question",))
+    with pytest.raises(InputError, match=r"input not found: .*qa$"):
         build_pooled(str(tmp_path / "out"), "mcq", declared)
     (tmp_path / "qa").mkdir()
     pq.write_table(pa.table({"answer": ["a"]}), tmp_path / "qa" / "part-0.parquet")
-    with pytest.raises(InputError, match=r"the qa output: needs columns \['question'\]; found \['answer'\]"):
+    with pytest.raises(InputError, match=r"qa: not a mcq items table \(missing \['question'\]; found \['answer'\]\)"):
         build_pooled(str(tmp_path / "out"), "mcq", declared)
     assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -157,7 +157,7 @@ def test_zeroshot_reads_a_benchmark_file_as_its_clip_table(tmp_path):
                           clips=str(fixtures / "CharadesEgo_v1_test.csv"), clips_format="charades_ego_csv",
                           video_features=str(tmp_path / "vf"))
     pooled = SECTIONS["zeroshot"].pooled(cfg)
-    assert pooled.table is None and pooled.video_features == cfg.video_features and pooled.source == cfg.clips
+    assert pooled.table is None and pooled.video_features == cfg.video_features
     table = pooled.benchmark()
     assert table["clip_id"].to_pylist() == ["005BUEGO", "0A8ZTEGO"] and table["t_start"].null_count == 2
     with pytest.raises(ValueError, match="needs classes"):

@@ -31,7 +31,7 @@ class EgoMCQSection(QueryEncoder):
 
 def pooled(cfg: EgoMCQSection) -> Pooled:
     """Every choice clip of egomcq.json (read by a worker), with its video feature."""
-    return Pooled(cfg.video_features, cfg.egomcq, benchmark=partial(read_choices, cfg))
+    return Pooled(cfg.video_features, benchmark=partial(read_choices, cfg))
 
 
 def read_choices(cfg: EgoMCQSection) -> pa.Table:

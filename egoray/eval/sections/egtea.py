@@ -32,7 +32,7 @@ class EGTEASection(QueryEncoder):
 
 def pooled(cfg: EGTEASection) -> Pooled:
     """The clips of the split file (read by a worker), each with its clip's video feature."""
-    return Pooled(cfg.video_features, cfg.split, benchmark=partial(read_split, cfg), per_batch=zeroshot_clips)
+    return Pooled(cfg.video_features, benchmark=partial(read_split, cfg), per_batch=zeroshot_clips)
 
 
 def read_split(cfg: EGTEASection) -> pa.Table:

@@ -27,7 +27,7 @@ class MCQSection(StrictModel):
 def pooled(cfg: MCQSection) -> Pooled:
     """The questions of the qa output, each with its moment's video feature (one item per group)."""
     table = storage.join(cfg.qa, "qa")
-    return Pooled(cfg.video_features, table, table=table, per_batch=id_from_group,
+    return Pooled(cfg.video_features, table=table, per_batch=id_from_group,
                   require=("group_id", "video_uid", "t_start", "t_end", "question", "answer", "wrong_answers"))
 
 

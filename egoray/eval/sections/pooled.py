@@ -25,7 +25,6 @@ class Pooled:
     text_features output in some splits, with their embeddings)."""
 
     video_features: str
-    source: str  # what an input error names
     table: str | None = None
     benchmark: Callable[[], pa.Table] | None = None
     text_features: tuple[str, list[str]] | None = None

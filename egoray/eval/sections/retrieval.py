@@ -48,7 +48,7 @@ class RetrievalSection(StrictModel):
 
 def pooled(cfg: RetrievalSection) -> Pooled:
     """The held-out narrations of the text_features output, each with its window's video feature."""
-    return Pooled(cfg.video_features, cfg.text_features, text_features=(cfg.text_features, list(cfg.splits)),
+    return Pooled(cfg.video_features, text_features=(cfg.text_features, list(cfg.splits)),
                   offset=retrieval_offset(cfg), labels=cfg.labels)
 
 

@@ -86,7 +86,7 @@ def pooled(cfg: ZeroShotSection) -> Pooled:
 
         videos = sorted(v for v, split in read_splits(cfg.video_splits).items() if split in cfg.splits)
     table = cfg.clips if cfg.clips_format == "table" else None
-    return Pooled(cfg.video_features, cfg.clips, table=table, benchmark=None if table else partial(read_clips, cfg),
+    return Pooled(cfg.video_features, table=table, benchmark=None if table else partial(read_clips, cfg),
                   require=("label", "t_end", "t_start", "video_uid"), optional=("clip_id",),
                   per_batch=zeroshot_clips, videos=videos)
 
